@@ -1,0 +1,410 @@
+//! The Kafka bus (librdkafka through `rdkafka`).
+//!
+//! Producer defaults: idempotence on (no duplicates or reordering on retry), lz4 compression, Kafka's
+//! murmur2 partitioner (the Java client's, and the embedded log's), a 30 s delivery timeout. Consumer
+//! defaults: no auto-commit (offsets are committed by the caller after the data is safe), start from the
+//! earliest offset. Any librdkafka setting given as `-X key=value` overrides these.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Message as _};
+use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::util::Timeout;
+
+use crate::{
+    BusError, Consumer, ConsumerOptions, Delivery, Message, PartitionLag, Producer,
+    RebalanceListener, StartAt, TopicInfo,
+};
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn kerr(e: KafkaError) -> BusError {
+    BusError::Kafka(e.to_string())
+}
+
+fn client_config(
+    brokers: &str,
+    settings: &[(String, String)],
+    defaults: &[(&str, &str)],
+) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers);
+    for (k, v) in defaults {
+        cfg.set(*k, *v);
+    }
+    for (k, v) in settings {
+        cfg.set(k, v);
+    }
+    cfg
+}
+
+/// Creates `topic` unless it exists; returns its shape.
+pub fn ensure_topic(
+    brokers: &str,
+    settings: &[(String, String)],
+    topic: &str,
+    partitions: i32,
+    replication: i32,
+) -> Result<TopicInfo, BusError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers, settings, &[])
+        .create()
+        .map_err(kerr)?;
+    if let Some(n) = partition_count(admin.inner(), topic)? {
+        return Ok(TopicInfo {
+            partitions: n,
+            created: false,
+        });
+    }
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+    let opts = AdminOptions::new().operation_timeout(Some(Timeout::After(METADATA_TIMEOUT)));
+    let results = futures_executor::block_on(admin.create_topics([&new], &opts)).map_err(kerr)?;
+    let mut created = true;
+    for r in results {
+        match r {
+            Ok(_) => {}
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => created = false,
+            Err((name, code)) => {
+                return Err(BusError::Kafka(format!(
+                    "cannot create topic {name:?}: {code}"
+                )))
+            }
+        }
+    }
+    // The new topic's metadata may take a moment to reach every broker.
+    for _ in 0..50 {
+        if let Some(n) = partition_count(admin.inner(), topic)? {
+            return Ok(TopicInfo {
+                partitions: n,
+                created,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(BusError::Kafka(format!(
+        "topic {topic:?} was created but its metadata did not appear"
+    )))
+}
+
+fn partition_count<C: ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+) -> Result<Option<i32>, BusError> {
+    let md = client
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .map_err(|e| BusError::Kafka(format!("cannot reach the brokers: {e}")))?;
+    Ok(md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().len() as i32))
+}
+
+// ---- producer ----
+
+#[derive(Default)]
+struct DeliveryCounter {
+    acked: AtomicU64,
+    failed: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryCounter {}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, _)) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            }
+        }
+    }
+}
+
+/// An idempotent, compressing producer to one topic.
+pub struct KafkaProducer {
+    topic: String,
+    producer: ThreadedProducer<DeliveryCounter>,
+}
+
+impl KafkaProducer {
+    /// Connects a producer for `topic`.
+    pub fn new(
+        brokers: &str,
+        settings: &[(String, String)],
+        topic: &str,
+    ) -> Result<Self, BusError> {
+        let producer = client_config(
+            brokers,
+            settings,
+            &[
+                ("enable.idempotence", "true"),
+                ("compression.type", "lz4"),
+                ("partitioner", "murmur2_random"),
+                ("linger.ms", "20"),
+                ("batch.size", "1000000"),
+                ("queue.buffering.max.messages", "1000000"),
+                ("message.timeout.ms", "30000"),
+            ],
+        )
+        .create_with_context(DeliveryCounter::default())
+        .map_err(|e| BusError::Config(format!("kafka producer: {e}")))?;
+        Ok(KafkaProducer {
+            topic: topic.to_owned(),
+            producer,
+        })
+    }
+}
+
+impl Producer for KafkaProducer {
+    fn send(&mut self, key: &[u8], payload: &[u8], timestamp_ms: i64) -> Result<(), BusError> {
+        let mut record = BaseRecord::to(&self.topic)
+            .key(key)
+            .payload(payload)
+            .timestamp(timestamp_ms);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    // The background thread serves delivery reports; wait for room.
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(kerr(e)),
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<Delivery, BusError> {
+        // Bounded by message.timeout.ms: by then every message is acknowledged or failed.
+        self.producer
+            .flush(Timeout::After(Duration::from_secs(600)))
+            .map_err(kerr)?;
+        Ok(self.delivery())
+    }
+
+    fn delivery(&self) -> Delivery {
+        let c = self.producer.context();
+        Delivery {
+            acked: c.acked.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            last_error: c
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
+    }
+}
+
+// ---- consumer ----
+
+struct GroupContext {
+    listener: Option<Arc<dyn RebalanceListener>>,
+}
+
+impl ClientContext for GroupContext {}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<i32> {
+    tpl.elements().iter().map(|e| e.partition()).collect()
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let (Rebalance::Revoke(tpl), Some(l)) = (rebalance, &self.listener) {
+            let parts = partitions_of(tpl);
+            if !parts.is_empty() {
+                l.on_revoke(&parts);
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                if let Some(l) = &self.listener {
+                    l.on_assign(&partitions_of(tpl));
+                }
+            }
+            Rebalance::Error(e) => tracing::warn!("kafka rebalance error: {e}"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+/// A Kafka consumer: a group member with manual commits, or (without a group) a reader of every partition.
+pub struct KafkaConsumer {
+    topic: String,
+    consumer: BaseConsumer<GroupContext>,
+    grouped: bool,
+    /// Next offset per partition, as far as this consumer has returned messages.
+    positions: BTreeMap<i32, i64>,
+}
+
+impl KafkaConsumer {
+    /// Connects and subscribes (with a group) or assigns every partition (without).
+    pub fn new(
+        brokers: &str,
+        settings: &[(String, String)],
+        options: ConsumerOptions,
+    ) -> Result<Self, BusError> {
+        let reset = match options.start {
+            StartAt::Earliest => "earliest",
+            StartAt::Latest => "latest",
+        };
+        let reader_group = format!("ticklake-reader-{}", std::process::id());
+        let group = options.group.as_deref().unwrap_or(&reader_group);
+        let consumer: BaseConsumer<GroupContext> = client_config(
+            brokers,
+            settings,
+            &[
+                ("group.id", group),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", reset),
+                ("enable.partition.eof", "false"),
+            ],
+        )
+        .create_with_context(GroupContext {
+            listener: options.listener.clone(),
+        })
+        .map_err(|e| BusError::Config(format!("kafka consumer: {e}")))?;
+        let topic = options.topic.clone();
+        if options.group.is_some() {
+            consumer.subscribe(&[&topic]).map_err(kerr)?;
+        } else {
+            let n = partition_count(consumer.client(), &topic)?
+                .ok_or_else(|| BusError::NoSuchTopic(topic.clone()))?;
+            let mut tpl = TopicPartitionList::new();
+            let start = match options.start {
+                StartAt::Earliest => Offset::Beginning,
+                StartAt::Latest => Offset::End,
+            };
+            for p in 0..n {
+                tpl.add_partition_offset(&topic, p, start).map_err(kerr)?;
+            }
+            consumer.assign(&tpl).map_err(kerr)?;
+            if let Some(l) = &options.listener {
+                l.on_assign(&(0..n).collect::<Vec<_>>());
+            }
+        }
+        Ok(KafkaConsumer {
+            topic,
+            consumer,
+            grouped: options.group.is_some(),
+            positions: BTreeMap::new(),
+        })
+    }
+}
+
+fn fatal(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::UnknownTopicOrPartition
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::GroupAuthorizationFailed
+            | RDKafkaErrorCode::Fatal
+    )
+}
+
+impl Consumer for KafkaConsumer {
+    fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Message>, BusError> {
+        let mut out = Vec::new();
+        let mut wait = timeout;
+        while out.len() < max {
+            let Some(result) = self.consumer.poll(wait) else {
+                break;
+            };
+            wait = Duration::ZERO;
+            match result {
+                Ok(m) => {
+                    self.positions.insert(m.partition(), m.offset() + 1);
+                    out.push(Message {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().map(<[u8]>::to_vec),
+                        timestamp_ms: m.timestamp().to_millis(),
+                    });
+                }
+                Err(KafkaError::MessageConsumption(code)) if !fatal(code) => {
+                    tracing::warn!("kafka consumer: {code} (retrying)");
+                }
+                Err(e) => return Err(kerr(e)),
+            }
+        }
+        // Forget positions of partitions no longer assigned.
+        let assigned = self.assignment();
+        self.positions.retain(|p, _| assigned.contains(p));
+        Ok(out)
+    }
+
+    fn commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), BusError> {
+        if !self.grouped {
+            return Err(BusError::NoGroup);
+        }
+        let assigned = self.assignment();
+        let mut tpl = TopicPartitionList::new();
+        for (p, off) in offsets {
+            if !assigned.contains(p) {
+                return Err(BusError::NotAssigned(*p));
+            }
+            tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*off))
+                .map_err(kerr)?;
+        }
+        self.consumer.commit(&tpl, CommitMode::Sync).map_err(kerr)
+    }
+
+    fn assignment(&self) -> Vec<i32> {
+        self.consumer
+            .assignment()
+            .map(|tpl| partitions_of(&tpl))
+            .unwrap_or_default()
+    }
+
+    fn lag(&mut self) -> Result<Vec<PartitionLag>, BusError> {
+        let assigned = self.assignment();
+        let mut committed = BTreeMap::new();
+        if self.grouped && assigned.iter().any(|p| !self.positions.contains_key(p)) {
+            let tpl = self.consumer.committed(METADATA_TIMEOUT).map_err(kerr)?;
+            for e in tpl.elements() {
+                if let Offset::Offset(o) = e.offset() {
+                    committed.insert(e.partition(), o);
+                }
+            }
+        }
+        assigned
+            .into_iter()
+            .map(|p| {
+                let (low, high) = self
+                    .consumer
+                    .fetch_watermarks(&self.topic, p, METADATA_TIMEOUT)
+                    .map_err(kerr)?;
+                let position = self
+                    .positions
+                    .get(&p)
+                    .or_else(|| committed.get(&p))
+                    .copied()
+                    .unwrap_or(low);
+                Ok(PartitionLag {
+                    partition: p,
+                    position,
+                    high_watermark: high,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,272 @@
+//! One producer/consumer interface over two message buses.
+//!
+//! * [`kafka`]: any Kafka-protocol broker through librdkafka: an idempotent, compressing producer keyed by
+//!   symbol, consumer groups with manual offset commits, and any librdkafka setting passed through.
+//! * [`embedded`]: a durable, partitioned log in a SQLite file on local disk, for running with no broker.
+//!   Producers and consumers may be separate processes; consumer groups split partitions and keep
+//!   committed offsets; an acknowledged record survives `kill -9` of either side.
+//!
+//! Both place a key in the same partition (Kafka's murmur2 partitioner), so a symbol's records stay in
+//! order within one partition whichever bus carries them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub mod embedded;
+pub mod kafka;
+mod partitioner;
+
+pub use partitioner::murmur2_partition;
+
+/// A message read from a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The partition it was read from.
+    pub partition: i32,
+    /// Its offset within the partition.
+    pub offset: i64,
+    /// The key (the symbol, for ticklake's own producer).
+    pub key: Option<Vec<u8>>,
+    /// The value (one JSON record, for ticklake's own producer).
+    pub payload: Option<Vec<u8>>,
+    /// The message timestamp, ms since the epoch (ticklake sets it to the record's event time).
+    pub timestamp_ms: Option<i64>,
+}
+
+/// Delivery totals of a producer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// Messages the bus has acknowledged as durably stored.
+    pub acked: u64,
+    /// Messages the bus reported as failed.
+    pub failed: u64,
+    /// The last failure reported, if any.
+    pub last_error: Option<String>,
+}
+
+/// Sends messages to one topic.
+pub trait Producer: Send {
+    /// Queues one message; `key` chooses the partition. May block briefly when the queue is full.
+    fn send(&mut self, key: &[u8], payload: &[u8], timestamp_ms: i64) -> Result<(), BusError>;
+    /// Waits until every queued message is acknowledged or has failed, and returns the totals.
+    fn flush(&mut self) -> Result<Delivery, BusError>;
+    /// The totals so far, without waiting.
+    fn delivery(&self) -> Delivery;
+}
+
+/// How far a consumer is behind the end of one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionLag {
+    /// The partition.
+    pub partition: i32,
+    /// The next offset this consumer will read.
+    pub position: i64,
+    /// The offset the next message written to the partition will get.
+    pub high_watermark: i64,
+}
+
+impl PartitionLag {
+    /// Messages not yet read.
+    pub fn lag(&self) -> i64 {
+        (self.high_watermark - self.position).max(0)
+    }
+}
+
+/// Reads messages from one topic, alone or as a member of a consumer group.
+pub trait Consumer: Send {
+    /// Returns up to `max` messages, waiting up to `timeout` for the first. An empty vector means none
+    /// arrived in time. Messages of one partition come in offset order.
+    fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Message>, BusError>;
+    /// Commits, for each (partition, offset), the offset of the next message to read. Only for group
+    /// members, and only for partitions currently assigned to this member.
+    fn commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), BusError>;
+    /// The partitions currently assigned to this consumer.
+    fn assignment(&self) -> Vec<i32>;
+    /// Position and end of each assigned partition.
+    fn lag(&mut self) -> Result<Vec<PartitionLag>, BusError>;
+}
+
+/// Told when a group member gains or loses partitions.
+pub trait RebalanceListener: Send + Sync {
+    /// Called before `partitions` are given up. When it returns, nothing may be written for them any more:
+    /// another member may take them over at once.
+    fn on_revoke(&self, partitions: &[i32]);
+    /// Called after `partitions` were assigned, before any of their messages is returned.
+    fn on_assign(&self, partitions: &[i32]);
+}
+
+/// Where a consumer starts in a partition that has no committed offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartAt {
+    /// The oldest message kept.
+    #[default]
+    Earliest,
+    /// Only messages written from now on.
+    Latest,
+}
+
+/// How to consume.
+#[derive(Clone, Default)]
+pub struct ConsumerOptions {
+    /// The topic.
+    pub topic: String,
+    /// The consumer group; `None` reads every partition alone and commits nothing.
+    pub group: Option<String>,
+    /// Where to start without a committed offset.
+    pub start: StartAt,
+    /// Told about partitions gained and lost.
+    pub listener: Option<Arc<dyn RebalanceListener>>,
+}
+
+/// Which bus to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusConfig {
+    /// The embedded log in this directory.
+    Embedded {
+        /// Directory holding one log per topic.
+        dir: PathBuf,
+    },
+    /// A Kafka-protocol cluster.
+    Kafka {
+        /// `host:port[,host:port...]`.
+        brokers: String,
+        /// librdkafka settings (`-X key=value`), applied after ticklake's own defaults.
+        settings: Vec<(String, String)>,
+    },
+}
+
+/// A topic's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicInfo {
+    /// Number of partitions.
+    pub partitions: i32,
+    /// True when this call created it.
+    pub created: bool,
+}
+
+/// Errors of the message bus.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// A topic name Kafka would refuse (and that could escape a directory in the embedded log).
+    #[error("invalid topic name {0:?}: use 1-249 characters from a-z, A-Z, 0-9, '.', '_', '-'")]
+    InvalidTopic(String),
+    /// The topic does not exist.
+    #[error("topic {0:?} does not exist (produce to it first, or create it)")]
+    NoSuchTopic(String),
+    /// A setting is wrong.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The Kafka client reported an error.
+    #[error("kafka: {0}")]
+    Kafka(String),
+    /// The embedded log's storage failed.
+    #[error("embedded log {path}: {message}")]
+    Storage {
+        /// The log's file or directory.
+        path: String,
+        /// What failed.
+        message: String,
+    },
+    /// A commit for a partition this member does not own (it was reassigned).
+    #[error(
+        "cannot commit partition {0}: it is not assigned to this consumer (a rebalance moved it)"
+    )]
+    NotAssigned(i32),
+    /// Operation needs a consumer group.
+    #[error("this consumer has no group, so it cannot commit offsets")]
+    NoGroup,
+    /// Messages were not acknowledged.
+    #[error("{failed} message(s) were not acknowledged: {reason}")]
+    Undelivered {
+        /// How many.
+        failed: u64,
+        /// The last reason reported.
+        reason: String,
+    },
+}
+
+/// Checks a topic name by Kafka's rules.
+pub fn validate_topic(name: &str) -> Result<(), BusError> {
+    let ok = !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(BusError::InvalidTopic(name.to_owned()))
+    }
+}
+
+/// Creates `topic` with `partitions` partitions if it does not exist; returns its shape either way.
+pub fn ensure_topic(
+    config: &BusConfig,
+    topic: &str,
+    partitions: i32,
+    replication: i32,
+) -> Result<TopicInfo, BusError> {
+    validate_topic(topic)?;
+    if partitions < 1 {
+        return Err(BusError::Config(format!(
+            "partitions must be at least 1, not {partitions}"
+        )));
+    }
+    match config {
+        BusConfig::Embedded { dir } => embedded::ensure_topic(dir, topic, partitions),
+        BusConfig::Kafka { brokers, settings } => {
+            kafka::ensure_topic(brokers, settings, topic, partitions, replication)
+        }
+    }
+}
+
+/// A producer for `topic`, which must exist (see [`ensure_topic`]).
+pub fn producer(config: &BusConfig, topic: &str) -> Result<Box<dyn Producer>, BusError> {
+    validate_topic(topic)?;
+    Ok(match config {
+        BusConfig::Embedded { dir } => Box::new(embedded::EmbeddedProducer::open(
+            dir,
+            topic,
+            embedded::ProducerSettings::default(),
+        )?),
+        BusConfig::Kafka { brokers, settings } => {
+            Box::new(kafka::KafkaProducer::new(brokers, settings, topic)?)
+        }
+    })
+}
+
+/// A consumer of `options.topic`.
+pub fn consumer(
+    config: &BusConfig,
+    options: ConsumerOptions,
+) -> Result<Box<dyn Consumer>, BusError> {
+    validate_topic(&options.topic)?;
+    Ok(match config {
+        BusConfig::Embedded { dir } => Box::new(embedded::EmbeddedConsumer::open(
+            dir,
+            options,
+            embedded::GroupSettings::default(),
+        )?),
+        BusConfig::Kafka { brokers, settings } => {
+            Box::new(kafka::KafkaConsumer::new(brokers, settings, options)?)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names() {
+        for ok in ["stock-topic", "a", "a.b_c-1"] {
+            assert!(validate_topic(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".", "..", "../x", "a/b", "a b", &"x".repeat(250)] {
+            assert!(validate_topic(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! `ticklake`: stream a market feed through Kafka (or an embedded log) into a queryable Parquet lake.
+//!
+//! This crate only parses commands and wires the library crates together.
+
+mod consume;
+mod options;
+mod produce;
+
+use clap::{Parser, Subcommand};
+
+/// Stream market data through Kafka into a partitioned Parquet lake you can query with SQL.
+///
+/// Without --brokers everything runs embedded: the topic is a durable log on local disk under the lake
+/// folder, so `ticklake produce` then `ticklake consume` in the same folder just work.
+#[derive(Parser, Debug)]
+#[command(
+    name = "ticklake",
+    version,
+    propagate_version = true,
+    max_term_width = 110
+)]
+struct Cli {
+    #[command(flatten)]
+    global: options::Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Replay a CSV file or simulate a market, and publish each record to the topic.
+    Produce(produce::Args),
+    /// Print the messages on the topic (or consume them as a member of a consumer group).
+    Consume(consume::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    options::init_logging(&cli.global);
+    let result = match cli.command {
+        Command::Produce(args) => produce::run(&cli.global, args),
+        Command::Consume(args) => consume::run(&cli.global, args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

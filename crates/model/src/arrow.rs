@@ -1,0 +1,445 @@
+//! Records <-> Arrow.
+//!
+//! The schema is the core columns (`symbol` Utf8, `ts` Timestamp(µs, UTC), `open`..`volume` Float64)
+//! followed by the extra columns in the order they were first seen. An extra column is Float64 when every
+//! value is a number, Boolean when every value is a boolean, and Utf8 otherwise (numbers then keep their
+//! JSON text), so no value is ever dropped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_array::builder::{Float64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{
+    Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, TimestampMicrosecondType,
+    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt16Type, UInt32Type,
+    UInt64Type, UInt8Type,
+};
+use arrow_array::{Array, ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use crate::names::CORE_COLUMNS;
+use crate::{json, DecodeError, Record, Value};
+
+/// The Arrow type of `ts`: microseconds, UTC.
+pub fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// The core fields, in schema order.
+pub fn core_fields() -> Vec<Field> {
+    vec![
+        Field::new("symbol", DataType::Utf8, false),
+        Field::new("ts", ts_type(), false),
+        Field::new("open", DataType::Float64, true),
+        Field::new("high", DataType::Float64, true),
+        Field::new("low", DataType::Float64, true),
+        Field::new("close", DataType::Float64, true),
+        Field::new("volume", DataType::Float64, true),
+    ]
+}
+
+/// The schema of records with no extra columns.
+pub fn core_schema() -> SchemaRef {
+    Arc::new(Schema::new(core_fields()))
+}
+
+/// Collects records into an Arrow [`RecordBatch`].
+#[derive(Default)]
+pub struct BatchBuilder {
+    symbol: StringBuilder,
+    ts: TimestampMicrosecondBuilder,
+    prices: [Float64Builder; 5],
+    extras: Vec<(Arc<str>, Vec<Value>)>,
+    extra_index: HashMap<Arc<str>, usize>,
+    rows: usize,
+}
+
+impl BatchBuilder {
+    /// An empty builder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Rows pushed since the last [`finish`](Self::finish).
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// True when no row has been pushed since the last [`finish`](Self::finish).
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Appends one record.
+    pub fn push(&mut self, r: &Record) {
+        self.symbol.append_value(&r.symbol);
+        self.ts.append_value(r.ts);
+        for (b, v) in self
+            .prices
+            .iter_mut()
+            .zip([r.open, r.high, r.low, r.close, r.volume])
+        {
+            b.append_option(v);
+        }
+        for (name, value) in &r.extra {
+            let i = match self.extra_index.get(name) {
+                Some(&i) => i,
+                None => {
+                    let i = self.extras.len();
+                    self.extras
+                        .push((name.clone(), vec![Value::Null; self.rows]));
+                    self.extra_index.insert(name.clone(), i);
+                    i
+                }
+            };
+            let col = &mut self.extras[i].1;
+            // A name repeated within one record keeps its first value.
+            if col.len() == self.rows {
+                col.push(value.clone());
+            }
+        }
+        self.rows += 1;
+        for (_, col) in &mut self.extras {
+            col.resize(self.rows, Value::Null);
+        }
+    }
+
+    /// Builds the batch and resets the builder. Fails only when an extra column is named like a core one.
+    pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+        let mut fields = core_fields();
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(self.symbol.finish()),
+            Arc::new(self.ts.finish().with_timezone("UTC")),
+        ];
+        for b in &mut self.prices {
+            columns.push(Arc::new(b.finish()));
+        }
+        for (name, values) in std::mem::take(&mut self.extras) {
+            if CORE_COLUMNS.contains(&name.as_ref()) {
+                return Err(ArrowError::SchemaError(format!(
+                    "extra column `{name}` has the name of a core column"
+                )));
+            }
+            let (dt, array) = extra_array(values);
+            fields.push(Field::new(name.as_ref(), dt, true));
+            columns.push(array);
+        }
+        self.extra_index.clear();
+        self.rows = 0;
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+    }
+}
+
+fn extra_array(values: Vec<Value>) -> (DataType, ArrayRef) {
+    let all = |f: fn(&Value) -> bool| values.iter().all(|v| matches!(v, Value::Null) || f(v));
+    if all(|v| matches!(v, Value::Number(_))) {
+        let a: Float64Array = values
+            .iter()
+            .map(|v| match v {
+                Value::Number(n) => Some(*n),
+                _ => None,
+            })
+            .collect();
+        (DataType::Float64, Arc::new(a))
+    } else if all(|v| matches!(v, Value::Bool(_))) {
+        let a: BooleanArray = values
+            .iter()
+            .map(|v| match v {
+                Value::Bool(b) => Some(*b),
+                _ => None,
+            })
+            .collect();
+        (DataType::Boolean, Arc::new(a))
+    } else {
+        let a: StringArray = values
+            .into_iter()
+            .map(|v| match v {
+                Value::Null => None,
+                Value::Number(n) => Some(serde_json::to_string(&n).unwrap_or_default()),
+                Value::Bool(b) => Some(b.to_string()),
+                Value::Text(t) => Some(t),
+            })
+            .collect();
+        (DataType::Utf8, Arc::new(a))
+    }
+}
+
+/// Builds one batch from records.
+pub fn records_to_batch<'a>(
+    records: impl IntoIterator<Item = &'a Record>,
+) -> Result<RecordBatch, ArrowError> {
+    let mut b = BatchBuilder::new();
+    for r in records {
+        b.push(r);
+    }
+    b.finish()
+}
+
+/// The result of decoding many messages: a batch of the good ones and the reasons for the others.
+#[derive(Debug)]
+pub struct Decoded {
+    /// One row per message that decoded, in input order.
+    pub batch: RecordBatch,
+    /// (index of the message in the input, why it was refused).
+    pub errors: Vec<(usize, DecodeError)>,
+}
+
+/// Decodes JSON messages into one Arrow batch; messages that fail are reported, not dropped silently.
+pub fn decode_messages<'a>(
+    messages: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<Decoded, ArrowError> {
+    let mut b = BatchBuilder::new();
+    let mut errors = Vec::new();
+    for (i, m) in messages.into_iter().enumerate() {
+        match json::decode(m) {
+            Ok(r) => b.push(&r),
+            Err(e) => errors.push((i, e)),
+        }
+    }
+    Ok(Decoded {
+        batch: b.finish()?,
+        errors,
+    })
+}
+
+/// Reads the rows of a batch back as records.
+///
+/// `symbol` (string) and `ts` (any timestamp unit, or integer epoch microseconds) are required; `open`..
+/// `volume` may be any numeric type; every other column of a numeric, boolean or string type is kept as an
+/// extra column.
+pub fn batch_to_records(batch: &RecordBatch) -> Result<Vec<Record>, ArrowError> {
+    let schema = batch.schema();
+    let col = |name: &str| schema.index_of(name).ok().map(|i| batch.column(i));
+    let missing = |n: &str| ArrowError::SchemaError(format!("batch has no `{n}` column"));
+    let symbols = col("symbol").ok_or_else(|| missing("symbol"))?;
+    let symbols = symbols
+        .as_string_opt::<i32>()
+        .ok_or_else(|| ArrowError::SchemaError("`symbol` must be Utf8".into()))?;
+    let ts = ts_micros(col("ts").ok_or_else(|| missing("ts"))?)?;
+    let prices: Vec<Option<Vec<Option<f64>>>> = ["open", "high", "low", "close", "volume"]
+        .iter()
+        .map(|n| col(n).map(|a| numbers(n, a)).transpose())
+        .collect::<Result<_, _>>()?;
+    let mut extras = Vec::new();
+    for (i, f) in schema.fields().iter().enumerate() {
+        if !CORE_COLUMNS.contains(&f.name().as_str()) {
+            extras.push((
+                Arc::<str>::from(f.name().as_str()),
+                values(f, batch.column(i))?,
+            ));
+        }
+    }
+    let mut out = Vec::with_capacity(batch.num_rows());
+    for row in 0..batch.num_rows() {
+        if symbols.is_null(row) || ts[row].is_none() {
+            return Err(ArrowError::InvalidArgumentError(format!(
+                "row {row}: `symbol` and `ts` must not be null"
+            )));
+        }
+        let mut r = Record::new(symbols.value(row), ts[row].unwrap_or_default());
+        let p = |i: usize| prices[i].as_ref().and_then(|v| v[row]);
+        (r.open, r.high, r.low, r.close, r.volume) = (p(0), p(1), p(2), p(3), p(4));
+        r.extra = extras
+            .iter()
+            .map(|(n, v)| (n.clone(), v[row].clone()))
+            .collect();
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// Encodes every row of a batch as a JSON message.
+pub fn batch_to_messages(batch: &RecordBatch) -> Result<Vec<Vec<u8>>, ArrowError> {
+    Ok(batch_to_records(batch)?
+        .iter()
+        .map(json::encode_to_vec)
+        .collect())
+}
+
+fn ts_micros(a: &ArrayRef) -> Result<Vec<Option<i64>>, ArrowError> {
+    let scale = |v: Vec<Option<i64>>, mul: i64, div: i64| {
+        v.into_iter()
+            .map(|x| x.map(|x| x.saturating_mul(mul) / div))
+            .collect()
+    };
+    Ok(match a.data_type() {
+        DataType::Timestamp(TimeUnit::Second, _) => scale(
+            a.as_primitive::<TimestampSecondType>().iter().collect(),
+            1_000_000,
+            1,
+        ),
+        DataType::Timestamp(TimeUnit::Millisecond, _) => scale(
+            a.as_primitive::<TimestampMillisecondType>()
+                .iter()
+                .collect(),
+            1000,
+            1,
+        ),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => a
+            .as_primitive::<TimestampMicrosecondType>()
+            .iter()
+            .collect(),
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => scale(
+            a.as_primitive::<TimestampNanosecondType>().iter().collect(),
+            1,
+            1000,
+        ),
+        DataType::Int64 => a.as_primitive::<Int64Type>().iter().collect(),
+        other => {
+            return Err(ArrowError::SchemaError(format!(
+                "`ts` must be a timestamp, not {other}"
+            )))
+        }
+    })
+}
+
+fn numbers(name: &str, a: &ArrayRef) -> Result<Vec<Option<f64>>, ArrowError> {
+    macro_rules! prim {
+        ($t:ty) => {
+            a.as_primitive::<$t>()
+                .iter()
+                .map(|v| v.map(|v| v as f64))
+                .collect()
+        };
+    }
+    Ok(match a.data_type() {
+        DataType::Float64 => a.as_primitive::<Float64Type>().iter().collect(),
+        DataType::Float32 => prim!(Float32Type),
+        DataType::Int8 => prim!(Int8Type),
+        DataType::Int16 => prim!(Int16Type),
+        DataType::Int32 => prim!(Int32Type),
+        DataType::Int64 => prim!(Int64Type),
+        DataType::UInt8 => prim!(UInt8Type),
+        DataType::UInt16 => prim!(UInt16Type),
+        DataType::UInt32 => prim!(UInt32Type),
+        DataType::UInt64 => prim!(UInt64Type),
+        DataType::Null => vec![None; a.len()],
+        other => {
+            return Err(ArrowError::SchemaError(format!(
+                "`{name}` must be numeric, not {other}"
+            )))
+        }
+    })
+}
+
+fn values(f: &Field, a: &ArrayRef) -> Result<Vec<Value>, ArrowError> {
+    Ok(match a.data_type() {
+        DataType::Utf8 => a
+            .as_string::<i32>()
+            .iter()
+            .map(|v| v.map_or(Value::Null, |s| Value::Text(s.to_owned())))
+            .collect(),
+        DataType::LargeUtf8 => a
+            .as_string::<i64>()
+            .iter()
+            .map(|v| v.map_or(Value::Null, |s| Value::Text(s.to_owned())))
+            .collect(),
+        DataType::Boolean => a
+            .as_boolean()
+            .iter()
+            .map(|v| v.map_or(Value::Null, Value::Bool))
+            .collect(),
+        _ => numbers(f.name(), a)?
+            .into_iter()
+            .map(|v| v.map_or(Value::Null, Value::Number))
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(sym: &str, ts: i64, extra: Vec<(&str, Value)>) -> Record {
+        let mut r = Record::new(sym, ts);
+        r.close = Some(ts as f64 / 2.0);
+        r.extra = extra.into_iter().map(|(n, v)| (Arc::from(n), v)).collect();
+        r
+    }
+
+    #[test]
+    fn batch_round_trip_keeps_every_value() {
+        let records = vec![
+            rec("A", 1, vec![("adj_close", Value::Number(1.5))]),
+            rec("B", 2, vec![("venue", Value::Text("X".into()))]),
+            rec(
+                "C",
+                3,
+                vec![
+                    ("adj_close", Value::Number(2.5)),
+                    ("halted", Value::Bool(true)),
+                ],
+            ),
+        ];
+        let batch = records_to_batch(&records).unwrap();
+        assert_eq!(batch.num_rows(), 3);
+        let schema = batch.schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "symbol",
+                "ts",
+                "open",
+                "high",
+                "low",
+                "close",
+                "volume",
+                "adj_close",
+                "venue",
+                "halted"
+            ]
+        );
+        assert_eq!(schema.field(1).data_type(), &ts_type());
+        assert_eq!(schema.field(7).data_type(), &DataType::Float64);
+        assert_eq!(schema.field(8).data_type(), &DataType::Utf8);
+        assert_eq!(schema.field(9).data_type(), &DataType::Boolean);
+
+        let back = batch_to_records(&batch).unwrap();
+        // Rows gain explicit nulls for the columns other rows had; otherwise identical.
+        for (orig, got) in records.iter().zip(&back) {
+            let non_null: Vec<_> = got
+                .extra
+                .iter()
+                .filter(|(_, v)| *v != Value::Null)
+                .cloned()
+                .collect();
+            assert_eq!(
+                (orig.symbol.as_str(), orig.ts, orig.close),
+                (got.symbol.as_str(), got.ts, got.close)
+            );
+            assert_eq!(orig.extra, non_null);
+        }
+    }
+
+    #[test]
+    fn mixed_extra_column_becomes_text_not_lost() {
+        let records = vec![
+            rec("A", 1, vec![("code", Value::Number(7.0))]),
+            rec("B", 2, vec![("code", Value::Text("x7".into()))]),
+        ];
+        let batch = records_to_batch(&records).unwrap();
+        let codes = batch.column(7).as_string::<i32>();
+        assert_eq!(codes.value(0), "7.0");
+        assert_eq!(codes.value(1), "x7");
+    }
+
+    #[test]
+    fn messages_to_batch_and_back() {
+        let good = json::encode_to_vec(&rec("A", 1_000_000, vec![]));
+        let msgs: Vec<&[u8]> = vec![&good, b"{}", &good];
+        let d = decode_messages(msgs).unwrap();
+        assert_eq!(d.batch.num_rows(), 2);
+        assert_eq!(d.errors.len(), 1);
+        assert_eq!(d.errors[0].0, 1);
+        let out = batch_to_messages(&d.batch).unwrap();
+        assert_eq!(out, vec![good.clone(), good]);
+    }
+
+    #[test]
+    fn core_named_extra_is_an_error() {
+        let r = rec("A", 1, vec![("close", Value::Number(1.0))]);
+        assert!(records_to_batch([&r]).is_err());
+    }
+}
