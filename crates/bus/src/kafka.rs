@@ -356,6 +356,9 @@ impl Consumer for KafkaConsumer {
         if !self.grouped {
             return Err(BusError::NoGroup);
         }
+        if offsets.is_empty() {
+            return Ok(());
+        }
         let assigned = self.assignment();
         let mut tpl = TopicPartitionList::new();
         for (p, off) in offsets {

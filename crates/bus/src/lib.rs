@@ -79,7 +79,7 @@ pub trait Consumer: Send {
     /// arrived in time. Messages of one partition come in offset order.
     fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Message>, BusError>;
     /// Commits, for each (partition, offset), the offset of the next message to read. Only for group
-    /// members, and only for partitions currently assigned to this member.
+    /// members, and only for partitions currently assigned to this member. An empty list does nothing.
     fn commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), BusError>;
     /// The partitions currently assigned to this consumer.
     fn assignment(&self) -> Vec<i32>;

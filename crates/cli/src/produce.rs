@@ -175,7 +175,7 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
                         .context("cannot write the rejects file")?,
                     Row::Rejected(_) => {}
                 }
-                if by_bytes && sender.seen % 4096 == 0 {
+                if by_bytes && sender.seen.is_multiple_of(PROGRESS_EVERY) {
                     bar.set_position(source.byte_position());
                 }
             }
@@ -312,7 +312,7 @@ impl<'a> Sender<'a> {
         self.producer
             .send(r.symbol.as_bytes(), &self.buf, r.ts.div_euclid(1000))?;
         self.sent += 1;
-        if self.sent % PROGRESS_EVERY == 0 {
+        if self.sent.is_multiple_of(PROGRESS_EVERY) {
             if self.count_records {
                 self.bar.inc(PROGRESS_EVERY);
             } else {

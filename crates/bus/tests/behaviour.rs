@@ -1,0 +1,389 @@
+//! The same behaviour tests against both buses: the embedded log (always) and a real Kafka-protocol
+//! broker (tansu, started by `scripts/test.sh`; its address comes in `TICKLAKE_TEST_KAFKA`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ticklake_bus::{
+    consumer, ensure_topic, murmur2_partition, producer, BusConfig, Consumer, ConsumerOptions,
+    Message, RebalanceListener, StartAt,
+};
+
+/// A bus to test against, with whatever keeps it alive.
+pub struct Bus {
+    pub config: BusConfig,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub fn embedded_bus() -> Bus {
+    let dir = tempfile::tempdir().expect("temp dir");
+    Bus {
+        config: BusConfig::Embedded {
+            dir: dir.path().to_path_buf(),
+        },
+        _dir: Some(dir),
+    }
+}
+
+pub fn kafka_bus() -> Bus {
+    let brokers = std::env::var("TICKLAKE_TEST_KAFKA").expect(
+        "TICKLAKE_TEST_KAFKA is not set: the Kafka tests need a broker; run scripts/test.sh, which starts one",
+    );
+    Bus {
+        config: BusConfig::Kafka {
+            brokers,
+            settings: vec![],
+        },
+        _dir: None,
+    }
+}
+
+pub fn unique_topic(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("t-{name}-{nanos}")
+}
+
+fn opts(topic: &str, group: Option<&str>) -> ConsumerOptions {
+    ConsumerOptions {
+        topic: topic.into(),
+        group: group.map(str::to_owned),
+        start: StartAt::Earliest,
+        listener: None,
+    }
+}
+
+/// Produces `per_key` messages for each key, payload `key:seq`; returns them in send order.
+fn produce(cfg: &BusConfig, topic: &str, keys: &[String], per_key: usize) -> Vec<(String, usize)> {
+    let mut p = producer(cfg, topic).expect("producer");
+    let mut sent = Vec::new();
+    for seq in 0..per_key {
+        for k in keys {
+            let payload = format!("{k}:{seq}");
+            p.send(
+                k.as_bytes(),
+                payload.as_bytes(),
+                1_700_000_000_000 + seq as i64,
+            )
+            .expect("send");
+            sent.push((k.clone(), seq));
+        }
+    }
+    let d = p.flush().expect("flush");
+    assert_eq!(
+        d.acked,
+        sent.len() as u64,
+        "every message acknowledged: {d:?}"
+    );
+    assert_eq!(d.failed, 0);
+    sent
+}
+
+fn parse(m: &Message) -> (String, usize) {
+    let text = String::from_utf8(m.payload.clone().unwrap()).unwrap();
+    let (k, seq) = text.split_once(':').unwrap();
+    assert_eq!(
+        m.key.as_deref(),
+        Some(k.as_bytes()),
+        "key travels with the message"
+    );
+    (k.to_owned(), seq.parse().unwrap())
+}
+
+/// Polls until `want` messages arrived in total or the deadline passes.
+fn drain(c: &mut dyn Consumer, want: usize, limit: Duration) -> Vec<Message> {
+    let deadline = Instant::now() + limit;
+    let mut got = Vec::new();
+    while got.len() < want && Instant::now() < deadline {
+        got.extend(c.poll(1000, Duration::from_millis(200)).expect("poll"));
+    }
+    got
+}
+
+fn keys(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("SYM{i}")).collect()
+}
+
+pub fn keyed_messages_keep_order_in_their_partition(cfg: &BusConfig) {
+    let topic = unique_topic("order");
+    let info = ensure_topic(cfg, &topic, 3, 1).unwrap();
+    assert_eq!((info.partitions, info.created), (3, true));
+    let again = ensure_topic(cfg, &topic, 5, 1).unwrap();
+    assert_eq!(
+        (again.partitions, again.created),
+        (3, false),
+        "an existing topic is kept as it is"
+    );
+
+    let keys = keys(7);
+    let sent = produce(cfg, &topic, &keys, 300);
+    let mut c = consumer(cfg, opts(&topic, None)).unwrap();
+    let got = drain(c.as_mut(), sent.len(), Duration::from_secs(60));
+    assert_eq!(got.len(), sent.len());
+
+    let mut per_key: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut last_offset: HashMap<i32, i64> = HashMap::new();
+    for m in &got {
+        let (k, seq) = parse(m);
+        assert_eq!(
+            m.partition,
+            murmur2_partition(k.as_bytes(), 3),
+            "key {k} in its murmur2 partition"
+        );
+        assert_eq!(m.timestamp_ms, Some(1_700_000_000_000 + seq as i64));
+        if let Some(prev) = last_offset.insert(m.partition, m.offset) {
+            assert!(m.offset > prev, "offsets increase within a partition");
+        }
+        per_key.entry(k).or_default().push(seq);
+    }
+    for k in &keys {
+        assert_eq!(
+            per_key[k],
+            (0..300).collect::<Vec<_>>(),
+            "{k} in send order"
+        );
+    }
+    let lag = c.lag().unwrap();
+    assert_eq!(lag.len(), 3);
+    assert!(lag.iter().all(|l| l.lag() == 0), "{lag:?}");
+}
+
+#[derive(Default)]
+struct Recorder {
+    events: Mutex<Vec<(char, Vec<i32>)>>,
+}
+
+impl RebalanceListener for Recorder {
+    fn on_revoke(&self, partitions: &[i32]) {
+        self.events.lock().unwrap().push(('-', partitions.to_vec()));
+    }
+    fn on_assign(&self, partitions: &[i32]) {
+        self.events.lock().unwrap().push(('+', partitions.to_vec()));
+    }
+}
+
+fn commit_all(c: &mut dyn Consumer, batch: &[Message]) {
+    let mut next = BTreeMap::new();
+    for m in batch {
+        next.insert(m.partition, m.offset + 1);
+    }
+    c.commit(&next.into_iter().collect::<Vec<_>>())
+        .expect("commit");
+}
+
+pub fn a_group_of_two_splits_partitions_exactly_once(cfg: &BusConfig) {
+    let topic = unique_topic("group");
+    ensure_topic(cfg, &topic, 4, 1).unwrap();
+    let sent = produce(cfg, &topic, &keys(40), 100);
+    let group = format!("g-{topic}");
+    let ra = Arc::new(Recorder::default());
+    let rb = Arc::new(Recorder::default());
+    let mut a = consumer(
+        cfg,
+        ConsumerOptions {
+            listener: Some(ra.clone()),
+            ..opts(&topic, Some(&group))
+        },
+    )
+    .unwrap();
+    let mut seen: Vec<(String, usize)> = Vec::new();
+    // A alone: it owns everything. Read a little, committing as we go.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < 500 && Instant::now() < deadline {
+        let batch = a.poll(100, Duration::from_millis(200)).unwrap();
+        commit_all(a.as_mut(), &batch);
+        seen.extend(batch.iter().map(parse));
+    }
+    assert_eq!(
+        a.assignment(),
+        vec![0, 1, 2, 3],
+        "a lone member owns every partition"
+    );
+
+    let mut b = consumer(
+        cfg,
+        ConsumerOptions {
+            listener: Some(rb.clone()),
+            ..opts(&topic, Some(&group))
+        },
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut split = false;
+    while (seen.len() < sent.len() || !split) && Instant::now() < deadline {
+        for c in [&mut a, &mut b] {
+            let batch = c.poll(100, Duration::from_millis(100)).unwrap();
+            commit_all(c.as_mut(), &batch);
+            seen.extend(batch.iter().map(parse));
+        }
+        let (pa, pb) = (a.assignment(), b.assignment());
+        split = !pa.is_empty() && !pb.is_empty() && pa.len() + pb.len() == 4;
+    }
+    let (pa, pb): (BTreeSet<i32>, BTreeSet<i32>) = (
+        a.assignment().into_iter().collect(),
+        b.assignment().into_iter().collect(),
+    );
+    assert!(split, "both members got partitions: {pa:?} {pb:?}");
+    assert!(
+        pa.is_disjoint(&pb),
+        "no partition has two owners: {pa:?} {pb:?}"
+    );
+    assert_eq!(pa.union(&pb).copied().collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+
+    let unique: BTreeSet<_> = seen.iter().cloned().collect();
+    assert_eq!(unique.len(), sent.len(), "nothing lost");
+    assert_eq!(
+        seen.len(),
+        sent.len(),
+        "nothing delivered twice across the rebalance"
+    );
+
+    let revoked: Vec<i32> = ra
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(kind, _)| *kind == '-')
+        .flat_map(|(_, p)| p.clone())
+        .collect();
+    for p in &pb {
+        assert!(
+            revoked.contains(p),
+            "a was told before partition {p} moved to b"
+        );
+    }
+    let assigned_b: BTreeSet<i32> = rb
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(kind, _)| *kind == '+')
+        .flat_map(|(_, p)| p.clone())
+        .collect();
+    assert!(pb.is_subset(&assigned_b), "b was told of its partitions");
+}
+
+pub fn a_restarted_member_resumes_from_committed_offsets(cfg: &BusConfig) {
+    let topic = unique_topic("resume");
+    ensure_topic(cfg, &topic, 2, 1).unwrap();
+    let sent = produce(cfg, &topic, &keys(5), 200);
+    let group = format!("g-{topic}");
+    let mut first: Vec<(String, usize)> = Vec::new();
+    {
+        let mut c = consumer(cfg, opts(&topic, Some(&group))).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while first.len() < 400 && Instant::now() < deadline {
+            let batch = c.poll(50, Duration::from_millis(200)).unwrap();
+            commit_all(c.as_mut(), &batch);
+            first.extend(batch.iter().map(parse));
+        }
+        // Read but never committed: these must come again.
+        let uncommitted = c.poll(50, Duration::from_secs(5)).unwrap();
+        assert!(!uncommitted.is_empty());
+    }
+    assert!(first.len() >= 400);
+    let mut c = consumer(cfg, opts(&topic, Some(&group))).unwrap();
+    let rest: Vec<(String, usize)> = drain(
+        c.as_mut(),
+        sent.len() - first.len(),
+        Duration::from_secs(90),
+    )
+    .iter()
+    .map(parse)
+    .collect();
+    let a: BTreeSet<_> = first.iter().cloned().collect();
+    let b: BTreeSet<_> = rest.iter().cloned().collect();
+    assert!(a.is_disjoint(&b), "nothing committed is read again");
+    assert_eq!(
+        first.len() + rest.len(),
+        sent.len(),
+        "nothing lost or repeated"
+    );
+    assert_eq!(a.union(&b).count(), sent.len());
+}
+
+mod embedded {
+    use super::*;
+
+    #[test]
+    fn keyed_order() {
+        keyed_messages_keep_order_in_their_partition(&embedded_bus().config);
+    }
+
+    #[test]
+    fn group_split() {
+        a_group_of_two_splits_partitions_exactly_once(&embedded_bus().config);
+    }
+
+    #[test]
+    fn resume() {
+        a_restarted_member_resumes_from_committed_offsets(&embedded_bus().config);
+    }
+
+    #[test]
+    fn missing_topic_and_bad_names_are_clear_errors() {
+        let bus = embedded_bus();
+        let err = producer(&bus.config, "nope").err().unwrap().to_string();
+        assert!(err.contains("topic \"nope\" does not exist"), "{err}");
+        let err = ensure_topic(&bus.config, "../../etc", 1, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid topic name"), "{err}");
+        let err = consumer(&bus.config, opts("a/b", None))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("invalid topic name"), "{err}");
+    }
+
+    #[test]
+    fn reader_cannot_commit_and_stale_member_is_fenced() {
+        let bus = embedded_bus();
+        ensure_topic(&bus.config, "t", 2, 1).unwrap();
+        let mut r = consumer(&bus.config, opts("t", None)).unwrap();
+        assert!(r.commit(&[(0, 1)]).is_err());
+        let mut a = consumer(&bus.config, opts("t", Some("g"))).unwrap();
+        a.poll(1, Duration::from_millis(10)).unwrap();
+        assert_eq!(a.assignment(), vec![0, 1]);
+        let mut b = consumer(&bus.config, opts("t", Some("g"))).unwrap();
+        b.poll(1, Duration::from_millis(10)).unwrap();
+        assert!(
+            b.assignment().is_empty(),
+            "partitions are not taken from a live owner"
+        );
+        let err = b.commit(&[(0, 5)]).unwrap_err().to_string();
+        assert!(err.contains("not assigned to this consumer"), "{err}");
+    }
+}
+
+mod kafka {
+    use super::*;
+
+    #[test]
+    fn keyed_order() {
+        keyed_messages_keep_order_in_their_partition(&kafka_bus().config);
+    }
+
+    #[test]
+    fn group_split() {
+        a_group_of_two_splits_partitions_exactly_once(&kafka_bus().config);
+    }
+
+    #[test]
+    fn resume() {
+        a_restarted_member_resumes_from_committed_offsets(&kafka_bus().config);
+    }
+
+    #[test]
+    fn unreachable_broker_is_a_clear_error() {
+        let cfg = BusConfig::Kafka {
+            brokers: "127.0.0.1:1".into(),
+            settings: vec![("socket.connection.setup.timeout.ms".into(), "1000".into())],
+        };
+        let err = ensure_topic(&cfg, "t", 1, 1).unwrap_err().to_string();
+        assert!(err.contains("cannot reach the brokers"), "{err}");
+    }
+}

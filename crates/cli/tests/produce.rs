@@ -1,0 +1,331 @@
+//! `ticklake produce` / `consume` end to end, through the real binary, on both buses.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use ticklake_model::json;
+
+fn shared_data(name: &str) -> PathBuf {
+    // The project's own sample, and the dirty GSPTSE copy from ../shared/data.
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let own = root.join("data").join(name);
+    if own.exists() {
+        own
+    } else {
+        root.join("../shared/data").join(name)
+    }
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    brokers: Option<String>,
+    topic: String,
+}
+
+impl Env {
+    fn embedded() -> Env {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+            brokers: None,
+            topic: "stock-topic".into(),
+        }
+    }
+
+    fn kafka() -> Env {
+        let brokers = std::env::var("TICKLAKE_TEST_KAFKA")
+            .expect("TICKLAKE_TEST_KAFKA is not set: run scripts/test.sh, which starts a broker");
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+            brokers: Some(brokers),
+            topic: format!("cli-{nanos}"),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ticklake"));
+        cmd.current_dir(self.dir.path())
+            .env_remove("TICKLAKE_BROKERS");
+        if !args.contains(&"--topic") {
+            cmd.args(["--topic", &self.topic]);
+        }
+        if let Some(b) = &self.brokers {
+            cmd.args(["--brokers", b]);
+        }
+        cmd.args(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> (String, String) {
+        let out = self.run(args);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{args:?} failed:\n{stdout}\n{stderr}");
+        (stdout, stderr)
+    }
+
+    fn values(&self) -> Vec<String> {
+        let (stdout, _) = self.ok(&["consume", "--values"]);
+        stdout.lines().map(str::to_owned).collect()
+    }
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Both real CSVs through a bus: exact sent/rejected counts, rejects file, and the records on the topic.
+fn replay_real_files(env: &Env) {
+    let gsptse = shared_data("indexProcessed-GSPTSE-raw.csv");
+    let (stdout, stderr) = env.ok(&["produce", "--source", path_str(&gsptse)]);
+    assert!(
+        stdout.contains("10526 sent, 27670 rejected: blank row (27670)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("10526 acknowledged"), "{stdout}");
+    assert!(stderr.contains("ts<-Date (dd/mm/yyyy)"), "{stderr}");
+    let rejects = env
+        .dir
+        .path()
+        .join("indexProcessed-GSPTSE-raw.csv.rejects.csv");
+    let mut rd = csv::Reader::from_path(&rejects).unwrap();
+    let rows: Vec<csv::StringRecord> = rd.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 27670);
+    // Line 1 is the header and lines 2..=10527 the good rows: the blank rows start at line 10528.
+    assert_eq!((&rows[0][0], &rows[0][1]), ("10528", "blank row"));
+    assert_eq!(&rows[27669][0], "38197");
+
+    let hsi = shared_data("indexProcessed-HSI.csv");
+    let (stdout, _) = env.ok(&["produce", "--source", path_str(&hsi)]);
+    assert!(stdout.contains("5693 sent, 0 rejected"), "{stdout}");
+
+    let values = env.values();
+    assert_eq!(values.len(), 10526 + 5693);
+    let records: Vec<_> = values
+        .iter()
+        .map(|v| json::decode(v.as_bytes()).unwrap())
+        .collect();
+    let gs = records.iter().filter(|r| r.symbol == "GSPTSE").count();
+    assert_eq!(gs, 10526);
+    let first_gs = records.iter().find(|r| r.symbol == "GSPTSE").unwrap();
+    // GSPTSE,29/06/1979,1614.699951,1619.800049,1614.699951,1618.400024,1614.290039,0,1343.27202
+    assert_eq!(
+        first_gs.ts,
+        ticklake_model::time::parse_iso("1979-06-29").unwrap()
+    );
+    assert_eq!(first_gs.close, Some(1618.400024));
+    assert_eq!(
+        first_gs.extra[1].1,
+        ticklake_model::Value::Number(1343.27202)
+    );
+    let sum_close: f64 = records.iter().filter_map(|r| r.close).sum();
+    let expected: f64 = [&gsptse, &hsi]
+        .iter()
+        .flat_map(|p| {
+            let mut rd = csv::Reader::from_path(p).unwrap();
+            rd.records()
+                .map(Result::unwrap)
+                .filter_map(|r| r[5].trim().parse::<f64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum();
+    assert!(
+        (sum_close - expected).abs() < 1e-6 * expected,
+        "{sum_close} vs {expected}"
+    );
+}
+
+#[test]
+fn real_files_through_the_embedded_log() {
+    replay_real_files(&Env::embedded());
+}
+
+#[test]
+fn real_files_through_kafka() {
+    replay_real_files(&Env::kafka());
+}
+
+#[test]
+fn simulator_is_deterministic_and_counts() {
+    let a = Env::embedded();
+    let b = Env::embedded();
+    for env in [&a, &b] {
+        let (stdout, _) = env.ok(&[
+            "produce",
+            "--simulate",
+            "--symbols",
+            "25",
+            "--seed",
+            "7",
+            "--count",
+            "5000",
+        ]);
+        assert!(stdout.contains("5000 sent"), "{stdout}");
+    }
+    let (va, vb) = (a.values(), b.values());
+    assert_eq!(va.len(), 5000);
+    assert_eq!(va, vb, "same seed, same stream");
+    let symbols: std::collections::HashSet<String> = va
+        .iter()
+        .map(|v| json::decode(v.as_bytes()).unwrap().symbol)
+        .collect();
+    assert_eq!(symbols.len(), 25);
+}
+
+#[test]
+fn pacing_by_rate_and_by_event_time() {
+    let env = Env::embedded();
+    let started = Instant::now();
+    env.ok(&["produce", "--simulate", "--count", "300", "--rate", "1000"]);
+    assert!(
+        started.elapsed() >= Duration::from_millis(290),
+        "300 records at 1000/s take 0.3 s"
+    );
+
+    // HSI's first three rows are 1986-12-31, 1987-01-02 and 1987-01-05: five days of event time,
+    // replayed at 10 days per second = 0.5 s.
+    let hsi = shared_data("indexProcessed-HSI.csv");
+    let started = Instant::now();
+    let (stdout, _) = env.ok(&[
+        "produce",
+        "--source",
+        path_str(&hsi),
+        "--count",
+        "3",
+        "--realtime",
+        "--speed",
+        "864000",
+    ]);
+    assert!(stdout.contains("3 sent"), "{stdout}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(490),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn loop_replays_past_the_end() {
+    let env = Env::embedded();
+    let hsi = shared_data("indexProcessed-HSI.csv");
+    let (stdout, _) = env.ok(&[
+        "produce",
+        "--source",
+        path_str(&hsi),
+        "--loop",
+        "--count",
+        "12000",
+    ]);
+    assert!(stdout.contains("12000 sent"), "{stdout}");
+    assert_eq!(env.values().len(), 12000);
+}
+
+#[test]
+fn a_file_with_nothing_sendable_fails_and_says_why() {
+    let env = Env::embedded();
+    let f = env.dir.path().join("blank.csv");
+    std::fs::write(
+        &f,
+        "Index,Date,Open,High,Low,Close,Adj Close,Volume,CloseUSD\n,,,,,,,,\n,,,,,,,,\n",
+    )
+    .unwrap();
+    let out = env.run(&["produce", "--source", path_str(&f)]);
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stdout.contains("0 sent, 2 rejected: blank row (2)"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("nothing could be sent"), "{stderr}");
+}
+
+#[test]
+fn user_errors_are_clear_and_do_not_panic() {
+    let env = Env::embedded();
+    let f = env.dir.path().join("amb.csv");
+    std::fs::write(&f, "Ticker,Date,Close\nA,01/02/2020,1\nA,03/04/2020,2\n").unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["produce", "--source", path_str(&f)],
+            "dates are ambiguous",
+        ),
+        (
+            vec!["produce", "--source", "/nonexistent.csv"],
+            "/nonexistent.csv: No such file",
+        ),
+        (
+            vec!["produce", "--source", path_str(&f), "--map", "symbol=Nope"],
+            "--map symbol=Nope: no such column",
+        ),
+        (
+            vec![
+                "produce",
+                "--source",
+                path_str(&f),
+                "--date-format",
+                "sometimes",
+            ],
+            "--date-format",
+        ),
+        (
+            vec!["produce", "--simulate", "--rate", "0"],
+            "--rate must be a positive number",
+        ),
+        (
+            vec!["produce", "--simulate", "-X", "acks=all"],
+            "pass --brokers too",
+        ),
+        (
+            vec![
+                "--topic",
+                "../../etc",
+                "produce",
+                "--simulate",
+                "--count",
+                "1",
+            ],
+            "invalid topic name",
+        ),
+        (vec!["--topic", "missing", "consume"], "does not exist"),
+    ];
+    for (args, want) in cases {
+        let out = env.run(&args);
+        let (stdout, stderr) = text(&out);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(
+            stderr.contains(want),
+            "{args:?}: {stderr:?} should mention {want:?} ({stdout})"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    }
+    // With a day format, the same file replays.
+    let (stdout, _) = env.ok(&["produce", "--source", path_str(&f), "--date-format", "mdy"]);
+    assert!(stdout.contains("2 sent"), "{stdout}");
+}
+
+#[test]
+fn consume_in_a_group_resumes_where_it_committed() {
+    let env = Env::embedded();
+    env.ok(&["produce", "--simulate", "--count", "1000"]);
+    let (first, _) = env.ok(&["consume", "--group", "g", "--limit", "300", "--values"]);
+    let (rest, _) = env.ok(&["consume", "--group", "g", "--values"]);
+    let all = env.values();
+    let first: Vec<&str> = first.lines().collect();
+    let rest: Vec<&str> = rest.lines().collect();
+    assert_eq!(first.len(), 300);
+    assert_eq!(first.len() + rest.len(), all.len());
+    let mut joined: Vec<&str> = first.iter().chain(&rest).copied().collect();
+    let mut everything: Vec<&str> = all.iter().map(String::as_str).collect();
+    joined.sort_unstable();
+    everything.sort_unstable();
+    assert_eq!(joined, everything, "nothing lost or repeated");
+}

@@ -1,0 +1,65 @@
+# Real services for tests and benchmarks, sourced by scripts/test.sh and scripts/bench.sh.
+#
+# tansu (a Kafka-protocol broker, from crates.io) is built once with its durable SQLite engine and kept in
+# $TICKLAKE_CACHE (default ~/.cache/ticklake), so later runs skip the ~20 minute build.
+
+TICKLAKE_CACHE=${TICKLAKE_CACHE:-$HOME/.cache/ticklake}
+TANSU_VERSION=0.6.0
+TANSU_ROOT=$TICKLAKE_CACHE/tansu-$TANSU_VERSION
+TANSU_BIN=$TANSU_ROOT/bin/tansu
+
+ensure_tansu() {
+  if [ -x "$TANSU_BIN" ]; then
+    return 0
+  fi
+  echo "== building tansu $TANSU_VERSION (first run only, ~20 min on 2 cores) into $TANSU_ROOT"
+  mkdir -p "$TANSU_ROOT"
+  CARGO_TARGET_DIR=$TICKLAKE_CACHE/tansu-build \
+    cargo install tansu --version "$TANSU_VERSION" --locked --features libsql --root "$TANSU_ROOT" --quiet
+  rm -rf "$TICKLAKE_CACHE/tansu-build"
+}
+
+# A free TCP port on 127.0.0.1.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Waits until 127.0.0.1:$1 accepts connections (up to $2 seconds).
+wait_port() {
+  local port=$1 limit=${2:-30} i=0
+  until python3 -c "import socket,sys; s=socket.socket(); s.settimeout(0.5); sys.exit(s.connect_ex(('127.0.0.1', $port)))" 2>/dev/null; do
+    i=$((i + 1))
+    if [ "$i" -ge $((limit * 10)) ]; then
+      return 1
+    fi
+    sleep 0.1
+  done
+}
+
+# Starts tansu on 127.0.0.1 with SQLite storage in $1; sets TANSU_PID and TANSU_ADDR.
+start_tansu() {
+  local dir=$1 port
+  port=$(free_port)
+  mkdir -p "$dir"
+  (cd "$dir" && exec "$TANSU_BIN" broker \
+      --storage-engine "sqlite://tansu.db" \
+      --listener-url "tcp://127.0.0.1:$port" \
+      --advertised-listener-url "tcp://127.0.0.1:$port" \
+      >"$dir/tansu.log" 2>&1) &
+  TANSU_PID=$!
+  TANSU_ADDR=127.0.0.1:$port
+  if ! wait_port "$port" 30; then
+    echo "tansu did not start; its log:" >&2
+    cat "$dir/tansu.log" >&2
+    return 1
+  fi
+  echo "== tansu $TANSU_VERSION listening on $TANSU_ADDR (pid $TANSU_PID, data in $dir)"
+}
+
+stop_tansu() {
+  if [ -n "${TANSU_PID:-}" ]; then
+    kill "$TANSU_PID" 2>/dev/null || true
+    wait "$TANSU_PID" 2>/dev/null || true
+    TANSU_PID=
+  fi
+}
