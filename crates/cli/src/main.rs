@@ -8,10 +8,11 @@ mod produce;
 
 use clap::{Parser, Subcommand};
 
-/// Stream market data through Kafka into a partitioned Parquet lake you can query with SQL.
+/// Stream market data (CSV replays or a simulated market) through Kafka or an embedded durable log.
 ///
 /// Without --brokers everything runs embedded: the topic is a durable log on local disk under the lake
-/// folder, so `ticklake produce` then `ticklake consume` in the same folder just work.
+/// folder, so `ticklake produce` then `ticklake consume` in the same folder just work. With --brokers the
+/// same commands use any Kafka-protocol broker.
 #[derive(Parser, Debug)]
 #[command(
     name = "ticklake",

@@ -10,6 +10,7 @@ use ticklake_bus::BusConfig;
 
 /// Options every command takes (also from `TICKLAKE_*` environment variables).
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Global options")]
 pub struct Global {
     /// Kafka bootstrap servers (host:port,...). Without it, the embedded log is used.
     #[arg(

@@ -200,7 +200,7 @@ impl<'de> Visitor<'de> for RecordVisitor {
         // Per core field: the value under its canonical name, and the first value under an alias.
         let mut canonical: [Option<(Cow<'de, str>, Scalar<'de>)>; 7] = Default::default();
         let mut alias: [Option<(Cow<'de, str>, Scalar<'de>)>; 7] = Default::default();
-        let mut extra: Vec<(String, Scalar<'de>)> = Vec::new();
+        let mut extra: Vec<(Cow<'de, str>, Scalar<'de>)> = Vec::new();
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             let value: Scalar<'de> = map.next_value()?;
             if let Some(i) = SLOTS.iter().position(|s| *s == key) {
@@ -208,9 +208,9 @@ impl<'de> Visitor<'de> for RecordVisitor {
                 continue;
             }
             let normalized = if is_normalized(&key) {
-                key.to_string()
+                key.clone()
             } else {
-                normalize_column_name(&key)
+                Cow::Owned(normalize_column_name(&key))
             };
             match core_alias(&normalized).map(slot_of) {
                 Some(i) if alias[i].is_none() => alias[i] = Some((key, value)),
@@ -249,7 +249,7 @@ type Slot<'de> = Option<(Cow<'de, str>, Scalar<'de>)>;
 fn build<'de>(
     mut canonical: [Slot<'de>; 7],
     alias: [Slot<'de>; 7],
-    extra: Vec<(String, Scalar<'de>)>,
+    extra: Vec<(Cow<'de, str>, Scalar<'de>)>,
 ) -> Result<Record, DecodeError> {
     let mut extras = Vec::with_capacity(extra.len());
     // An alias is the field only when the canonical name is absent; otherwise it is an ordinary column.
@@ -258,7 +258,7 @@ fn build<'de>(
             if canonical[i].is_none() {
                 canonical[i] = Some((key, value));
             } else {
-                extras.push((normalize_column_name(&key), value));
+                extras.push((Cow::Owned(normalize_column_name(&key)), value));
             }
         }
     }
@@ -309,9 +309,30 @@ fn build<'de>(
                 ))
             }
         };
-        record.extra.push((Arc::from(name), value));
+        record.extra.push((intern(&name), value));
     }
     Ok(record)
+}
+
+thread_local! {
+    /// Column names seen by this thread: every message repeats the same few, so share one allocation.
+    static NAMES: std::cell::RefCell<std::collections::HashMap<Box<str>, Arc<str>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// The shared `Arc<str>` for a column name (bounded: past 4096 distinct names, no more are cached).
+fn intern(name: &str) -> Arc<str> {
+    NAMES.with(|names| {
+        let mut names = names.borrow_mut();
+        if let Some(a) = names.get(name) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(name);
+        if names.len() < 4096 {
+            names.insert(Box::from(name), a.clone());
+        }
+        a
+    })
 }
 
 fn number(slot: Slot<'_>) -> Result<Option<f64>, DecodeError> {
