@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanCount, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ticklake_bus::Producer;
 use ticklake_feed::csv::{ColumnMap, CsvOptions, CsvSource, Row};
 use ticklake_feed::dates::DateFormat;
@@ -280,6 +280,7 @@ struct Sender<'a> {
     /// The bar counts records (rather than the caller moving it by bytes).
     count_records: bool,
     buf: Vec<u8>,
+    started: Instant,
     sent: u64,
     seen: u64,
 }
@@ -300,6 +301,7 @@ impl<'a> Sender<'a> {
             bar,
             count_records,
             buf: Vec::with_capacity(256),
+            started: Instant::now(),
             sent: 0,
             seen: 0,
         }
@@ -315,9 +317,13 @@ impl<'a> Sender<'a> {
         if self.sent.is_multiple_of(PROGRESS_EVERY) {
             if self.count_records {
                 self.bar.inc(PROGRESS_EVERY);
-            } else {
-                self.bar.set_message(format!("{} sent", self.sent));
             }
+            let rate = self.sent as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+            self.bar.set_message(format!(
+                "{} sent, {}/s",
+                HumanCount(self.sent),
+                HumanCount(rate as u64)
+            ));
         }
         Ok(())
     }
@@ -343,9 +349,9 @@ fn progress(g: &Global, len: Option<u64>, bytes: bool) -> ProgressBar {
     let template = if bytes {
         "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}"
     } else if len.is_some() {
-        "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} ({per_sec}) {msg}"
+        "{spinner} [{elapsed_precise}] {wide_bar} {percent}% {msg}"
     } else {
-        "{spinner} [{elapsed_precise}] {human_pos} records ({per_sec}) {msg}"
+        "{spinner} [{elapsed_precise}] {msg}"
     };
     if let Ok(style) = ProgressStyle::with_template(template) {
         bar.set_style(style);
