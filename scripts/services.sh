@@ -63,3 +63,40 @@ stop_tansu() {
     TANSU_PID=
   fi
 }
+
+# moto: an S3 (and Glue) API server from PyPI, in its own venv in the cache.
+MOTO_VENV=$TICKLAKE_CACHE/moto-venv
+
+ensure_moto() {
+  if [ -x "$MOTO_VENV/bin/moto_server" ]; then
+    return 0
+  fi
+  echo "== installing moto[server] into $MOTO_VENV"
+  rm -rf "$MOTO_VENV"
+  python3 -m venv "$MOTO_VENV"
+  "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check 'moto[server]'
+}
+
+# Starts moto on 127.0.0.1; sets MOTO_PID and MOTO_URL.
+start_moto() {
+  local dir=$1 port
+  port=$(free_port)
+  mkdir -p "$dir"
+  "$MOTO_VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$dir/moto.log" 2>&1 &
+  MOTO_PID=$!
+  MOTO_URL=http://127.0.0.1:$port
+  if ! wait_port "$port" 60; then
+    echo "moto did not start; its log:" >&2
+    cat "$dir/moto.log" >&2
+    return 1
+  fi
+  echo "== moto listening on $MOTO_URL (pid $MOTO_PID)"
+}
+
+stop_moto() {
+  if [ -n "${MOTO_PID:-}" ]; then
+    kill "$MOTO_PID" 2>/dev/null || true
+    wait "$MOTO_PID" 2>/dev/null || true
+    MOTO_PID=
+  fi
+}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, with the real services it needs: builds (once) and starts a tansu Kafka-protocol
-# broker on 127.0.0.1, runs fmt, clippy and every test, and stops the broker again.
+# broker and a moto S3 server on 127.0.0.1, runs fmt, clippy and every test, and stops them again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -9,14 +9,18 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$TICKLAKE_CACHE/target}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 
 ensure_tansu
+ensure_moto
 work=$(mktemp -d "${TMPDIR:-/tmp}/ticklake-test.XXXXXX")
 cleanup() {
   stop_tansu
+  stop_moto
   rm -rf "$work"
 }
 trap cleanup EXIT
 start_tansu "$work/tansu"
+start_moto "$work/moto"
 export TICKLAKE_TEST_KAFKA=$TANSU_ADDR
+export TICKLAKE_TEST_S3=$MOTO_URL
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

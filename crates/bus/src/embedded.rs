@@ -111,6 +111,15 @@ pub fn ensure_topic(dir: &Path, topic: &str, partitions: i32) -> Result<TopicInf
     Ok(info)
 }
 
+/// The partition count of `topic`, or `None` when it does not exist.
+pub fn partition_count(dir: &Path, topic: &str) -> Result<Option<i32>, BusError> {
+    match open_topic(dir, topic) {
+        Ok((_, _, n)) => Ok(Some(n)),
+        Err(BusError::NoSuchTopic(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Opens an existing topic: (database path, connection, partition count).
 fn open_topic(dir: &Path, topic: &str) -> Result<(PathBuf, Connection, i32), BusError> {
     validate_topic(topic)?;

@@ -1,9 +1,11 @@
 //! The Kafka bus (librdkafka through `rdkafka`).
 //!
 //! Producer defaults: idempotence on (no duplicates or reordering on retry), lz4 compression, Kafka's
-//! murmur2 partitioner (the Java client's, and the embedded log's), a 30 s delivery timeout. Consumer
+//! murmur2 partitioner (the Java client's, and the embedded log's), 20 ms linger and 1 MB batches; a full
+//! local queue blocks `send` (back-pressure) rather than letting messages expire in it. Consumer
 //! defaults: no auto-commit (offsets are committed by the caller after the data is safe), start from the
-//! earliest offset. Any librdkafka setting given as `-X key=value` overrides these.
+//! earliest offset, a 10 s session timeout (a crashed member's partitions move on quickly), fetches that
+//! wait at most 100 ms. Any librdkafka setting given as `-X key=value` overrides these.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -94,6 +96,18 @@ pub fn ensure_topic(
     )))
 }
 
+/// The partition count of `topic`, or `None` when the brokers do not know it.
+pub fn topic_partitions(
+    brokers: &str,
+    settings: &[(String, String)],
+    topic: &str,
+) -> Result<Option<i32>, BusError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers, settings, &[])
+        .create()
+        .map_err(kerr)?;
+    partition_count(admin.inner(), topic)
+}
+
 fn partition_count<C: ClientContext>(
     client: &rdkafka::client::Client<C>,
     topic: &str,
@@ -156,8 +170,9 @@ impl KafkaProducer {
                 ("partitioner", "murmur2_random"),
                 ("linger.ms", "20"),
                 ("batch.size", "1000000"),
-                ("queue.buffering.max.messages", "1000000"),
-                ("message.timeout.ms", "30000"),
+                // librdkafka's own queue (100,000 messages) and delivery timeout (300 s) stay: a full
+                // queue makes `send` wait for the broker (back-pressure) instead of queueing messages
+                // that would expire before a slow broker takes them.
             ],
         )
         .create_with_context(DeliveryCounter::default())
@@ -189,9 +204,9 @@ impl Producer for KafkaProducer {
     }
 
     fn flush(&mut self) -> Result<Delivery, BusError> {
-        // Bounded by message.timeout.ms: by then every message is acknowledged or failed.
+        // Bounded by message.timeout.ms (300 s by default): by then every message is acknowledged or failed.
         self.producer
-            .flush(Timeout::After(Duration::from_secs(600)))
+            .flush(Timeout::After(Duration::from_secs(900)))
             .map_err(kerr)?;
         Ok(self.delivery())
     }
@@ -276,6 +291,11 @@ impl KafkaConsumer {
                 ("enable.auto.offset.store", "false"),
                 ("auto.offset.reset", reset),
                 ("enable.partition.eof", "false"),
+                // A crashed member's partitions move on after 10 s (Kafka's default is 45 s).
+                ("session.timeout.ms", "10000"),
+                ("heartbeat.interval.ms", "2000"),
+                // Fresh data within a fraction of a second even on brokers that wait out the fetch.
+                ("fetch.wait.max.ms", "100"),
             ],
         )
         .create_with_context(GroupContext {

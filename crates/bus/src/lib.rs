@@ -223,6 +223,15 @@ pub fn ensure_topic(
     }
 }
 
+/// The number of partitions of `topic`, or `None` when it does not exist.
+pub fn partition_count(config: &BusConfig, topic: &str) -> Result<Option<i32>, BusError> {
+    validate_topic(topic)?;
+    match config {
+        BusConfig::Embedded { dir } => embedded::partition_count(dir, topic),
+        BusConfig::Kafka { brokers, settings } => kafka::topic_partitions(brokers, settings, topic),
+    }
+}
+
 /// A producer for `topic`, which must exist (see [`ensure_topic`]).
 pub fn producer(config: &BusConfig, topic: &str) -> Result<Box<dyn Producer>, BusError> {
     validate_topic(topic)?;

@@ -5,6 +5,7 @@
 mod consume;
 mod options;
 mod produce;
+mod sink;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +34,8 @@ enum Command {
     Produce(produce::Args),
     /// Print the messages on the topic (or consume them as a member of a consumer group).
     Consume(consume::Args),
+    /// Consume the topic into a partitioned Parquet lake (local folder or S3), exactly once.
+    Sink(sink::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,6 +44,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Produce(args) => produce::run(&cli.global, args),
         Command::Consume(args) => consume::run(&cli.global, args),
+        Command::Sink(args) => sink::run(&cli.global, args),
     };
     match result {
         Ok(code) => code,

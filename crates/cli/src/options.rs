@@ -34,11 +34,13 @@ pub struct Global {
     )]
     pub topic: String,
 
-    /// The lake folder; the embedded log lives in <lake>/_ticklake/log unless --log-dir says otherwise.
+    /// The lake: a folder, or s3://bucket/prefix (endpoint, region and credentials from the standard
+    /// AWS_* variables).
     #[arg(long, global = true, env = "TICKLAKE_LAKE", default_value = "./lake")]
-    pub lake: PathBuf,
+    pub lake: String,
 
-    /// Where the embedded log keeps its topics.
+    /// Where the embedded log keeps its topics [default: <lake>/_ticklake/log for a local lake,
+    /// ./_ticklake/log for an S3 lake].
     #[arg(long, global = true, env = "TICKLAKE_LOG_DIR", value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
 
@@ -78,9 +80,15 @@ impl Global {
 
     /// The embedded log's directory.
     pub fn log_dir(&self) -> PathBuf {
-        self.log_dir
-            .clone()
-            .unwrap_or_else(|| self.lake.join("_ticklake").join("log"))
+        if let Some(d) = &self.log_dir {
+            return d.clone();
+        }
+        let base = if self.lake.contains("://") {
+            PathBuf::from(".")
+        } else {
+            PathBuf::from(&self.lake)
+        };
+        base.join("_ticklake").join("log")
     }
 
     /// Where the bus is, for messages: `embedded log at lake/_ticklake/log` or `kafka at host:9092`.

@@ -1,87 +1,11 @@
 //! `ticklake produce` / `consume` end to end, through the real binary, on both buses.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{path_str, shared_data, text, Env};
 use ticklake_model::json;
-
-fn shared_data(name: &str) -> PathBuf {
-    // The project's own sample, and the dirty GSPTSE copy from ../shared/data.
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let own = root.join("data").join(name);
-    if own.exists() {
-        own
-    } else {
-        root.join("../shared/data").join(name)
-    }
-}
-
-struct Env {
-    dir: tempfile::TempDir,
-    brokers: Option<String>,
-    topic: String,
-}
-
-impl Env {
-    fn embedded() -> Env {
-        Env {
-            dir: tempfile::tempdir().unwrap(),
-            brokers: None,
-            topic: "stock-topic".into(),
-        }
-    }
-
-    fn kafka() -> Env {
-        let brokers = std::env::var("TICKLAKE_TEST_KAFKA")
-            .expect("TICKLAKE_TEST_KAFKA is not set: run scripts/test.sh, which starts a broker");
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        Env {
-            dir: tempfile::tempdir().unwrap(),
-            brokers: Some(brokers),
-            topic: format!("cli-{nanos}"),
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ticklake"));
-        cmd.current_dir(self.dir.path())
-            .env_remove("TICKLAKE_BROKERS");
-        if !args.contains(&"--topic") {
-            cmd.args(["--topic", &self.topic]);
-        }
-        if let Some(b) = &self.brokers {
-            cmd.args(["--brokers", b]);
-        }
-        cmd.args(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> (String, String) {
-        let out = self.run(args);
-        let (stdout, stderr) = text(&out);
-        assert!(out.status.success(), "{args:?} failed:\n{stdout}\n{stderr}");
-        (stdout, stderr)
-    }
-
-    fn values(&self) -> Vec<String> {
-        let (stdout, _) = self.ok(&["consume", "--values"]);
-        stdout.lines().map(str::to_owned).collect()
-    }
-}
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// Both real CSVs through a bus: exact sent/rejected counts, rejects file, and the records on the topic.
 fn replay_real_files(env: &Env) {

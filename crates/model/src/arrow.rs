@@ -45,7 +45,9 @@ pub fn core_schema() -> SchemaRef {
 }
 
 /// Collects records into an Arrow [`RecordBatch`].
-#[derive(Default)]
+///
+/// It starts empty and grows as rows arrive, so thousands of small open builders (one per lake
+/// partition) cost little memory.
 pub struct BatchBuilder {
     symbol: StringBuilder,
     ts: TimestampMicrosecondBuilder,
@@ -53,6 +55,19 @@ pub struct BatchBuilder {
     extras: Vec<(Arc<str>, Vec<Value>)>,
     extra_index: HashMap<Arc<str>, usize>,
     rows: usize,
+}
+
+impl Default for BatchBuilder {
+    fn default() -> Self {
+        BatchBuilder {
+            symbol: StringBuilder::with_capacity(0, 0),
+            ts: TimestampMicrosecondBuilder::with_capacity(0),
+            prices: std::array::from_fn(|_| Float64Builder::with_capacity(0)),
+            extras: Vec::new(),
+            extra_index: HashMap::new(),
+            rows: 0,
+        }
+    }
 }
 
 impl BatchBuilder {

@@ -1,0 +1,166 @@
+//! `ticklake sink`: the topic -> a partitioned lake, exactly once.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytesize::ByteSize;
+use clap::Args as ClapArgs;
+use indicatif::HumanCount;
+use ticklake_sink::{FileFormat, FlushPolicy, Lake, Partitioning, Sink, SinkConfig, Stats};
+
+use crate::options::{stop_flag, Global};
+
+/// Options of `ticklake sink`.
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// Drain what is on the topic, write it, and exit (for batch jobs and tests).
+    #[arg(long)]
+    pub once: bool,
+
+    /// Consumer group: sinks with the same group split the topic's partitions between them.
+    #[arg(long, default_value = "ticklake-sink")]
+    pub group: String,
+
+    /// Table folder in the lake [default: the topic name in snake_case, e.g. stock_topic].
+    #[arg(long)]
+    pub table: Option<String>,
+
+    /// Partition folders: date,symbol | date | date,hour | date,hour,symbol | symbol | none.
+    #[arg(long, default_value = "date,symbol")]
+    pub partition_by: Partitioning,
+
+    /// File format: parquet (zstd, sorted by symbol and time), json (one object per line) or csv.
+    #[arg(long, default_value = "parquet")]
+    pub format: FileFormat,
+
+    /// Flush once this many records are buffered.
+    #[arg(long, default_value_t = 1_000_000, value_name = "N")]
+    pub flush_records: usize,
+
+    /// Flush once this much message data is buffered (this bounds memory), e.g. 256MiB.
+    #[arg(long, default_value = "256MiB", value_name = "SIZE")]
+    pub flush_bytes: ByteSize,
+
+    /// Flush at least this often, also when the topic goes quiet (how fresh the lake is), e.g. 5s.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub flush_interval: Duration,
+
+    /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9898 (GET /metrics).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+}
+
+pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
+    let bus = g.bus()?;
+    let lake = Lake::open(&g.lake)?;
+    if let Some(addr) = args.metrics {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+    }
+    let table = args.table.clone().unwrap_or_else(|| {
+        g.topic
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect::<String>()
+            .trim_start_matches('_')
+            .to_owned()
+    });
+    let config = SinkConfig {
+        topic: g.topic.clone(),
+        group: args.group.clone(),
+        table: table.clone(),
+        partitioning: args.partition_by.clone(),
+        format: args.format,
+        flush: FlushPolicy {
+            records: args.flush_records,
+            bytes: usize::try_from(args.flush_bytes.as_u64()).unwrap_or(usize::MAX),
+            interval: args.flush_interval,
+        },
+        once: args.once,
+    };
+    let stop = stop_flag()?;
+    // A long-running sink may start before anything was produced: wait for the topic to appear.
+    if !args.once {
+        let mut told = false;
+        while ticklake_bus::partition_count(&bus, &g.topic)?.is_none() {
+            if !told {
+                eprintln!(
+                    "waiting for topic {:?} to be created ({})",
+                    g.topic,
+                    g.describe_bus()
+                );
+                told = true;
+            }
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(ExitCode::SUCCESS);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    let mut sink = Sink::new(&bus, lake.clone(), config).with_context(|| {
+        format!(
+            "cannot start the sink on topic {:?} ({})",
+            g.topic,
+            g.describe_bus()
+        )
+    })?;
+    let quiet = g.quiet;
+    let mut last = (0u64, Duration::ZERO);
+    let stats = sink.run(&stop, &mut |s: &Stats| {
+        if !quiet {
+            let dt = (s.elapsed - last.1).as_secs_f64().max(1e-9);
+            let rate = (s.records - last.0) as f64 / dt;
+            eprintln!(
+                "sink: {} records ({}/s), {} files, {}, lag {}, dead letters {}",
+                HumanCount(s.records),
+                HumanCount(rate as u64),
+                HumanCount(s.files),
+                ByteSize(s.bytes),
+                s.total_lag(),
+                s.dead_letters
+            );
+        }
+        last = (s.records, s.elapsed);
+    })?;
+    let secs = stats.elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "{} records written to {}/{} in {} files ({}), {} dead-lettered, in {:.2}s ({:.0} records/s)",
+        stats.records,
+        lake.describe().trim_end_matches('/'),
+        table,
+        stats.files,
+        ByteSize(stats.bytes),
+        stats.dead_letters,
+        secs,
+        stats.records as f64 / secs
+    );
+    if !stats.freshness.is_empty() {
+        println!(
+            "record age when committed (record timestamp -> its file committed): p50 {:.3}s, p99 {:.3}s, max {:.3}s",
+            stats.freshness.value_at_quantile(0.5) as f64 / 1000.0,
+            stats.freshness.value_at_quantile(0.99) as f64 / 1000.0,
+            stats.freshness.max() as f64 / 1000.0
+        );
+    }
+    if let Some(kb) = peak_rss_kib() {
+        println!("peak memory (RSS): {}", ByteSize(kb * 1024));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The process's peak resident set size (Linux), KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}

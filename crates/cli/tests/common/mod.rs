@@ -1,0 +1,287 @@
+//! Helpers shared by the CLI tests: a working folder, the bus to use, running the real binary, and
+//! reading the lake back.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use ticklake_model::Record;
+
+pub fn shared_data(name: &str) -> PathBuf {
+    // The project's own sample, and the dirty GSPTSE copy from ../shared/data.
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let own = root.join("data").join(name);
+    if own.exists() {
+        own
+    } else {
+        root.join("../shared/data").join(name)
+    }
+}
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub brokers: Option<String>,
+    pub topic: String,
+    /// `--lake` (default: `./lake` in `dir`).
+    pub lake: Option<String>,
+    /// Extra environment for the commands (the S3 settings).
+    pub vars: Vec<(String, String)>,
+}
+
+impl Env {
+    pub fn embedded() -> Env {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+            brokers: None,
+            topic: "stock-topic".into(),
+            lake: None,
+            vars: Vec::new(),
+        }
+    }
+
+    pub fn kafka() -> Env {
+        let brokers = std::env::var("TICKLAKE_TEST_KAFKA")
+            .expect("TICKLAKE_TEST_KAFKA is not set: run scripts/test.sh, which starts a broker");
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+            brokers: Some(brokers),
+            topic: format!("cli-{nanos}"),
+            lake: None,
+            vars: Vec::new(),
+        }
+    }
+
+    /// The command for `args`, with this environment's bus, topic, lake and variables.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ticklake"));
+        cmd.current_dir(self.dir.path())
+            .env_remove("TICKLAKE_BROKERS");
+        if !args.contains(&"--topic") {
+            cmd.args(["--topic", &self.topic]);
+        }
+        if let Some(b) = &self.brokers {
+            cmd.args(["--brokers", b]);
+        }
+        if let Some(l) = &self.lake {
+            if !args.contains(&"--lake") {
+                cmd.args(["--lake", l]);
+            }
+        }
+        cmd.envs(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        cmd.args(args);
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// Starts `args` in the background, output discarded.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    pub fn ok(&self, args: &[&str]) -> (String, String) {
+        let out = self.run(args);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{args:?} failed:\n{stdout}\n{stderr}");
+        (stdout, stderr)
+    }
+
+    pub fn values(&self) -> Vec<String> {
+        let (stdout, _) = self.ok(&["consume", "--values"]);
+        stdout.lines().map(str::to_owned).collect()
+    }
+}
+
+pub fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// S3 settings for the moto server that `scripts/test.sh` starts (`TICKLAKE_TEST_S3`).
+pub fn moto_url() -> String {
+    std::env::var("TICKLAKE_TEST_S3")
+        .expect("TICKLAKE_TEST_S3 is not set: run scripts/test.sh, which starts a moto S3 server")
+}
+
+impl Env {
+    /// The lake on a new bucket of the moto server, reached through the standard AWS variables.
+    pub fn with_s3_lake(mut self) -> Env {
+        let url = moto_url();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let bucket = format!("lake-{nanos}");
+        ureq::put(&format!("{url}/{bucket}"))
+            .send_empty()
+            .expect("create the bucket on moto");
+        self.lake = Some(format!("s3://{bucket}/warehouse"));
+        self.vars = vec![
+            ("AWS_ENDPOINT_URL".into(), url),
+            ("AWS_ALLOW_HTTP".into(), "true".into()),
+            ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+        ];
+        self
+    }
+
+    /// The table the sink writes by default: the topic in snake_case.
+    pub fn table(&self) -> String {
+        self.topic.replace(['-', '.'], "_")
+    }
+
+    /// The lake, opened the way the binary opens it.
+    pub fn open_lake(&self) -> ticklake_sink::Lake {
+        match &self.lake {
+            Some(l) if l.starts_with("s3://") => {
+                let opts: Vec<(String, String)> = [
+                    ("aws_endpoint", "AWS_ENDPOINT_URL"),
+                    ("aws_allow_http", "AWS_ALLOW_HTTP"),
+                    ("aws_access_key_id", "AWS_ACCESS_KEY_ID"),
+                    ("aws_secret_access_key", "AWS_SECRET_ACCESS_KEY"),
+                    ("aws_region", "AWS_REGION"),
+                ]
+                .iter()
+                .map(|(k, var)| {
+                    let v = self.vars.iter().find(|(n, _)| n == var).unwrap().1.clone();
+                    (k.to_string(), v)
+                })
+                .collect();
+                ticklake_sink::Lake::open_with(l, &opts).unwrap()
+            }
+            Some(l) => {
+                ticklake_sink::Lake::open(self.dir.path().join(l).to_str().unwrap()).unwrap()
+            }
+            None => {
+                ticklake_sink::Lake::open(self.dir.path().join("lake").to_str().unwrap()).unwrap()
+            }
+        }
+    }
+
+    /// Every file in the lake below `rel`.
+    pub fn lake_files(&self, rel: &str) -> Vec<String> {
+        let lake = self.open_lake();
+        runtime().block_on(lake.list(rel)).unwrap()
+    }
+
+    /// Every record in the table's Parquet files, with the folder it was found in.
+    pub fn lake_records(&self) -> Vec<(String, Record)> {
+        let lake = self.open_lake();
+        let rt = runtime();
+        let mut out = Vec::new();
+        for f in rt.block_on(lake.list(&self.table())).unwrap() {
+            assert!(
+                f.ends_with(".parquet"),
+                "only data files in the table folder: {f}"
+            );
+            let bytes = rt.block_on(lake.get(&f)).unwrap();
+            let folder = f.rsplit_once('/').unwrap().0.to_owned();
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+                    .unwrap()
+                    .build()
+                    .unwrap();
+            for batch in reader {
+                for r in ticklake_model::arrow::batch_to_records(&batch.unwrap()).unwrap() {
+                    out.push((folder.clone(), r));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A record as a comparable key: (symbol, ts, open, high, low, close, volume) with floats as bits.
+pub fn key(r: &Record) -> (String, i64, [u64; 5]) {
+    let f = |v: Option<f64>| v.map_or(u64::MAX, f64::to_bits);
+    (
+        r.symbol.clone(),
+        r.ts,
+        [f(r.open), f(r.high), f(r.low), f(r.close), f(r.volume)],
+    )
+}
+
+/// The multiset of `records`, sorted.
+pub fn multiset<'a>(records: impl IntoIterator<Item = &'a Record>) -> Vec<(String, i64, [u64; 5])> {
+    let mut v: Vec<_> = records.into_iter().map(key).collect();
+    v.sort();
+    v
+}
+
+/// The folder a record belongs in with the default partitioning.
+pub fn expected_folder(table: &str, r: &Record) -> String {
+    format!(
+        "{table}/{}",
+        ticklake_sink::Partitioning::default().path_for(&r.symbol, r.ts)
+    )
+}
+
+/// Every good row of a seed-format CSV, read independently of the feed crate (only ISO and dd/mm/yyyy).
+pub fn seed_csv_records(path: &Path) -> Vec<Record> {
+    let mut rd = csv::Reader::from_path(path).unwrap();
+    let mut out = Vec::new();
+    for row in rd.records() {
+        let row = row.unwrap();
+        if row.iter().all(|f| f.trim().is_empty()) {
+            continue;
+        }
+        let date = row[1].trim();
+        let iso = if date.contains('/') {
+            let p: Vec<&str> = date.split('/').collect();
+            format!("{}-{}-{}", p[2], p[1], p[0])
+        } else {
+            date.to_owned()
+        };
+        let mut r = Record::new(
+            row[0].trim(),
+            ticklake_model::time::parse_iso(&iso).unwrap(),
+        );
+        let n = |i: usize| Some(row[i].trim().parse::<f64>().unwrap());
+        (r.open, r.high, r.low, r.close, r.volume) = (n(2), n(3), n(4), n(5), n(7));
+        out.push(r);
+    }
+    out
+}
+
+/// Sends SIGTERM (a clean stop) to a child.
+pub fn terminate(child: &Child) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+}
+
+/// The `N records written` number a sink printed.
+pub fn written(stdout: &str) -> u64 {
+    stdout
+        .lines()
+        .find_map(|l| {
+            l.split_once(" records written")
+                .map(|(n, _)| n.trim().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no summary in {stdout:?}"))
+}

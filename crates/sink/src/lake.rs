@@ -1,0 +1,252 @@
+//! The lake's storage: a local folder or an S3-compatible bucket, written whole-file and atomically.
+//!
+//! * Local: a temporary file (named `.<name>.tmp-…`, hidden from query engines) is written, fsynced and
+//!   renamed over the final name, and the folder is fsynced, so a file is either absent or complete
+//!   and on disk, even after a crash.
+//! * S3 (`s3://bucket/prefix`): one PUT per file through `object_store`, which S3 makes visible
+//!   atomically. Endpoint, region and credentials come from the standard `AWS_*` environment variables
+//!   (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, …, `AWS_ALLOW_HTTP=true` for plain-HTTP
+//!   servers such as MinIO or moto).
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use crate::SinkError;
+
+/// Where the lake lives.
+#[derive(Clone, Debug)]
+pub enum Lake {
+    /// A folder on local disk.
+    Local {
+        /// The lake's root folder.
+        root: PathBuf,
+    },
+    /// An object store bucket and key prefix.
+    Object {
+        /// The store.
+        store: Arc<dyn ObjectStore>,
+        /// Key prefix of the lake inside the bucket (may be empty).
+        prefix: String,
+        /// The location as the user gave it, for messages.
+        url: String,
+    },
+}
+
+impl Lake {
+    /// `s3://bucket[/prefix]` (or `s3a://`) for S3, anything else is a local folder.
+    pub fn open(location: &str) -> Result<Lake, SinkError> {
+        Self::open_with(location, &[])
+    }
+
+    /// Like [`open`](Self::open), with S3 settings given explicitly (object_store keys such as
+    /// `aws_endpoint`, `aws_allow_http`, `aws_access_key_id`), applied over the environment's.
+    pub fn open_with(location: &str, s3_options: &[(String, String)]) -> Result<Lake, SinkError> {
+        if let Some(rest) = location
+            .strip_prefix("s3://")
+            .or_else(|| location.strip_prefix("s3a://"))
+        {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(SinkError::Config(format!(
+                    "lake {location:?}: no bucket name (use s3://bucket/prefix)"
+                )));
+            }
+            let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            for (k, v) in s3_options {
+                let key = k
+                    .to_ascii_lowercase()
+                    .parse()
+                    .map_err(|e| SinkError::Config(format!("S3 option {k:?}: {e}")))?;
+                builder = builder.with_config(key, v);
+            }
+            let store = builder
+                .build()
+                .map_err(|e| SinkError::Config(format!("lake {location:?}: {e}")))?;
+            let prefix = prefix.trim_matches('/').to_owned();
+            if !prefix.is_empty() {
+                ObjectPath::parse(&prefix)
+                    .map_err(|e| SinkError::Config(format!("lake {location:?}: {e}")))?;
+            }
+            Ok(Lake::Object {
+                store: Arc::new(store),
+                prefix,
+                url: location.to_owned(),
+            })
+        } else if location.contains("://") {
+            Err(SinkError::Config(format!(
+                "lake {location:?}: only local folders and s3:// locations are supported"
+            )))
+        } else {
+            Ok(Lake::Local {
+                root: PathBuf::from(location),
+            })
+        }
+    }
+
+    /// The location for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Lake::Local { root } => root.display().to_string(),
+            Lake::Object { url, .. } => url.clone(),
+        }
+    }
+
+    /// The local root folder, when the lake is local.
+    pub fn local_root(&self) -> Option<&Path> {
+        match self {
+            Lake::Local { root } => Some(root),
+            Lake::Object { .. } => None,
+        }
+    }
+
+    fn key(prefix: &str, rel: &str) -> Result<ObjectPath, SinkError> {
+        let full = if prefix.is_empty() {
+            rel.to_owned()
+        } else {
+            format!("{prefix}/{rel}")
+        };
+        ObjectPath::parse(&full)
+            .map_err(|e| SinkError::Config(format!("bad object key {full:?}: {e}")))
+    }
+
+    /// Writes `data` at `rel` (a `/`-separated path inside the lake), whole and atomically, replacing
+    /// any file of that name.
+    pub async fn put(&self, rel: &str, data: Bytes) -> Result<(), SinkError> {
+        match self {
+            Lake::Local { root } => {
+                let path = root.join(rel);
+                let root = root.clone();
+                tokio::task::spawn_blocking(move || write_local(&path, &data))
+                    .await
+                    .map_err(|e| SinkError::Storage {
+                        location: root.display().to_string(),
+                        message: e.to_string(),
+                    })?
+            }
+            Lake::Object { store, prefix, url } => {
+                let key = Self::key(prefix, rel)?;
+                store
+                    .put(&key, PutPayload::from_bytes(data))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| SinkError::Storage {
+                        location: format!("{url}/{rel}"),
+                        message: e.to_string(),
+                    })
+            }
+        }
+    }
+
+    /// Reads a whole file.
+    pub async fn get(&self, rel: &str) -> Result<Bytes, SinkError> {
+        match self {
+            Lake::Local { root } => {
+                let path = root.join(rel);
+                fs::read(&path)
+                    .map(Bytes::from)
+                    .map_err(|e| SinkError::Storage {
+                        location: path.display().to_string(),
+                        message: e.to_string(),
+                    })
+            }
+            Lake::Object { store, prefix, url } => {
+                let key = Self::key(prefix, rel)?;
+                let err = |e: object_store::Error| SinkError::Storage {
+                    location: format!("{url}/{rel}"),
+                    message: e.to_string(),
+                };
+                store
+                    .get(&key)
+                    .await
+                    .map_err(err)?
+                    .bytes()
+                    .await
+                    .map_err(err)
+            }
+        }
+    }
+
+    /// Every file below `rel` (recursively), as lake-relative paths, sorted; temporary files are left out.
+    pub async fn list(&self, rel: &str) -> Result<Vec<String>, SinkError> {
+        let mut out =
+            match self {
+                Lake::Local { root } => {
+                    let mut out = Vec::new();
+                    let base = root.join(rel);
+                    if base.exists() {
+                        walk(root, &base, &mut out).map_err(|e| SinkError::Storage {
+                            location: base.display().to_string(),
+                            message: e.to_string(),
+                        })?;
+                    }
+                    out
+                }
+                Lake::Object { store, prefix, url } => {
+                    let key = Self::key(prefix, rel.trim_end_matches('/'))?;
+                    let metas: Vec<_> =
+                        store.list(Some(&key)).try_collect().await.map_err(|e| {
+                            SinkError::Storage {
+                                location: url.clone(),
+                                message: e.to_string(),
+                            }
+                        })?;
+                    let strip = if prefix.is_empty() {
+                        0
+                    } else {
+                        prefix.len() + 1
+                    };
+                    metas
+                        .into_iter()
+                        .map(|m| m.location.as_ref()[strip..].to_owned())
+                        .collect()
+                }
+            };
+        out.sort();
+        Ok(out)
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            walk(root, &path, out)?;
+        } else if !entry.file_name().to_string_lossy().starts_with('.') {
+            if let Ok(rel) = path.strip_prefix(root) {
+                out.push(rel.to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_local(path: &Path, data: &[u8]) -> Result<(), SinkError> {
+    let err = |e: std::io::Error| SinkError::Storage {
+        location: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(err)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let mut f = File::create(&tmp).map_err(err)?;
+    f.write_all(data).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(err)?;
+    // Make the rename itself durable.
+    File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+    Ok(())
+}

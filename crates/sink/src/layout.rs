@@ -1,0 +1,227 @@
+//! Where records go in the lake: Hive-style partition folders and deterministic file names.
+//!
+//! `<table>/date=YYYY-MM-DD/symbol=<escaped>/<topic>+<kafka partition>+<first offset, 20 digits>.<ext>`
+
+use std::fmt::Write as _;
+use std::str::FromStr;
+
+use ticklake_model::time::format_rfc3339;
+
+/// One partition column of the lake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionKey {
+    /// `date=YYYY-MM-DD`, the UTC day of the event time.
+    Date,
+    /// `hour=HH`, the UTC hour of the event time.
+    Hour,
+    /// `symbol=<value>`, Hive-escaped.
+    Symbol,
+}
+
+impl PartitionKey {
+    /// The column name used in the folder (`date`, `hour`, `symbol`).
+    pub fn name(self) -> &'static str {
+        match self {
+            PartitionKey::Date => "date",
+            PartitionKey::Hour => "hour",
+            PartitionKey::Symbol => "symbol",
+        }
+    }
+}
+
+/// The partition columns, outermost first (`date,symbol` by default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partitioning(Vec<PartitionKey>);
+
+impl Default for Partitioning {
+    fn default() -> Self {
+        Partitioning(vec![PartitionKey::Date, PartitionKey::Symbol])
+    }
+}
+
+impl FromStr for Partitioning {
+    type Err = String;
+
+    /// `date,symbol`, `date`, `date,hour`, `symbol`, `date,hour,symbol` or `none`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut keys = Vec::new();
+        if s.trim() == "none" {
+            return Ok(Partitioning(keys));
+        }
+        for part in s.split(',').map(str::trim) {
+            let key = match part {
+                "date" => PartitionKey::Date,
+                "hour" => PartitionKey::Hour,
+                "symbol" => PartitionKey::Symbol,
+                other => {
+                    return Err(format!(
+                        "--partition-by: unknown key {other:?}; use date, hour, symbol (e.g. date,symbol) or none"
+                    ))
+                }
+            };
+            if keys.contains(&key) {
+                return Err(format!("--partition-by: {part:?} is given twice"));
+            }
+            keys.push(key);
+        }
+        if keys.contains(&PartitionKey::Hour) && !keys.contains(&PartitionKey::Date) {
+            return Err("--partition-by: hour needs date before it (date,hour)".into());
+        }
+        Ok(Partitioning(keys))
+    }
+}
+
+impl Partitioning {
+    /// The partition columns, outermost first.
+    pub fn keys(&self) -> &[PartitionKey] {
+        &self.0
+    }
+
+    /// The folder of a record, e.g. `date=2024-01-02/symbol=AAPL` (empty with no partition columns).
+    pub fn path_for(&self, symbol: &str, ts_micros: i64) -> String {
+        let mut out = String::new();
+        let stamp = || format_rfc3339(ts_micros);
+        for key in &self.0 {
+            if !out.is_empty() {
+                out.push('/');
+            }
+            out.push_str(key.name());
+            out.push('=');
+            match key {
+                PartitionKey::Date => out.push_str(&stamp()[..10]),
+                PartitionKey::Hour => out.push_str(&stamp()[11..13]),
+                PartitionKey::Symbol => out.push_str(&hive_escape(symbol)),
+            }
+        }
+        out
+    }
+}
+
+/// Escapes a partition value as Hive does (`FileUtils.escapePathName`): control characters and
+/// `"#%'*/:=?\{[]^` and DEL become `%XX`, so a value can never add a folder level or leave the table.
+/// An empty value is Hive's `__HIVE_DEFAULT_PARTITION__`.
+pub fn hive_escape(value: &str) -> String {
+    if value.is_empty() {
+        return "__HIVE_DEFAULT_PARTITION__".into();
+    }
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        let escape = c.is_ascii_control()
+            || matches!(
+                c,
+                '"' | '#' | '%' | '\'' | '*' | '/' | ':' | '=' | '?' | '\\' | '{' | '[' | ']' | '^'
+            );
+        if escape {
+            let _ = write!(out, "%{:02X}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Reverses [`hive_escape`].
+pub fn hive_unescape(escaped: &str) -> String {
+    let b = escaped.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(h * 16 + l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The file name for a group of records: `<topic>+<partition>+<first offset as 20 digits>.<ext>`.
+///
+/// The same records always get the same name, which is what makes a replay overwrite rather than
+/// duplicate. A topic starting with `_` or `.` gets that character escaped (`%5F`, `%2E`), because
+/// query engines skip files whose names start with them.
+pub fn file_name(topic: &str, partition: i32, first_offset: i64, ext: &str) -> String {
+    let mut name = String::with_capacity(topic.len() + 32);
+    match topic.chars().next() {
+        Some(c @ ('_' | '.')) => {
+            let _ = write!(name, "%{:02X}{}", c as u32, &topic[1..]);
+        }
+        _ => name.push_str(topic),
+    }
+    let _ = write!(name, "+{partition}+{first_offset:020}.{ext}");
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TS: i64 = 1_704_205_800_000_000; // 2024-01-02T14:30:00Z
+
+    #[test]
+    fn paths() {
+        let p = Partitioning::default();
+        assert_eq!(p.path_for("AAPL", TS), "date=2024-01-02/symbol=AAPL");
+        let p: Partitioning = "date,hour".parse().unwrap();
+        assert_eq!(p.path_for("AAPL", TS), "date=2024-01-02/hour=14");
+        let p: Partitioning = "symbol".parse().unwrap();
+        assert_eq!(p.path_for("AAPL", TS), "symbol=AAPL");
+        let p: Partitioning = "none".parse().unwrap();
+        assert_eq!(p.path_for("AAPL", TS), "");
+        assert!("date,date".parse::<Partitioning>().is_err());
+        assert!("hour".parse::<Partitioning>().is_err());
+        assert!("month"
+            .parse::<Partitioning>()
+            .unwrap_err()
+            .contains("unknown key"));
+    }
+
+    #[test]
+    fn hostile_symbols_stay_inside_and_round_trip() {
+        for sym in [
+            "../../x",
+            "A/B",
+            "BRK:B",
+            "=%",
+            "..",
+            ".",
+            "a\u{0}b\nc",
+            "ü€",
+            "x%2Fy",
+            "__HIVE",
+        ] {
+            let e = hive_escape(sym);
+            assert!(!e.contains('/') && !e.contains('='), "{sym:?} -> {e:?}");
+            assert!(!e.chars().any(|c| c.is_control()), "{e:?}");
+            assert_eq!(hive_unescape(&e), sym, "{e:?}");
+            let folder = Partitioning::default().path_for(sym, TS);
+            assert_eq!(
+                folder.matches('/').count(),
+                1,
+                "exactly two levels: {folder}"
+            );
+            assert!(folder.split('/').all(|seg| seg != ".." && seg != "."));
+        }
+        assert_eq!(hive_escape("BRK:B"), "BRK%3AB");
+        assert_eq!(hive_escape("../../x"), "..%2F..%2Fx");
+        assert_eq!(hive_escape(""), "__HIVE_DEFAULT_PARTITION__");
+    }
+
+    #[test]
+    fn file_names_are_deterministic_and_visible() {
+        assert_eq!(
+            file_name("stock-topic", 3, 42, "parquet"),
+            "stock-topic+3+00000000000000000042.parquet"
+        );
+        assert_eq!(
+            file_name("_x", 0, 0, "json"),
+            "%5Fx+0+00000000000000000000.json"
+        );
+        assert!(!file_name(".x", 0, 0, "csv").starts_with('.'));
+    }
+}

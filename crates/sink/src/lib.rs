@@ -1,0 +1,45 @@
+//! The sink: consumes a topic and writes a partitioned lake, exactly once.
+//!
+//! For each Kafka partition the sink keeps one open checkpoint: every record consumed since the last
+//! committed offset, grouped by lake partition (`date=…/symbol=…`). A flush (by record count, bytes or
+//! time) writes each group as one file named `<topic>+<partition>+<first offset>` — whole and atomic —
+//! and only then commits the offset after the last record. A crash anywhere replays from the committed
+//! offset; the replay gives every group the same first offset and so the same file name, which is
+//! overwritten rather than duplicated. Partitions taken away by a rebalance drop their unflushed records
+//! before they are handed over (the new owner replays them), so nothing is written twice or lost.
+//!
+//! Messages that cannot be decoded go, with the reason, partition and offset, to dead-letter files
+//! `_ticklake/dlq/<topic>/<topic>+<partition>+<first offset>.jsonl` in the lake, under the same
+//! protocol; they never stop the sink.
+
+pub mod format;
+pub mod lake;
+pub mod layout;
+mod sink;
+
+pub use format::FileFormat;
+pub use lake::Lake;
+pub use layout::{PartitionKey, Partitioning};
+pub use sink::{FlushPolicy, Sink, SinkConfig, Stats};
+
+/// Errors of the sink.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// A setting is wrong.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The message bus failed.
+    #[error(transparent)]
+    Bus(#[from] ticklake_bus::BusError),
+    /// Writing or reading the lake failed.
+    #[error("lake {location}: {message}")]
+    Storage {
+        /// The file or location concerned.
+        location: String,
+        /// What failed.
+        message: String,
+    },
+    /// Encoding a file failed.
+    #[error("encoding a lake file: {0}")]
+    Encode(String),
+}
