@@ -162,7 +162,7 @@ const GROUP_OVERHEAD: usize = 4096;
 /// Files written at the same time during a flush.
 const WRITE_CONCURRENCY: usize = 8;
 /// With `once`, how long to wait for a partition assignment before concluding there is nothing to do.
-const ONCE_ASSIGN_WAIT: Duration = Duration::from_secs(60);
+const ONCE_ASSIGN_WAIT: Duration = Duration::from_secs(120);
 
 impl Sink {
     /// Joins the consumer group and prepares the lake.
