@@ -216,6 +216,8 @@ struct Pending {
     frames: BTreeMap<i32, (Vec<u8>, u64)>,
     bytes: usize,
     queued: u64,
+    /// When the oldest pending message was queued: the linger runs from there.
+    oldest: Option<Instant>,
     /// Messages taken by the writer and not yet committed.
     in_flight: u64,
     delivery: Delivery,
@@ -271,16 +273,13 @@ fn writer_loop(db: PathBuf, mut conn: Connection, shared: Arc<Shared>, settings:
     loop {
         let batches = {
             let mut st = shared.lock();
-            let deadline = Instant::now() + settings.linger;
             while st.bytes < settings.batch_bytes && !st.closing && !(st.urgent && st.queued > 0) {
                 let now = Instant::now();
-                if st.queued > 0 && now >= deadline {
-                    break;
-                }
-                let wait = if st.queued > 0 {
-                    deadline - now
-                } else {
-                    Duration::from_secs(3600)
+                // `send` wakes this thread when the first message of a batch arrives.
+                let wait = match st.oldest {
+                    Some(t) if now >= t + settings.linger => break,
+                    Some(t) => t + settings.linger - now,
+                    None => Duration::from_secs(3600),
                 };
                 st = shared
                     .changed
@@ -294,6 +293,7 @@ fn writer_loop(db: PathBuf, mut conn: Connection, shared: Arc<Shared>, settings:
             let batches = std::mem::take(&mut st.frames);
             st.in_flight = st.queued;
             st.queued = 0;
+            st.oldest = None;
             st.urgent = false;
             st.bytes = 0;
             shared.changed.notify_all();
@@ -353,7 +353,11 @@ impl Producer for EmbeddedProducer {
         let added = entry.0.len() - before;
         st.bytes += added;
         st.queued += 1;
-        if st.bytes >= self.settings.batch_bytes {
+        // Wake the writer when a batch starts (its linger begins) and when one is full.
+        if st.oldest.is_none() {
+            st.oldest = Some(Instant::now());
+            self.shared.changed.notify_all();
+        } else if st.bytes >= self.settings.batch_bytes {
             self.shared.changed.notify_all();
         }
         Ok(())

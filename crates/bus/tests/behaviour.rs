@@ -305,8 +305,35 @@ pub fn a_restarted_member_resumes_from_committed_offsets(cfg: &BusConfig) {
     assert_eq!(a.union(&b).count(), sent.len());
 }
 
+/// A message is delivered within its linger time without any `flush`: a slow feed is not held back
+/// until a batch fills up.
+pub fn a_lone_message_arrives_without_flush(cfg: &BusConfig) {
+    let topic = unique_topic("lone");
+    ensure_topic(cfg, &topic, 1, 1).unwrap();
+    let mut c = consumer(cfg, opts(&topic, None)).unwrap();
+    let mut p = producer(cfg, &topic).unwrap();
+    for i in 0..3 {
+        let sent = Instant::now();
+        p.send(b"K", format!("K:{i}").as_bytes(), 0).unwrap();
+        let got = drain(c.as_mut(), 1, Duration::from_secs(10));
+        assert_eq!(got.len(), 1, "message {i} not delivered without flush");
+        assert_eq!(parse(&got[0]), ("K".to_string(), i));
+        assert!(
+            sent.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            sent.elapsed()
+        );
+    }
+    assert_eq!(p.delivery().acked, 3);
+}
+
 mod embedded {
     use super::*;
+
+    #[test]
+    fn lone_message() {
+        a_lone_message_arrives_without_flush(&embedded_bus().config);
+    }
 
     #[test]
     fn keyed_order() {
@@ -361,6 +388,11 @@ mod embedded {
 
 mod kafka {
     use super::*;
+
+    #[test]
+    fn lone_message() {
+        a_lone_message_arrives_without_flush(&kafka_bus().config);
+    }
 
     #[test]
     fn keyed_order() {

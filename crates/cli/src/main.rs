@@ -9,11 +9,12 @@ mod sink;
 
 use clap::{Parser, Subcommand};
 
-/// Stream market data (CSV replays or a simulated market) through Kafka or an embedded durable log.
+/// Stream market data (CSV replays or a simulated market) through Kafka or an embedded durable log into
+/// a partitioned Parquet lake on local disk or S3, exactly once.
 ///
 /// Without --brokers everything runs embedded: the topic is a durable log on local disk under the lake
-/// folder, so `ticklake produce` then `ticklake consume` in the same folder just work. With --brokers the
-/// same commands use any Kafka-protocol broker.
+/// folder, so `ticklake produce` then `ticklake sink` in the same folder just work. With --brokers the
+/// same commands use any Kafka-protocol broker; with --lake s3://bucket/prefix the lake is on S3.
 #[derive(Parser, Debug)]
 #[command(
     name = "ticklake",

@@ -446,3 +446,57 @@ fn sink_configuration_errors_are_clear() {
         assert!(!stderr.contains("panicked"));
     }
 }
+
+#[test]
+fn metrics_endpoint_reports_what_was_written() {
+    let env = Env::embedded();
+    env.ok(&[
+        "-q",
+        "produce",
+        "--simulate",
+        "--symbols",
+        "5",
+        "--count",
+        "5000",
+    ]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let sink = env.spawn(&[
+        "-q",
+        "sink",
+        "--flush-interval",
+        "200ms",
+        "--metrics",
+        &addr,
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut body = String::new();
+    while Instant::now() < deadline {
+        if let Ok(mut r) = ureq::get(&format!("http://{addr}/metrics")).call() {
+            body = r.body_mut().read_to_string().unwrap();
+            if body.contains("ticklake_sink_records_total 5000")
+                && body.contains("ticklake_sink_consumer_lag")
+            {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    terminate(&sink);
+    let out = sink.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(body.contains("ticklake_sink_records_total 5000"), "{body}");
+    assert!(
+        body.contains("ticklake_sink_dead_letters_total 0"),
+        "{body}"
+    );
+    assert!(
+        body.contains("ticklake_sink_consumer_lag{partition=\"0\"} 0"),
+        "{body}"
+    );
+    assert!(body.contains("ticklake_sink_files_total"), "{body}");
+}

@@ -228,7 +228,10 @@ impl Sink {
         stop: &AtomicBool,
         status: &mut dyn FnMut(&Stats),
     ) -> Result<Stats, SinkError> {
-        let mut last_status = Instant::now();
+        // The first status (and lag metrics) comes after 2 s, then every STATUS_EVERY.
+        let mut last_status = Instant::now()
+            .checked_sub(STATUS_EVERY - Duration::from_secs(2))
+            .unwrap_or_else(Instant::now);
         loop {
             if stop.load(Ordering::Relaxed) {
                 break;
