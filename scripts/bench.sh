@@ -22,7 +22,7 @@ fi
 cargo build --release --locked -p ticklake-cli --quiet
 bin=$CARGO_TARGET_DIR/release/ticklake
 work=$(mktemp -d "${TMPDIR:-/tmp}/ticklake-bench.XXXXXX")
-cleanup() { stop_tansu; rm -rf "$work"; }
+cleanup() { stop_tansu; stop_moto; rm -rf "$work"; }
 trap cleanup EXIT
 
 if [ "$MODE" != "--sink-only" ]; then

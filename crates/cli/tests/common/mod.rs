@@ -73,6 +73,11 @@ impl Env {
         }
         cmd.envs(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         cmd.args(args);
+        // Kafka groups span topics: tests sharing one broker must not share the default sink group, or
+        // their sinks join one group and hold up each other's rebalances.
+        if self.brokers.is_some() && args.contains(&"sink") && !args.contains(&"--group") {
+            cmd.args(["--group", &format!("g-{}", self.topic)]);
+        }
         cmd
     }
 
