@@ -36,6 +36,16 @@ wait_port() {
   done
 }
 
+# Waits for a service started in the background to accept connections on $2, or shows its log $3.
+await_service() {
+  local name=$1 port=$2 log=$3
+  if ! wait_port "$port" 60; then
+    echo "$name did not start; its log:" >&2
+    cat "$log" >&2
+    return 1
+  fi
+}
+
 # Starts tansu on 127.0.0.1 with SQLite storage in $1; sets TANSU_PID and TANSU_ADDR.
 start_tansu() {
   local dir=$1 port
@@ -48,11 +58,7 @@ start_tansu() {
       >"$dir/tansu.log" 2>&1) &
   TANSU_PID=$!
   TANSU_ADDR=127.0.0.1:$port
-  if ! wait_port "$port" 30; then
-    echo "tansu did not start; its log:" >&2
-    cat "$dir/tansu.log" >&2
-    return 1
-  fi
+  await_service tansu "$port" "$dir/tansu.log"
   echo "== tansu $TANSU_VERSION listening on $TANSU_ADDR (pid $TANSU_PID, data in $dir)"
 }
 
@@ -85,11 +91,7 @@ start_moto() {
   "$MOTO_VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$dir/moto.log" 2>&1 &
   MOTO_PID=$!
   MOTO_URL=http://127.0.0.1:$port
-  if ! wait_port "$port" 60; then
-    echo "moto did not start; its log:" >&2
-    cat "$dir/moto.log" >&2
-    return 1
-  fi
+  await_service moto "$port" "$dir/moto.log"
   echo "== moto listening on $MOTO_URL (pid $MOTO_PID)"
 }
 
