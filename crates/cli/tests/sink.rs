@@ -230,7 +230,15 @@ fn start_consuming_sink(env: &Env, args: &[&str]) -> std::process::Child {
 
 /// While the simulator streams `count` records, a consuming sink is killed with SIGKILL at random
 /// moments `kills` times and restarted; at the end the lake holds every record exactly once.
-fn crash_loop(env: &Env, count: usize, rate: &str, kills: usize, extra: &[&str]) {
+/// `restart_after` is the pause before each restart (a supervisor's back-off).
+fn crash_loop(
+    env: &Env,
+    count: usize,
+    rate: &str,
+    kills: usize,
+    restart_after: Duration,
+    extra: &[&str],
+) {
     let n = count.to_string();
     let mut producer = env.spawn(&[
         "-q",
@@ -261,12 +269,20 @@ fn crash_loop(env: &Env, count: usize, rate: &str, kills: usize, extra: &[&str])
         std::thread::sleep(Duration::from_millis(rng.random_range(100..2000)));
         sink.kill().unwrap(); // SIGKILL: no flush, no commit, no goodbye to the group
         sink.wait().unwrap();
+        std::thread::sleep(restart_after);
     }
     let status = producer.wait().unwrap();
     assert!(status.success(), "producer failed");
     let mut once = vec!["-q", "sink", "--once"];
     once.extend_from_slice(extra);
-    let out = env.run(&once);
+    let mut out = env.run(&once);
+    let (_, stderr) = text(&out);
+    if !out.status.success() && stderr.contains("was assigned to this sink within") {
+        // tansu 0.6.0's group coordinator now and then assigns nothing to a member that joins after a
+        // series of killed ones; a fresh join gets the partitions. The checks below are unchanged.
+        eprintln!("the broker assigned no partition to the final drain; joining again");
+        out = env.run(&once);
+    }
     assert!(out.status.success(), "{:?}", text(&out));
     eprintln!("crash loop of {kills} kills took {:?}", started.elapsed());
 
@@ -281,18 +297,33 @@ fn crash_loop(env: &Env, count: usize, rate: &str, kills: usize, extra: &[&str])
 
 #[test]
 fn crash_loop_embedded() {
-    crash_loop(&Env::embedded(), 1_000_000, "200000", 12, &[]);
+    crash_loop(
+        &Env::embedded(),
+        1_000_000,
+        "200000",
+        12,
+        Duration::ZERO,
+        &[],
+    );
 }
 
 #[test]
 fn crash_loop_kafka() {
-    // A killed member holds its partitions until its session times out: 6 s, the broker's minimum.
+    // A killed member holds its partitions until its session times out (6 s, the broker's minimum), and
+    // a rebalance may wait for it up to the rebalance timeout (max.poll.interval.ms): keep both short,
+    // and restart after the session has run out, as a supervisor with a back-off would.
     crash_loop(
         &Env::kafka(),
         1_000_000,
         "100000",
         10,
-        &["-X", "session.timeout.ms=6000"],
+        Duration::from_secs(7),
+        &[
+            "-X",
+            "session.timeout.ms=6000",
+            "-X",
+            "max.poll.interval.ms=10000",
+        ],
     );
 }
 
