@@ -62,13 +62,17 @@ start_tansu() {
   echo "== tansu $TANSU_VERSION listening on $TANSU_ADDR (pid $TANSU_PID, data in $dir)"
 }
 
-stop_tansu() {
-  if [ -n "${TANSU_PID:-}" ]; then
-    kill "$TANSU_PID" 2>/dev/null || true
-    wait "$TANSU_PID" 2>/dev/null || true
-    TANSU_PID=
+# Stops the background service whose pid is in the variable named $1, and clears it.
+stop_service() {
+  local pid=${!1:-}
+  if [ -n "$pid" ]; then
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
   fi
+  printf -v "$1" '%s' ''
 }
+
+stop_tansu() { stop_service TANSU_PID; }
 
 # moto: an S3 (and Glue) API server from PyPI, in its own venv in the cache.
 MOTO_VENV=$TICKLAKE_CACHE/moto-venv
@@ -95,10 +99,4 @@ start_moto() {
   echo "== moto listening on $MOTO_URL (pid $MOTO_PID)"
 }
 
-stop_moto() {
-  if [ -n "${MOTO_PID:-}" ]; then
-    kill "$MOTO_PID" 2>/dev/null || true
-    wait "$MOTO_PID" 2>/dev/null || true
-    MOTO_PID=
-  fi
-}
+stop_moto() { stop_service MOTO_PID; }

@@ -474,11 +474,6 @@ impl EmbeddedConsumer {
         Ok(c)
     }
 
-    /// This member's id within its group (`None` without a group).
-    pub fn member_id(&self) -> Option<&str> {
-        self.membership.as_ref().map(|m| m.id.as_str())
-    }
-
     fn err(&self, e: impl std::fmt::Display) -> BusError {
         storage(&self.db, e)
     }

@@ -16,7 +16,7 @@ use arrow_array::types::{
     UInt64Type, UInt8Type,
 };
 use arrow_array::{Array, ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray};
-use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow_schema::{ArrowError, DataType, Field, Schema, TimeUnit};
 
 use crate::names::CORE_COLUMNS;
 use crate::{json, DecodeError, Record, Value};
@@ -37,11 +37,6 @@ pub fn core_fields() -> Vec<Field> {
         Field::new("close", DataType::Float64, true),
         Field::new("volume", DataType::Float64, true),
     ]
-}
-
-/// The schema of records with no extra columns.
-pub fn core_schema() -> SchemaRef {
-    Arc::new(Schema::new(core_fields()))
 }
 
 /// Collects records into an Arrow [`RecordBatch`].

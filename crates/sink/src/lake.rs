@@ -99,14 +99,6 @@ impl Lake {
         }
     }
 
-    /// The local root folder, when the lake is local.
-    pub fn local_root(&self) -> Option<&Path> {
-        match self {
-            Lake::Local { root } => Some(root),
-            Lake::Object { .. } => None,
-        }
-    }
-
     fn key(prefix: &str, rel: &str) -> Result<ObjectPath, SinkError> {
         let full = if prefix.is_empty() {
             rel.to_owned()
