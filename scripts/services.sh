@@ -74,17 +74,21 @@ stop_service() {
 
 stop_tansu() { stop_service TANSU_PID; }
 
-# moto: an S3 (and Glue) API server from PyPI, in its own venv in the cache.
+# Python tools in their own venv in the cache: moto (an S3 and Glue API server; boto3 comes with it) and
+# DuckDB (the reference engine the query tests compare answers with).
 MOTO_VENV=$TICKLAKE_CACHE/moto-venv
+PYTHON_TOOLS=(moto[server] duckdb)
 
 ensure_moto() {
-  if [ -x "$MOTO_VENV/bin/moto_server" ]; then
+  if [ -x "$MOTO_VENV/bin/moto_server" ] && "$MOTO_VENV/bin/python" -c 'import duckdb, boto3' 2>/dev/null; then
     return 0
   fi
-  echo "== installing moto[server] into $MOTO_VENV"
-  rm -rf "$MOTO_VENV"
-  python3 -m venv "$MOTO_VENV"
-  "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check 'moto[server]'
+  echo "== installing ${PYTHON_TOOLS[*]} into $MOTO_VENV"
+  if [ ! -x "$MOTO_VENV/bin/pip" ]; then
+    rm -rf "$MOTO_VENV"
+    python3 -m venv "$MOTO_VENV"
+  fi
+  "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check "${PYTHON_TOOLS[@]}"
 }
 
 # Starts moto on 127.0.0.1; sets MOTO_PID and MOTO_URL.

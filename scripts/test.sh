@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, with the real services it needs: builds (once) and starts a tansu Kafka-protocol
-# broker and a moto S3 server on 127.0.0.1, runs fmt, clippy and every test, and stops them again.
+# broker and a moto S3/Glue server on 127.0.0.1 (and DuckDB, the reference for query answers), runs fmt, clippy and every test, and stops them again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -21,6 +21,7 @@ start_tansu "$work/tansu"
 start_moto "$work/moto"
 export TICKLAKE_TEST_KAFKA=$TANSU_ADDR
 export TICKLAKE_TEST_S3=$MOTO_URL
+export TICKLAKE_TEST_PYTHON=$MOTO_VENV/bin/python
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

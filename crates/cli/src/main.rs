@@ -3,18 +3,23 @@
 //! This crate only parses commands and wires the library crates together.
 
 mod consume;
+mod crawl;
+mod demo;
 mod options;
 mod produce;
+mod query;
 mod sink;
 
 use clap::{Parser, Subcommand};
 
 /// Stream market data (CSV replays or a simulated market) through Kafka or an embedded durable log into
-/// a partitioned Parquet lake on local disk or S3, exactly once.
+/// a partitioned Parquet lake on local disk or S3, exactly once, catalog it, and query it with SQL.
 ///
 /// Without --brokers everything runs embedded: the topic is a durable log on local disk under the lake
-/// folder, so `ticklake produce` then `ticklake sink` in the same folder just work. With --brokers the
-/// same commands use any Kafka-protocol broker; with --lake s3://bucket/prefix the lake is on S3.
+/// folder and the catalog a SQLite file beside it, so `ticklake produce`, `ticklake sink` and
+/// `ticklake query` in the same folder just work (`ticklake demo` shows it). With --brokers the same
+/// commands use any Kafka-protocol broker; with --lake s3://bucket/prefix the lake is on S3; with
+/// --catalog glue tables are registered in the AWS Glue Data Catalog, for Athena, Trino or Spark.
 #[derive(Parser, Debug)]
 #[command(
     name = "ticklake",
@@ -35,19 +40,37 @@ enum Command {
     Produce(produce::Args),
     /// Print the messages on the topic (or consume them as a member of a consumer group).
     Consume(consume::Args),
-    /// Consume the topic into a partitioned Parquet lake (local folder or S3), exactly once.
+    /// Consume the topic into a partitioned Parquet lake (local folder or S3), exactly once, and
+    /// register its partitions in the catalog.
     Sink(sink::Args),
+    /// Catalog the tables and partitions of a lake from its files, like a Glue crawler.
+    Crawl(crawl::Args),
+    /// Run SQL over the catalog's tables and print the result.
+    Query(query::QueryArgs),
+    /// An SQL shell over the catalog's tables, with history.
+    Sql(query::ShellArgs),
+    /// The whole pipeline on the bundled sample, embedded, then a few answers from SQL.
+    Demo(demo::Args),
+}
+
+/// Runs a parsed command line.
+fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Produce(args) => produce::run(g, args),
+        Command::Consume(args) => consume::run(g, args),
+        Command::Sink(args) => sink::run(g, args),
+        Command::Crawl(args) => crawl::run(g, args),
+        Command::Query(args) => query::query(g, args),
+        Command::Sql(args) => query::shell(g, args),
+        Command::Demo(args) => demo::run(g, args),
+    }
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     options::init_logging(&cli.global);
-    let result = match cli.command {
-        Command::Produce(args) => produce::run(&cli.global, args),
-        Command::Consume(args) => consume::run(&cli.global, args),
-        Command::Sink(args) => sink::run(&cli.global, args),
-    };
-    match result {
+    match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

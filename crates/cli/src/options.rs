@@ -2,11 +2,12 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use ticklake_bus::BusConfig;
+use ticklake_catalog::{Catalog, CatalogConfig};
 
 /// Options every command takes (also from `TICKLAKE_*` environment variables).
 #[derive(Args, Debug, Clone)]
@@ -43,6 +44,25 @@ pub struct Global {
     /// ./_ticklake/log for an S3 lake].
     #[arg(long, global = true, env = "TICKLAKE_LOG_DIR", value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
+
+    /// The catalog: embedded (a SQLite file, no server) or glue (the AWS Glue Data Catalog; region,
+    /// endpoint and credentials from the standard AWS settings).
+    #[arg(long, global = true, env = "TICKLAKE_CATALOG", default_value = "embedded", value_parser = ["embedded", "glue"])]
+    pub catalog: String,
+
+    /// The catalog database (Glue's group of tables; the default schema of queries).
+    #[arg(long, global = true, env = "TICKLAKE_DATABASE", default_value = ticklake_catalog::DEFAULT_DATABASE)]
+    pub database: String,
+
+    /// The embedded catalog's file [default: <lake>/_ticklake/catalog.sqlite for a local lake,
+    /// ./_ticklake/catalog.sqlite for an S3 lake].
+    #[arg(
+        long,
+        global = true,
+        env = "TICKLAKE_CATALOG_FILE",
+        value_name = "FILE"
+    )]
+    pub catalog_file: Option<PathBuf>,
 
     /// No progress bar.
     #[arg(short, long, global = true)]
@@ -83,12 +103,41 @@ impl Global {
         if let Some(d) = &self.log_dir {
             return d.clone();
         }
-        let base = if self.lake.contains("://") {
+        self.meta_dir().join("log")
+    }
+
+    /// The metadata folder: `<lake>/_ticklake` for a local lake, `./_ticklake` for an S3 lake.
+    fn meta_dir(&self) -> PathBuf {
+        let base = if self.lake.contains("://") && !self.lake.starts_with("file://") {
             PathBuf::from(".")
         } else {
-            PathBuf::from(&self.lake)
+            PathBuf::from(self.lake.trim_start_matches("file://"))
         };
-        base.join("_ticklake").join("log")
+        base.join("_ticklake")
+    }
+
+    /// The catalog these options select.
+    pub fn catalog_config(&self) -> CatalogConfig {
+        match self.catalog.as_str() {
+            "glue" => CatalogConfig::Glue {
+                database: self.database.clone(),
+            },
+            _ => CatalogConfig::Embedded {
+                path: self
+                    .catalog_file
+                    .clone()
+                    .unwrap_or_else(|| self.meta_dir().join("catalog.sqlite")),
+                database: self.database.clone(),
+            },
+        }
+    }
+
+    /// Opens the catalog on `runtime` (which must outlive it: Glue's connections live there).
+    pub fn open_catalog(&self, runtime: &tokio::runtime::Runtime) -> Result<Arc<dyn Catalog>> {
+        let config = self.catalog_config();
+        runtime
+            .block_on(ticklake_catalog::open(&config))
+            .with_context(|| format!("cannot open the {} catalog", self.catalog))
     }
 
     /// Where the bus is, for messages: `embedded log at lake/_ticklake/log` or `kafka at host:9092`.
@@ -116,7 +165,12 @@ pub fn init_logging(g: &Global) {
 }
 
 /// A flag raised by Ctrl-C / SIGTERM, so long runs stop cleanly (flush, summary) instead of dying.
+/// Installed once per process: `ticklake demo` runs several commands in a row.
 pub fn stop_flag() -> Result<Arc<AtomicBool>> {
+    static STOP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    if let Some(stop) = STOP.get() {
+        return Ok(stop.clone());
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     ctrlc::set_handler(move || {
@@ -126,5 +180,15 @@ pub fn stop_flag() -> Result<Arc<AtomicBool>> {
         }
     })
     .context("cannot install the Ctrl-C handler")?;
-    Ok(stop)
+    Ok(STOP.get_or_init(|| stop).clone())
+}
+
+/// A small multi-threaded runtime for the async catalog, query and storage clients.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("ticklake-io")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }

@@ -10,7 +10,7 @@ use clap::Args as ClapArgs;
 use indicatif::HumanCount;
 use ticklake_sink::{FileFormat, FlushPolicy, Lake, Partitioning, Sink, SinkConfig, Stats};
 
-use crate::options::{stop_flag, Global};
+use crate::options::{runtime, stop_flag, Global};
 
 /// Options of `ticklake sink`.
 #[derive(ClapArgs, Debug)]
@@ -61,6 +61,9 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
             .install()
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
     }
+    // The catalog's clients run on this runtime, which lives as long as the sink.
+    let io = runtime()?;
+    let catalog = g.open_catalog(&io)?;
     let table = args.table.clone().unwrap_or_else(|| {
         g.topic
             .chars()
@@ -87,6 +90,7 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
             interval: args.flush_interval,
         },
         once: args.once,
+        catalog: Some(catalog.clone()),
     };
     let stop = stop_flag()?;
     // A long-running sink may start before anything was produced: wait for the topic to appear.
@@ -144,7 +148,13 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
         secs,
         stats.records as f64 / secs
     );
-    if !stats.freshness.is_empty() {
+    println!(
+        "table {} registered with its partitions in the {}",
+        table,
+        catalog.describe()
+    );
+    // A replay of history has ages of years: the figure only means something for a live feed.
+    if !stats.freshness.is_empty() && stats.freshness.value_at_quantile(0.5) < 86_400_000 {
         println!(
             "record age when committed (record timestamp -> its file committed): p50 {:.3}s, p99 {:.3}s, max {:.3}s",
             stats.freshness.value_at_quantile(0.5) as f64 / 1000.0,

@@ -13,14 +13,12 @@
 //! protocol; they never stop the sink.
 
 pub mod format;
-pub mod lake;
-pub mod layout;
+mod register;
 mod sink;
 
 pub use format::FileFormat;
-pub use lake::Lake;
-pub use layout::{PartitionKey, Partitioning};
 pub use sink::{FlushPolicy, Sink, SinkConfig, Stats};
+pub use ticklake_lake::{Lake, PartitionKey, Partitioning};
 
 /// Errors of the sink.
 #[derive(Debug, thiserror::Error)]
@@ -32,13 +30,11 @@ pub enum SinkError {
     #[error(transparent)]
     Bus(#[from] ticklake_bus::BusError),
     /// Writing or reading the lake failed.
-    #[error("lake {location}: {message}")]
-    Storage {
-        /// The file or location concerned.
-        location: String,
-        /// What failed.
-        message: String,
-    },
+    #[error(transparent)]
+    Lake(#[from] ticklake_lake::LakeError),
+    /// Registering partitions in the catalog failed.
+    #[error(transparent)]
+    Catalog(#[from] ticklake_catalog::CatalogError),
     /// Encoding a file failed.
     #[error("encoding a lake file: {0}")]
     Encode(String),

@@ -11,13 +11,15 @@ use hdrhistogram::Histogram;
 use ticklake_bus::{
     BusConfig, Consumer, ConsumerOptions, Message, PartitionLag, RebalanceListener, StartAt,
 };
+use ticklake_catalog::Catalog;
 use ticklake_model::arrow::BatchBuilder;
 use ticklake_model::json;
 
 use crate::format::{encode, FileFormat};
-use crate::lake::Lake;
-use crate::layout::{file_name, Partitioning};
+use crate::register::Registrar;
 use crate::SinkError;
+use ticklake_lake::layout::file_name;
+use ticklake_lake::{Lake, Partitioning};
 
 /// When to flush.
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +59,8 @@ pub struct SinkConfig {
     pub flush: FlushPolicy,
     /// Drain what is on the topic, then stop.
     pub once: bool,
+    /// Where to register the table and its partitions (none: files only).
+    pub catalog: Option<Arc<dyn Catalog>>,
 }
 
 /// Counters of a sink run (everything counts committed data only).
@@ -151,6 +155,7 @@ pub struct Sink {
     consumer: Box<dyn Consumer>,
     buffer: Arc<Mutex<Buffer>>,
     runtime: tokio::runtime::Runtime,
+    registrar: Option<Registrar>,
     stats: Stats,
     started: Instant,
 }
@@ -200,12 +205,14 @@ impl Sink {
             .enable_all()
             .build()
             .map_err(|e| SinkError::Config(format!("cannot start the I/O runtime: {e}")))?;
+        let registrar = config.catalog.clone().map(Registrar::new);
         Ok(Sink {
             config,
             lake,
             consumer,
             buffer,
             runtime,
+            registrar,
             stats: Stats {
                 records: 0,
                 dead_letters: 0,
@@ -361,6 +368,8 @@ impl Sink {
         let cfg = &self.config;
         let ext = cfg.format.extension();
         let mut jobs: Vec<(String, Job)> = Vec::new();
+        let mut folders: Vec<String> = Vec::new();
+        let mut schemas = Vec::new();
         let mut offsets = Vec::new();
         let mut stamps = Vec::new();
         let (mut records, mut dead) = (0u64, 0u64);
@@ -370,6 +379,12 @@ impl Sink {
                     .builder
                     .finish()
                     .map_err(|e| SinkError::Encode(e.to_string()))?;
+                if self.registrar.is_some() {
+                    if schemas.last() != Some(&batch.schema()) {
+                        schemas.push(batch.schema());
+                    }
+                    folders.push(path.clone());
+                }
                 let name = file_name(&cfg.topic, p, g.first_offset, ext);
                 let rel = if path.is_empty() {
                     format!("{}/{name}", cfg.table)
@@ -414,7 +429,19 @@ impl Sink {
                 .buffer_unordered(WRITE_CONCURRENCY)
                 .try_collect(),
         )?;
-        // Every file of the checkpoint is durable: now the offsets may move past it.
+        // Every file of the checkpoint is durable: register what is new, then move the offsets past it.
+        if let Some(registrar) = &mut self.registrar {
+            folders.sort();
+            folders.dedup();
+            self.runtime.block_on(registrar.register(
+                &self.lake,
+                &cfg.table,
+                &cfg.partitioning,
+                cfg.format,
+                &schemas,
+                &folders,
+            ))?;
+        }
         self.consumer.commit(&offsets)?;
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

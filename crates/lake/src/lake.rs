@@ -16,10 +16,20 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-use crate::SinkError;
+use crate::LakeError;
+
+/// A file in the lake.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileInfo {
+    /// Its `/`-separated path inside the lake.
+    pub path: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
 
 /// Where the lake lives.
 #[derive(Clone, Debug)]
@@ -42,20 +52,20 @@ pub enum Lake {
 
 impl Lake {
     /// `s3://bucket[/prefix]` (or `s3a://`) for S3, anything else is a local folder.
-    pub fn open(location: &str) -> Result<Lake, SinkError> {
+    pub fn open(location: &str) -> Result<Lake, LakeError> {
         Self::open_with(location, &[])
     }
 
     /// Like [`open`](Self::open), with S3 settings given explicitly (object_store keys such as
     /// `aws_endpoint`, `aws_allow_http`, `aws_access_key_id`), applied over the environment's.
-    pub fn open_with(location: &str, s3_options: &[(String, String)]) -> Result<Lake, SinkError> {
+    pub fn open_with(location: &str, s3_options: &[(String, String)]) -> Result<Lake, LakeError> {
         if let Some(rest) = location
             .strip_prefix("s3://")
             .or_else(|| location.strip_prefix("s3a://"))
         {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
-                return Err(SinkError::Config(format!(
+                return Err(LakeError::Config(format!(
                     "lake {location:?}: no bucket name (use s3://bucket/prefix)"
                 )));
             }
@@ -64,24 +74,26 @@ impl Lake {
                 let key = k
                     .to_ascii_lowercase()
                     .parse()
-                    .map_err(|e| SinkError::Config(format!("S3 option {k:?}: {e}")))?;
+                    .map_err(|e| LakeError::Config(format!("S3 option {k:?}: {e}")))?;
                 builder = builder.with_config(key, v);
             }
             let store = builder
                 .build()
-                .map_err(|e| SinkError::Config(format!("lake {location:?}: {e}")))?;
+                .map_err(|e| LakeError::Config(format!("lake {location:?}: {e}")))?;
             let prefix = prefix.trim_matches('/').to_owned();
             if !prefix.is_empty() {
                 ObjectPath::parse(&prefix)
-                    .map_err(|e| SinkError::Config(format!("lake {location:?}: {e}")))?;
+                    .map_err(|e| LakeError::Config(format!("lake {location:?}: {e}")))?;
             }
             Ok(Lake::Object {
                 store: Arc::new(store),
                 prefix,
                 url: location.to_owned(),
             })
+        } else if let Some(path) = location.strip_prefix("file://") {
+            Self::open_with(path, s3_options)
         } else if location.contains("://") {
-            Err(SinkError::Config(format!(
+            Err(LakeError::Config(format!(
                 "lake {location:?}: only local folders and s3:// locations are supported"
             )))
         } else {
@@ -99,26 +111,98 @@ impl Lake {
         }
     }
 
-    fn key(prefix: &str, rel: &str) -> Result<ObjectPath, SinkError> {
-        let full = if prefix.is_empty() {
-            rel.to_owned()
+    /// The URL of a folder inside the lake, as catalogs record table and partition locations:
+    /// `file:///abs/path/lake/<rel>/` or `s3://bucket/prefix/<rel>/`.
+    pub fn url_of(&self, rel: &str) -> String {
+        let rel = rel.trim_matches('/');
+        let mut base = match self {
+            Lake::Local { root } => {
+                let abs = std::path::absolute(root).unwrap_or_else(|_| root.clone());
+                format!("file://{}", abs.display())
+            }
+            Lake::Object { url, .. } => url.replacen("s3a://", "s3://", 1),
+        };
+        while base.ends_with('/') {
+            base.pop();
+        }
+        if rel.is_empty() {
+            format!("{base}/")
+        } else {
+            format!("{base}/{rel}/")
+        }
+    }
+
+    /// The object store holding the lake, the URL that names that store (`file:///` or `s3://bucket`),
+    /// and the store path of the lake's root, for query engines that read the files directly.
+    pub fn object_store(&self) -> Result<(Arc<dyn ObjectStore>, url::Url, ObjectPath), LakeError> {
+        match self {
+            Lake::Local { root } => {
+                let abs = std::path::absolute(root).map_err(|e| LakeError::Storage {
+                    location: root.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                let path =
+                    ObjectPath::from_absolute_path(&abs).map_err(|e| LakeError::Storage {
+                        location: abs.display().to_string(),
+                        message: e.to_string(),
+                    })?;
+                let url = url::Url::parse("file:///").expect("a valid URL");
+                Ok((Arc::new(LocalFileSystem::new()), url, path))
+            }
+            Lake::Object { store, prefix, url } => {
+                let rest = url
+                    .strip_prefix("s3://")
+                    .or_else(|| url.strip_prefix("s3a://"))
+                    .unwrap_or(url);
+                let bucket = rest.split('/').next().unwrap_or(rest);
+                let store_url = url::Url::parse(&format!("s3://{bucket}")).map_err(|e| {
+                    LakeError::Config(format!("lake {url:?}: bucket name {bucket:?}: {e}"))
+                })?;
+                Ok((store.clone(), store_url, Self::key(prefix, "")?))
+            }
+        }
+    }
+
+    /// The store path of a file or folder inside the lake, in the form the store of
+    /// [`object_store`](Self::object_store) uses (local names are percent-encoded as `LocalFileSystem`
+    /// expects; S3 keys are taken literally, `%` included, as Athena takes them).
+    pub fn object_path(&self, rel: &str) -> Result<ObjectPath, LakeError> {
+        let rel = rel.trim_matches('/');
+        match self {
+            Lake::Local { root } => {
+                let abs = std::path::absolute(root.join(rel)).map_err(|e| LakeError::Storage {
+                    location: root.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                ObjectPath::from_absolute_path(&abs).map_err(|e| LakeError::Storage {
+                    location: abs.display().to_string(),
+                    message: e.to_string(),
+                })
+            }
+            Lake::Object { prefix, .. } => Self::key(prefix, rel),
+        }
+    }
+
+    fn key(prefix: &str, rel: &str) -> Result<ObjectPath, LakeError> {
+        let full = if prefix.is_empty() || rel.is_empty() {
+            format!("{prefix}{rel}")
         } else {
             format!("{prefix}/{rel}")
         };
         ObjectPath::parse(&full)
-            .map_err(|e| SinkError::Config(format!("bad object key {full:?}: {e}")))
+            .map_err(|e| LakeError::Config(format!("bad object key {full:?}: {e}")))
     }
 
     /// Writes `data` at `rel` (a `/`-separated path inside the lake), whole and atomically, replacing
     /// any file of that name.
-    pub async fn put(&self, rel: &str, data: Bytes) -> Result<(), SinkError> {
+    pub async fn put(&self, rel: &str, data: Bytes) -> Result<(), LakeError> {
         match self {
             Lake::Local { root } => {
                 let path = root.join(rel);
                 let root = root.clone();
                 tokio::task::spawn_blocking(move || write_local(&path, &data))
                     .await
-                    .map_err(|e| SinkError::Storage {
+                    .map_err(|e| LakeError::Storage {
                         location: root.display().to_string(),
                         message: e.to_string(),
                     })?
@@ -129,7 +213,7 @@ impl Lake {
                     .put(&key, PutPayload::from_bytes(data))
                     .await
                     .map(|_| ())
-                    .map_err(|e| SinkError::Storage {
+                    .map_err(|e| LakeError::Storage {
                         location: format!("{url}/{rel}"),
                         message: e.to_string(),
                     })
@@ -138,20 +222,20 @@ impl Lake {
     }
 
     /// Reads a whole file.
-    pub async fn get(&self, rel: &str) -> Result<Bytes, SinkError> {
+    pub async fn get(&self, rel: &str) -> Result<Bytes, LakeError> {
         match self {
             Lake::Local { root } => {
                 let path = root.join(rel);
                 fs::read(&path)
                     .map(Bytes::from)
-                    .map_err(|e| SinkError::Storage {
+                    .map_err(|e| LakeError::Storage {
                         location: path.display().to_string(),
                         message: e.to_string(),
                     })
             }
             Lake::Object { store, prefix, url } => {
                 let key = Self::key(prefix, rel)?;
-                let err = |e: object_store::Error| SinkError::Storage {
+                let err = |e: object_store::Error| LakeError::Storage {
                     location: format!("{url}/{rel}"),
                     message: e.to_string(),
                 };
@@ -167,14 +251,24 @@ impl Lake {
     }
 
     /// Every file below `rel` (recursively), as lake-relative paths, sorted; temporary files are left out.
-    pub async fn list(&self, rel: &str) -> Result<Vec<String>, SinkError> {
+    pub async fn list(&self, rel: &str) -> Result<Vec<String>, LakeError> {
+        Ok(self
+            .list_files(rel)
+            .await?
+            .into_iter()
+            .map(|f| f.path)
+            .collect())
+    }
+
+    /// Every file below `rel` (recursively) with its size, sorted by path; temporary files are left out.
+    pub async fn list_files(&self, rel: &str) -> Result<Vec<FileInfo>, LakeError> {
         let mut out =
             match self {
                 Lake::Local { root } => {
                     let mut out = Vec::new();
                     let base = root.join(rel);
                     if base.exists() {
-                        walk(root, &base, &mut out).map_err(|e| SinkError::Storage {
+                        walk(root, &base, &mut out).map_err(|e| LakeError::Storage {
                             location: base.display().to_string(),
                             message: e.to_string(),
                         })?;
@@ -185,7 +279,7 @@ impl Lake {
                     let key = Self::key(prefix, rel.trim_end_matches('/'))?;
                     let metas: Vec<_> =
                         store.list(Some(&key)).try_collect().await.map_err(|e| {
-                            SinkError::Storage {
+                            LakeError::Storage {
                                 location: url.clone(),
                                 message: e.to_string(),
                             }
@@ -197,32 +291,39 @@ impl Lake {
                     };
                     metas
                         .into_iter()
-                        .map(|m| m.location.as_ref()[strip..].to_owned())
+                        .map(|m| FileInfo {
+                            path: m.location.as_ref()[strip..].to_owned(),
+                            size: m.size,
+                        })
                         .collect()
                 }
             };
-        out.sort();
+        out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(out)
     }
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+fn walk(root: &Path, dir: &Path, out: &mut Vec<FileInfo>) -> std::io::Result<()> {
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
-        if entry.file_type()?.is_dir() {
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
             walk(root, &path, out)?;
-        } else if !entry.file_name().to_string_lossy().starts_with('.') {
+        } else if kind.is_file() && !entry.file_name().to_string_lossy().starts_with('.') {
             if let Ok(rel) = path.strip_prefix(root) {
-                out.push(rel.to_string_lossy().replace('\\', "/"));
+                out.push(FileInfo {
+                    path: rel.to_string_lossy().replace('\\', "/"),
+                    size: entry.metadata()?.len(),
+                });
             }
         }
     }
     Ok(())
 }
 
-fn write_local(path: &Path, data: &[u8]) -> Result<(), SinkError> {
-    let err = |e: std::io::Error| SinkError::Storage {
+fn write_local(path: &Path, data: &[u8]) -> Result<(), LakeError> {
+    let err = |e: std::io::Error| LakeError::Storage {
         location: path.display().to_string(),
         message: e.to_string(),
     };

@@ -1,0 +1,167 @@
+//! `ticklake demo`: the whole pipeline on the bundled sample, embedded, with no configuration.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args as ClapArgs, Parser};
+use ticklake_query::{write_output, Engine, OutputFormat};
+
+use crate::options::{runtime, Global};
+use crate::Cli;
+
+/// The bundled sample: the Hang Seng index's daily bars from the seed's indexProcessed.csv.
+const SAMPLE: &[u8] = include_bytes!("../../../data/indexProcessed-HSI.csv");
+const SAMPLE_NAME: &str = "indexProcessed-HSI.csv";
+const TOPIC: &str = "index-prices";
+const TABLE: &str = "index_prices";
+
+/// Options of `ticklake demo`.
+#[derive(ClapArgs, Debug)]
+pub struct Args {}
+
+const QUERIES: &[(&str, &str)] = &[
+    (
+        "Yearly high, low and close (the ohlcv() helper makes bars of any interval)",
+        "SELECT symbol, CAST(date_part('year', bar) AS INT) AS year, open, high, low, close
+FROM ohlcv('index_prices', '1 year')
+ORDER BY year DESC
+LIMIT 10",
+    ),
+    (
+        "The best and the worst days (a window function over the previous close)",
+        "WITH daily AS (
+  SELECT CAST(ts AS DATE) AS day, close,
+         100 * (close / lag(close) OVER (PARTITION BY symbol ORDER BY ts) - 1) AS change_pct
+  FROM index_prices
+)
+SELECT * FROM (
+  (SELECT 'best' AS kind, day, close, round(change_pct, 2) AS change_pct
+   FROM daily WHERE change_pct IS NOT NULL ORDER BY change_pct DESC LIMIT 5)
+  UNION ALL
+  (SELECT 'worst' AS kind, day, close, round(change_pct, 2) AS change_pct
+   FROM daily WHERE change_pct IS NOT NULL ORDER BY change_pct ASC LIMIT 5)
+) ORDER BY change_pct DESC",
+    ),
+    (
+        "The 20-day moving average over the last 10 trading days",
+        "SELECT CAST(ts AS DATE) AS day, close,
+       round(avg(close) OVER (PARTITION BY symbol ORDER BY ts
+                              ROWS BETWEEN 19 PRECEDING AND CURRENT ROW), 2) AS ma_20
+FROM index_prices
+ORDER BY ts DESC
+LIMIT 10",
+    ),
+    (
+        "Volume-weighted average price per year (the vwap() aggregate)",
+        "SELECT CAST(date_part('year', ts) AS INT) AS year, round(vwap(close, volume), 2) AS vwap,
+       sum(volume) AS volume
+FROM index_prices
+WHERE volume > 0
+GROUP BY 1
+ORDER BY 1 DESC
+LIMIT 5",
+    ),
+];
+
+/// Runs one `ticklake` command line as the user would type it, and shows it.
+fn step(g: &Global, words: &[&str]) -> Result<()> {
+    println!("\n$ ticklake {}", words.join(" "));
+    let mut argv = vec![
+        "ticklake",
+        "--lake",
+        &g.lake,
+        "--database",
+        &g.database,
+        "-q",
+    ];
+    let log_dir = g.log_dir().to_string_lossy().into_owned();
+    argv.extend_from_slice(&["--log-dir", &log_dir]);
+    let catalog_file = g
+        .catalog_file
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned());
+    if let Some(f) = &catalog_file {
+        argv.extend_from_slice(&["--catalog-file", f]);
+    }
+    argv.extend_from_slice(words);
+    let cli = Cli::try_parse_from(&argv).context("the demo's own command line")?;
+    let code = crate::dispatch(cli)?;
+    if code != ExitCode::SUCCESS {
+        bail!("`ticklake {}` failed", words.join(" "));
+    }
+    Ok(())
+}
+
+pub fn run(g: &Global, _args: Args) -> Result<ExitCode> {
+    if g.brokers.is_some() || g.lake.contains("://") || g.catalog != "embedded" {
+        bail!("the demo runs embedded: no --brokers, a local --lake and the embedded catalog");
+    }
+    let meta = Path::new(&g.lake).join("_ticklake").join("demo");
+    std::fs::create_dir_all(&meta).with_context(|| format!("cannot create {}", meta.display()))?;
+    let sample = meta.join(SAMPLE_NAME);
+    std::fs::write(&sample, SAMPLE)
+        .with_context(|| format!("cannot write the sample to {}", sample.display()))?;
+    let sample = sample.to_string_lossy().into_owned();
+    let rejects = meta.join("rejects.csv").to_string_lossy().into_owned();
+    println!(
+        "ticklake demo: {SAMPLE_NAME} (the Hang Seng index, daily, {} KiB) -> embedded log -> lake {} -> embedded catalog -> SQL",
+        SAMPLE.len() / 1024,
+        g.lake
+    );
+    let bus = g.bus()?;
+    if ticklake_bus::partition_count(&bus, TOPIC)?.is_some() {
+        println!("\n(topic {TOPIC} already holds the sample from an earlier demo: not producing it again)");
+    } else {
+        step(
+            g,
+            &[
+                "produce",
+                "--topic",
+                TOPIC,
+                "--source",
+                &sample,
+                "--rejects",
+                &rejects,
+            ],
+        )?;
+    }
+    // Daily bars of one index: one folder per symbol (date folders would hold one row each).
+    step(
+        g,
+        &[
+            "sink",
+            "--topic",
+            TOPIC,
+            "--table",
+            TABLE,
+            "--group",
+            "ticklake-demo",
+            "--partition-by",
+            "symbol",
+            "--once",
+        ],
+    )?;
+    let io = runtime()?;
+    let catalog = g.open_catalog(&io)?;
+    let engine = io
+        .block_on(Engine::new(catalog, &g.database, Vec::new()))
+        .context("cannot start the query engine")?;
+    let mut out = std::io::stdout().lock();
+    for (title, sql) in QUERIES {
+        println!("\n-- {title}\n{sql};");
+        let result = io
+            .block_on(engine.execute(sql))
+            .map_err(|e| anyhow::anyhow!(e.render(sql)))?;
+        write_output(&result, OutputFormat::Table, &mut out)?;
+    }
+    println!(
+        "\nYour turn (the lake is in {lake}, its catalog in {lake}/_ticklake/catalog.sqlite):
+  ticklake query \"SELECT * FROM ohlcv('{TABLE}', '1 month') ORDER BY bar DESC LIMIT 12\"
+  ticklake query \"SHOW PARTITIONS {TABLE}\"
+  ticklake sql          (an SQL shell with history; \\help shows examples)
+DuckDB reads the same files: SELECT * FROM read_parquet('{lake}/{TABLE}/*/*.parquet', hive_partitioning = true);",
+        lake = g.lake.trim_end_matches('/'),
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,361 @@
+//! The crawler and the catalogs through the real binary: lakes ticklake did not write (the seed's JSON
+//! folder, a folder of CSVs), incremental crawls and schema conflicts, and the AWS Glue catalog on the
+//! moto server (what the Glue API returns, and the same answers as the embedded catalog).
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::{path_str, shared_data, text, Env};
+
+/// The seed CSV's good rows as (header, fields).
+fn seed_rows() -> (Vec<String>, Vec<Vec<String>>) {
+    let mut rd = csv::Reader::from_path(shared_data("indexProcessed-HSI.csv")).unwrap();
+    let header = rd.headers().unwrap().iter().map(str::to_owned).collect();
+    let rows = rd
+        .records()
+        .map(|r| r.unwrap().iter().map(str::to_owned).collect::<Vec<_>>())
+        .filter(|r| r.iter().any(|f| !f.trim().is_empty()))
+        .collect();
+    (header, rows)
+}
+
+fn query_csv(env: &Env, extra: &[&str], sql: &str) -> String {
+    let mut args = extra.to_vec();
+    args.extend_from_slice(&["query", "--format", "csv", sql]);
+    env.ok(&args).0
+}
+
+fn num(s: &str) -> f64 {
+    s.parse().unwrap()
+}
+
+#[test]
+fn crawls_the_seed_json_folder() {
+    let env = Env::embedded();
+    let (header, rows) = seed_rows();
+    let dir = env.dir.path().join("seed_out");
+    std::fs::create_dir_all(&dir).unwrap();
+    let rows = &rows[..400];
+    for (i, r) in rows.iter().enumerate() {
+        // The seed's consumer wrote one JSON object per file, named stock_market_<n>.json.
+        let mut obj = serde_json::Map::new();
+        for (k, v) in header.iter().zip(r) {
+            let value = match v.parse::<f64>() {
+                Ok(x) if k != "Index" && k != "Date" => serde_json::json!(x),
+                _ => serde_json::json!(v),
+            };
+            obj.insert(k.clone(), value);
+        }
+        std::fs::write(
+            dir.join(format!("stock_market_{i}.json")),
+            serde_json::to_string(&obj).unwrap(),
+        )
+        .unwrap();
+    }
+    let (out, _) = env.ok(&["crawl", "seed_out"]);
+    assert!(
+        out.contains("table seed_out (json): created, 400 files read"),
+        "{out}"
+    );
+    let desc = query_csv(&env, &[], "DESCRIBE seed_out");
+    assert_eq!(
+        desc,
+        "col_name,data_type,comment\nindex,string,\ndate,string,\nopen,double,\nhigh,double,\n\
+         low,double,\nclose,double,\nadj_close,double,\nvolume,double,\nclose_usd,double,\n"
+    );
+    let got = query_csv(
+        &env,
+        &[],
+        "SELECT count(*), max(high), min(adj_close), sum(close_usd), min(date) FROM seed_out",
+    );
+    let line = got.lines().nth(1).unwrap().to_owned();
+    let f: Vec<&str> = line.split(',').collect();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let max_high = rows
+        .iter()
+        .map(|r| num(&r[col("High")]))
+        .fold(f64::MIN, f64::max);
+    let min_adj = rows
+        .iter()
+        .map(|r| num(&r[col("Adj Close")]))
+        .fold(f64::MAX, f64::min);
+    let sum_usd: f64 = rows.iter().map(|r| num(&r[col("CloseUSD")])).sum();
+    assert_eq!(f[0], "400");
+    assert!((num(f[1]) - max_high).abs() < 1e-9, "{line}");
+    assert!((num(f[2]) - min_adj).abs() < 1e-9, "{line}");
+    assert!((num(f[3]) - sum_usd).abs() < 1e-6 * sum_usd, "{line}");
+    assert_eq!(
+        f[4],
+        rows.iter().map(|r| r[col("Date")].clone()).min().unwrap()
+    );
+}
+
+#[test]
+fn crawls_a_csv_folder_and_a_partitioned_folder_incrementally() {
+    let env = Env::embedded();
+    let (header, rows) = seed_rows();
+    let prices = env.dir.path().join("landing/prices");
+    std::fs::create_dir_all(&prices).unwrap();
+    for (i, chunk) in rows.chunks(2_000).enumerate() {
+        let mut w = csv::Writer::from_path(prices.join(format!("part-{i}.csv"))).unwrap();
+        w.write_record(&header).unwrap();
+        for r in chunk {
+            w.write_record(r).unwrap();
+        }
+        w.flush().unwrap();
+    }
+    let (out, _) = env.ok(&["crawl", "landing"]);
+    assert!(out.contains("table prices (csv): created"), "{out}");
+    let got = query_csv(
+        &env,
+        &[],
+        "SELECT count(*), max(high), sum(volume) FROM prices",
+    );
+    let f: Vec<String> = got
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(f[0], rows.len().to_string());
+    let max_high = rows.iter().map(|r| num(&r[3])).fold(f64::MIN, f64::max);
+    let volume: f64 = rows.iter().map(|r| num(&r[7])).sum();
+    assert!((num(&f[1]) - max_high).abs() < 1e-9);
+    assert!((num(&f[2]) - volume).abs() <= 1e-9 * volume.max(1.0));
+
+    // A partitioned folder of JSON lines, crawled as it grows.
+    let events = env.dir.path().join("raw/events");
+    let write = |folder: &str, name: &str, lines: &[&str]| {
+        let d = events.join(folder);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(name), lines.join("\n") + "\n").unwrap();
+    };
+    write(
+        "date=2024-01-01",
+        "a.json",
+        &[r#"{"sym":"A","px":1.5}"#, r#"{"sym":"B","px":2.5}"#],
+    );
+    let (out, _) = env.ok(&["crawl", "raw"]);
+    assert!(
+        out.contains("table events (json): created, 1 files read, 1 new partitions"),
+        "{out}"
+    );
+    write(
+        "date=2024-01-02",
+        "b.json",
+        &[r#"{"sym":"A","px":3,"venue":"X"}"#],
+    );
+    let (out, _) = env.ok(&["crawl", "raw"]);
+    assert!(
+        out.contains(
+            "table events (json): updated, 1 files read, 1 new partitions, new columns: venue"
+        ),
+        "only the new partition is read: {out}"
+    );
+    assert_eq!(
+        query_csv(
+            &env,
+            &[],
+            "SELECT date, sym, px, venue FROM events ORDER BY date, sym"
+        ),
+        "date,sym,px,venue\n2024-01-01,A,1.5,\n2024-01-01,B,2.5,\n2024-01-02,A,3.0,X\n"
+    );
+    // A type conflict is reported with the file, and its partition stays out.
+    write("date=2024-01-03", "c.json", &[r#"{"sym":"C","px":"n/a"}"#]);
+    let out = env.run(&["crawl", "raw"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("column \"px\" is double, but string in events/date=2024-01-03/c.json"),
+        "{stderr}"
+    );
+    assert_eq!(
+        query_csv(&env, &[], "SHOW PARTITIONS events"),
+        "partition\ndate=2024-01-01\ndate=2024-01-02\n"
+    );
+    assert_eq!(
+        query_csv(
+            &env,
+            &[],
+            "SELECT count(*) AS n, sum(px) AS total FROM events"
+        ),
+        "n,total\n3,7.0\n"
+    );
+    // --full re-reads everything and drops partitions whose folders are gone.
+    std::fs::remove_dir_all(events.join("date=2024-01-03")).unwrap();
+    std::fs::remove_dir_all(events.join("date=2024-01-01")).unwrap();
+    let (out, _) = env.ok(&["crawl", "raw", "--full"]);
+    assert!(out.contains("1 partitions dropped"), "{out}");
+    assert_eq!(
+        query_csv(&env, &[], "SHOW PARTITIONS events"),
+        "partition\ndate=2024-01-02\n"
+    );
+}
+
+#[test]
+fn crawling_the_sinks_lake_gives_the_sinks_definition() {
+    let env = Env::embedded();
+    env.ok(&[
+        "produce",
+        "--simulate",
+        "--count",
+        "3000",
+        "--symbols",
+        "3",
+        "--interval",
+        "1m",
+        "-q",
+    ]);
+    env.ok(&["sink", "--once", "-q"]);
+    let other = ["--catalog-file", "crawled.sqlite"];
+    env.ok(&[&other[..], &["crawl"]].concat());
+    for sql in [
+        "DESCRIBE stock_topic",
+        "SHOW PARTITIONS stock_topic",
+        "SELECT symbol, count(*), sum(volume), max(ts) FROM stock_topic GROUP BY symbol ORDER BY symbol",
+    ] {
+        assert_eq!(query_csv(&env, &[], sql), query_csv(&env, &other, sql), "{sql}");
+    }
+    // Crawling again finds nothing new to read.
+    let (out, _) = env.ok(&[&other[..], &["crawl"]].concat());
+    assert!(
+        out.contains("updated, 0 files read, 0 new partitions"),
+        "{out}"
+    );
+}
+
+fn glue_dump(env: &Env, database: &str) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reference/reference.py");
+    let python = std::env::var("TICKLAKE_TEST_PYTHON")
+        .expect("TICKLAKE_TEST_PYTHON is not set: run scripts/test.sh");
+    let mut child = Command::new(python)
+        .args([script, "glue", database])
+        .envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    serde_json::from_str(&stdout).unwrap()
+}
+
+#[test]
+fn glue_catalog_on_moto_matches_the_embedded_catalog() {
+    let env = Env::embedded().with_s3_lake();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let db = format!("sinkdb_{nanos}");
+    let crawled_db = format!("crawldb_{nanos}");
+    let glue = ["--catalog", "glue", "--database", db.as_str()];
+    env.ok(&[
+        "produce",
+        "--simulate",
+        "--count",
+        "2400",
+        "--symbols",
+        "2",
+        "--interval",
+        "1m",
+        "-q",
+    ]);
+    env.ok(&[&glue[..], &["sink", "--once", "-q"]].concat());
+
+    let lake = env.lake.clone().unwrap();
+    let tables = glue_dump(&env, &db);
+    let t = &tables["stock_topic"];
+    let location = format!("{lake}/stock_topic/");
+    assert_eq!(t["location"], location.as_str());
+    assert_eq!(t["table_type"], "EXTERNAL_TABLE");
+    assert_eq!(
+        t["serde"],
+        "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"
+    );
+    assert_eq!(
+        t["input_format"],
+        "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat"
+    );
+    assert_eq!(t["parameters"]["classification"], "parquet");
+    assert_eq!(
+        t["partition_keys"],
+        serde_json::json!([["date", "string"], ["symbol", "string"]])
+    );
+    let columns = t["columns"].as_array().unwrap();
+    for (name, ty) in [
+        ("ts", "timestamp"),
+        ("open", "double"),
+        ("high", "double"),
+        ("low", "double"),
+        ("close", "double"),
+        ("volume", "double"),
+    ] {
+        assert!(
+            columns.contains(&serde_json::json!([name, ty])),
+            "{name} {ty} in {columns:?}"
+        );
+    }
+    assert!(
+        !columns.iter().any(|c| c[0] == "symbol"),
+        "symbol is a partition key only"
+    );
+    // One partition per folder the sink wrote, each at its folder.
+    let mut folders: Vec<String> = env
+        .lake_files("stock_topic")
+        .iter()
+        .map(|f| f.rsplit_once('/').unwrap().0.to_owned())
+        .collect();
+    folders.dedup();
+    let partitions = t["partitions"].as_array().unwrap();
+    assert_eq!(partitions.len(), folders.len());
+    for (p, folder) in partitions.iter().zip(&folders) {
+        assert_eq!(p["location"], format!("{lake}/{folder}/").as_str());
+        let values: Vec<String> = folder
+            .split('/')
+            .skip(1)
+            .map(|kv| kv.split_once('=').unwrap().1.to_owned())
+            .collect();
+        assert_eq!(p["values"], serde_json::json!(values));
+    }
+
+    // A crawl into another Glue database catalogs the same table.
+    let crawled = ["--catalog", "glue", "--database", crawled_db.as_str()];
+    env.ok(&[&crawled[..], &["crawl"]].concat());
+    let again = glue_dump(&env, &crawled_db);
+    let c = &again["stock_topic"];
+    for field in [
+        "location",
+        "serde",
+        "input_format",
+        "output_format",
+        "partition_keys",
+        "columns",
+        "partitions",
+    ] {
+        assert_eq!(c[field], t[field], "{field}");
+    }
+
+    // The same answers through Glue and through the embedded catalog (crawled from the same S3 lake).
+    env.ok(&["crawl"]);
+    for sql in [
+        "SELECT symbol, count(*), sum(volume), min(low), max(high) FROM stock_topic GROUP BY symbol ORDER BY symbol",
+        "SELECT * FROM ohlcv('stock_topic', '1 hour') ORDER BY symbol, bar LIMIT 20",
+        "SHOW PARTITIONS stock_topic",
+        "SELECT count(*) FROM stock_topic WHERE date = (SELECT min(date) FROM stock_topic)",
+    ] {
+        let through_glue = query_csv(&env, &glue, sql);
+        assert_eq!(through_glue, query_csv(&env, &[], sql), "{sql}");
+        assert!(through_glue.lines().count() > 1, "{sql}: {through_glue}");
+    }
+    assert!(Path::new(path_str(env.dir.path()))
+        .join("_ticklake/catalog.sqlite")
+        .exists());
+}

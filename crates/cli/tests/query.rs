@@ -1,0 +1,393 @@
+//! Catalog and SQL, end to end through the real binary: answers checked against DuckDB reading the same
+//! Parquet files, the sink's own partition registration, partition pruning, read-only refusals and SQL
+//! error positions, output formats and the shell.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::{path_str, text, Env};
+
+/// The Python of scripts/test.sh's venv (DuckDB, boto3).
+fn python() -> String {
+    std::env::var("TICKLAKE_TEST_PYTHON")
+        .expect("TICKLAKE_TEST_PYTHON is not set: run scripts/test.sh, which installs DuckDB")
+}
+
+fn reference(args: &[&str], stdin: &str, vars: &[(String, String)]) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reference/reference.py");
+    let mut child = Command::new(python())
+        .arg(script)
+        .args(args)
+        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "reference.py {args:?}: {stderr}");
+    serde_json::from_str(&stdout).unwrap()
+}
+
+/// A simulated lake: 6 symbols, 30 s bars over about a week, partitioned by date and symbol.
+fn simulated_lake(records: u64) -> Env {
+    let env = Env::embedded();
+    env.ok(&[
+        "produce",
+        "--simulate",
+        "--count",
+        &records.to_string(),
+        "--symbols",
+        "6",
+        "--interval",
+        "30s",
+        "-q",
+    ]);
+    env.ok(&["sink", "--once", "-q"]);
+    env
+}
+
+/// The rows of a `--format csv` result.
+fn csv_rows(stdout: &str) -> Vec<Vec<String>> {
+    let mut rd = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(stdout.as_bytes());
+    rd.records()
+        .map(|r| r.unwrap().iter().map(str::to_owned).collect())
+        .collect()
+}
+
+fn query_rows(env: &Env, sql: &str) -> Vec<Vec<String>> {
+    let (stdout, _) = env.ok(&["query", "--format", "csv", sql]);
+    csv_rows(&stdout)
+}
+
+/// Compares a cell: numbers to a relative 1e-9, text exactly, NULL as the empty field.
+fn same(ours: &str, theirs: &serde_json::Value) -> bool {
+    match theirs {
+        serde_json::Value::Null => ours.is_empty(),
+        serde_json::Value::Number(n) => ours.parse::<f64>().is_ok_and(|x| {
+            let y = n.as_f64().unwrap();
+            (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0)
+        }),
+        serde_json::Value::String(s) => ours == s,
+        serde_json::Value::Bool(b) => ours == b.to_string(),
+        other => panic!("unexpected reference value {other}"),
+    }
+}
+
+/// Pairs of (ticklake SQL over `stock_topic`, DuckDB SQL over the view `t`) that must agree.
+const PAIRS: &[(&str, &str)] = &[
+    (
+        "SELECT symbol, count(*) AS n FROM stock_topic GROUP BY symbol ORDER BY symbol",
+        "SELECT symbol, count(*) AS n FROM t GROUP BY symbol ORDER BY symbol",
+    ),
+    (
+        "SELECT date, symbol, min(low), max(high), sum(volume), avg(close) FROM stock_topic GROUP BY date, symbol ORDER BY date, symbol",
+        "SELECT date, symbol, min(low), max(high), sum(volume), avg(close) FROM t GROUP BY date, symbol ORDER BY date, symbol",
+    ),
+    (
+        "SELECT symbol, vwap(close, volume) FROM stock_topic GROUP BY symbol ORDER BY symbol",
+        "SELECT symbol, sum(close * volume) / sum(volume) FROM t GROUP BY symbol ORDER BY symbol",
+    ),
+    (
+        "SELECT symbol, CAST(extract(epoch FROM bar) AS BIGINT), open, high, low, close, volume, rows FROM ohlcv('stock_topic', '15 minutes') ORDER BY symbol, bar",
+        "SELECT symbol, CAST(epoch(time_bucket(INTERVAL '15 minutes', ts)) AS BIGINT) AS bar, arg_min(open, ts), max(high), min(low), arg_max(close, ts), sum(volume), count(*) FROM t GROUP BY 1, 2 ORDER BY 1, 2",
+    ),
+    (
+        "SELECT symbol, CAST(extract(epoch FROM bar) AS BIGINT), open, close, vwap FROM ohlcv('stock_topic', '1 day') ORDER BY symbol, bar",
+        "SELECT symbol, CAST(epoch(date_trunc('day', ts)) AS BIGINT) AS bar, arg_min(open, ts), arg_max(close, ts), sum(close * volume) / sum(volume) FROM t GROUP BY 1, 2 ORDER BY 1, 2",
+    ),
+    (
+        "SELECT symbol, CAST(extract(epoch FROM ts) AS BIGINT) AS s, avg(close) OVER (PARTITION BY symbol ORDER BY ts ROWS BETWEEN 19 PRECEDING AND CURRENT ROW) AS ma FROM stock_topic WHERE date = (SELECT max(date) FROM stock_topic) ORDER BY symbol, ts",
+        "SELECT symbol, CAST(epoch(ts) AS BIGINT) AS s, avg(close) OVER (PARTITION BY symbol ORDER BY ts ROWS BETWEEN 19 PRECEDING AND CURRENT ROW) AS ma FROM t WHERE date = (SELECT max(date) FROM t) ORDER BY symbol, ts",
+    ),
+    (
+        "WITH r AS (SELECT symbol, close / lag(close) OVER (PARTITION BY symbol ORDER BY ts) - 1 AS ret FROM stock_topic) SELECT symbol, max(ret), min(ret), stddev_samp(ret) FROM r GROUP BY symbol ORDER BY symbol",
+        "WITH r AS (SELECT symbol, close / lag(close) OVER (PARTITION BY symbol ORDER BY ts) - 1 AS ret FROM t) SELECT symbol, max(ret), min(ret), stddev_samp(ret) FROM r GROUP BY symbol ORDER BY symbol",
+    ),
+    (
+        "WITH d AS (SELECT date, symbol, max(close) AS hi FROM stock_topic GROUP BY date, symbol), m AS (SELECT date, avg(hi) AS avg_hi FROM d GROUP BY date) SELECT d.date, d.symbol, d.hi - m.avg_hi FROM d JOIN m ON d.date = m.date ORDER BY d.date, d.symbol",
+        "WITH d AS (SELECT date, symbol, max(close) AS hi FROM t GROUP BY date, symbol), m AS (SELECT date, avg(hi) AS avg_hi FROM d GROUP BY date) SELECT d.date, d.symbol, d.hi - m.avg_hi FROM d JOIN m ON d.date = m.date ORDER BY d.date, d.symbol",
+    ),
+    (
+        "SELECT symbol, CAST(extract(epoch FROM ts) AS BIGINT), volume FROM (SELECT symbol, ts, volume, row_number() OVER (PARTITION BY symbol ORDER BY volume DESC, ts) AS rn FROM stock_topic) WHERE rn <= 3 ORDER BY symbol, rn",
+        "SELECT symbol, CAST(epoch(ts) AS BIGINT), volume FROM (SELECT symbol, ts, volume, row_number() OVER (PARTITION BY symbol ORDER BY volume DESC, ts) AS rn FROM t) WHERE rn <= 3 ORDER BY symbol, rn",
+    ),
+    (
+        "SELECT count(*), sum(volume), min(close) FROM stock_topic WHERE date = (SELECT min(date) FROM stock_topic) AND symbol IN (SELECT min(symbol) FROM stock_topic)",
+        "SELECT count(*), sum(volume), min(close) FROM t WHERE date = (SELECT min(date) FROM t) AND symbol IN (SELECT min(symbol) FROM t)",
+    ),
+    (
+        "SELECT symbol, count(DISTINCT date) AS days, first_value(close ORDER BY ts DESC) AS last_close FROM stock_topic GROUP BY symbol HAVING count(*) > 100 ORDER BY symbol",
+        "SELECT symbol, count(DISTINCT date) AS days, arg_max(close, ts) AS last_close FROM t GROUP BY symbol HAVING count(*) > 100 ORDER BY symbol",
+    ),
+    (
+        "SELECT date, count(*), CAST(extract(epoch FROM min(ts)) AS BIGINT), CAST(extract(epoch FROM max(ts)) AS BIGINT) FROM stock_topic GROUP BY date ORDER BY date",
+        "SELECT date, count(*), CAST(epoch(min(ts)) AS BIGINT), CAST(epoch(max(ts)) AS BIGINT) FROM t GROUP BY date ORDER BY date",
+    ),
+];
+
+#[test]
+fn answers_match_duckdb_on_the_same_files() {
+    let env = simulated_lake(120_000);
+    let lake = env.dir.path().join("lake");
+    let glob = format!("{}/stock_topic/*/*/*.parquet", path_str(&lake));
+    let theirs = reference(
+        &["duckdb", &glob],
+        &serde_json::to_string(&PAIRS.iter().map(|p| p.1).collect::<Vec<_>>()).unwrap(),
+        &[],
+    );
+    for (i, (ours_sql, _)) in PAIRS.iter().enumerate() {
+        let ours = query_rows(&env, ours_sql);
+        let expected = theirs[i].as_array().unwrap();
+        assert!(!expected.is_empty(), "query {i} has rows in DuckDB");
+        assert_eq!(
+            ours.len(),
+            expected.len(),
+            "query {i}: row count\n{ours_sql}"
+        );
+        for (r, (a, b)) in ours.iter().zip(expected).enumerate() {
+            let b = b.as_array().unwrap();
+            assert_eq!(a.len(), b.len(), "query {i} row {r}: columns");
+            for (c, (x, y)) in a.iter().zip(b).enumerate() {
+                assert!(
+                    same(x, y),
+                    "query {i} row {r} column {c}: ticklake {x:?}, DuckDB {y}\n{ours_sql}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn sink_registers_partitions_and_filters_prune_them() {
+    let env = simulated_lake(24_000);
+    // Queryable with no crawl: the sink registered the table and its partitions.
+    let (tables, _) = env.ok(&["query", "--format", "csv", "SHOW TABLES"]);
+    assert_eq!(tables, "tab_name\nstock_topic\n");
+    let (desc, _) = env.ok(&["query", "--format", "csv", "DESCRIBE stock_topic"]);
+    assert!(
+        desc.starts_with("col_name,data_type,comment\nts,timestamp,\nopen,double,"),
+        "{desc}"
+    );
+    assert!(
+        desc.ends_with("date,string,partition key\nsymbol,string,partition key\n"),
+        "{desc}"
+    );
+    let parts = query_rows(&env, "SHOW PARTITIONS stock_topic");
+    let folders = env.lake_files("stock_topic");
+    let mut expected: Vec<String> = folders
+        .iter()
+        .map(|f| f.split('/').skip(1).take(2).collect::<Vec<_>>().join("/"))
+        .collect();
+    expected.dedup();
+    let got: Vec<String> = parts.into_iter().map(|r| r[0].clone()).collect();
+    assert_eq!(got, expected);
+    assert!(got.len() > 6, "several dates and symbols: {got:?}");
+
+    // A filter on both keys reads exactly one partition's files.
+    let (date, symbol) = {
+        let first = &got[0];
+        let (d, s) = first.split_once('/').unwrap();
+        (
+            d.trim_start_matches("date=").to_owned(),
+            s.trim_start_matches("symbol=").to_owned(),
+        )
+    };
+    let sql = format!(
+        "EXPLAIN SELECT count(*) FROM stock_topic WHERE date = '{date}' AND symbol = '{symbol}'"
+    );
+    let (plan, _) = env.ok(&["query", "--format", "csv", &sql]);
+    assert!(
+        plan.contains(&format!("date={date}/symbol={symbol}/")),
+        "{plan}"
+    );
+    let other_files = folders
+        .iter()
+        .filter(|f| !f.contains(&format!("date={date}/symbol={symbol}/")))
+        .count();
+    assert!(other_files > 0);
+    assert_eq!(
+        plan.matches(".parquet").count(),
+        folders.len() - other_files,
+        "only the matching partition's files are in the plan:\n{plan}"
+    );
+    // And the count agrees with the files' contents.
+    let n = query_rows(
+        &env,
+        &format!("SELECT count(*) FROM stock_topic WHERE date = '{date}' AND symbol = '{symbol}'"),
+    );
+    let in_files = env
+        .lake_records()
+        .iter()
+        .filter(|(folder, _)| folder.ends_with(&format!("date={date}/symbol={symbol}")))
+        .count();
+    assert_eq!(n[0][0], in_files.to_string());
+
+    // New data becomes queryable after the next sink run, still without a crawl.
+    let before: u64 = query_rows(&env, "SELECT count(*) FROM stock_topic")[0][0]
+        .parse()
+        .unwrap();
+    env.ok(&[
+        "produce",
+        "--simulate",
+        "--count",
+        "600",
+        "--symbols",
+        "2",
+        "--seed",
+        "7",
+        "--start",
+        "2025-06-01",
+        "-q",
+    ]);
+    env.ok(&["sink", "--once", "-q"]);
+    let after: u64 = query_rows(&env, "SELECT count(*) FROM stock_topic")[0][0]
+        .parse()
+        .unwrap();
+    assert_eq!(after, before + 600);
+    let new_days = query_rows(
+        &env,
+        "SELECT count(*) FROM stock_topic WHERE date >= '2025-06-01'",
+    );
+    assert_eq!(new_days[0][0], "600");
+}
+
+#[test]
+fn writes_are_refused_and_bad_sql_is_located() {
+    let env = simulated_lake(2_000);
+    for sql in [
+        "DROP TABLE stock_topic",
+        "INSERT INTO stock_topic (symbol) VALUES ('X')",
+        "CREATE TABLE x AS SELECT 1",
+        "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/tmp/x.csv'",
+        "COPY (SELECT 1) TO 'x.csv'",
+        "DELETE FROM stock_topic",
+        "SET datafusion.execution.batch_size = 1",
+    ] {
+        let out = env.run(&["query", sql]);
+        let (_, stderr) = text(&out);
+        assert!(!out.status.success(), "{sql} must fail");
+        assert!(stderr.contains("read-only"), "{sql}: {stderr}");
+    }
+    assert!(!env.dir.path().join("x.csv").exists());
+
+    let out = env.run(&[
+        "query",
+        "SELECT symbol,\n  count(*) FROM stock_topic GROUP BY",
+    ]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("at line 2, column"), "{stderr}");
+
+    let out = env.run(&["query", "SELECT no_such_column FROM stock_topic"]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no_such_column"), "{stderr}");
+    assert!(stderr.contains("at line 1, column 8"), "{stderr}");
+
+    let out = env.run(&["query", "SELECT * FROM no_such_table"]);
+    let (_, stderr) = text(&out);
+    assert!(stderr.contains("no_such_table"), "{stderr}");
+
+    let out = env.run(&["query", "SHOW PARTITIONS nope"]);
+    let (_, stderr) = text(&out);
+    assert!(stderr.contains("\"nope\" does not exist"), "{stderr}");
+
+    let out = env.run(&["query", "SELECT * FROM ohlcv('stock_topic', 'fortnightly')"]);
+    let (_, stderr) = text(&out);
+    assert!(stderr.contains("fortnightly"), "{stderr}");
+}
+
+#[test]
+fn output_formats_and_files() {
+    let env = simulated_lake(3_000);
+    let sql = "SELECT symbol, count(*) AS n FROM stock_topic GROUP BY symbol ORDER BY symbol";
+    let (table, _) = env.ok(&["query", sql]);
+    assert!(table.contains("| symbol | n "), "{table}");
+    assert!(table.trim_end().ends_with("(6 rows)"), "{table}");
+    let rows = query_rows(&env, sql);
+    assert_eq!(rows.len(), 6);
+    let total: u64 = rows.iter().map(|r| r[1].parse::<u64>().unwrap()).sum();
+    assert_eq!(total, 3_000);
+
+    let (json, _) = env.ok(&["query", "--format", "json", sql]);
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 6);
+    assert_eq!(lines[0]["symbol"], rows[0][0].as_str());
+    assert_eq!(lines[0]["n"].as_u64().unwrap().to_string(), rows[0][1]);
+
+    let out_file = env.dir.path().join("result.parquet");
+    env.ok(&[
+        "query",
+        "--format",
+        "parquet",
+        "--output",
+        path_str(&out_file),
+        sql,
+    ]);
+    let bytes = bytes::Bytes::from(std::fs::read(&out_file).unwrap());
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .unwrap()
+        .build()
+        .unwrap();
+    let n: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!(n, 6);
+
+    let csv_file = env.dir.path().join("result.csv");
+    env.ok(&[
+        "query",
+        "--format",
+        "csv",
+        "-o",
+        path_str(&csv_file),
+        "SELECT 1 AS a; SELECT 2 AS b",
+    ]);
+    assert_eq!(std::fs::read_to_string(&csv_file).unwrap(), "a\n1\nb\n2\n");
+}
+
+#[test]
+fn the_shell_runs_statements_over_lines_and_keeps_history() {
+    let env = simulated_lake(1_000);
+    let history = env.dir.path().join("history");
+    let mut child = env
+        .command(&["sql", "--history", path_str(&history)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"SHOW TABLES;\n\\format csv\nSELECT count(*)\n  AS n FROM stock_topic;\nSELECT nope;\nSELECT 41 + 1 AS answer;\n",
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(
+        !out.status.success(),
+        "a failed statement fails a piped script"
+    );
+    assert!(stdout.contains("stock_topic"), "{stdout}");
+    assert!(stdout.contains("n\n1000\n"), "{stdout}");
+    assert!(stdout.contains("answer\n42\n"), "{stdout}");
+    assert!(stderr.contains("nope"), "{stderr}");
+    let saved = std::fs::read_to_string(&history).unwrap();
+    assert!(saved.contains("SELECT 41 + 1 AS answer;"), "{saved}");
+}

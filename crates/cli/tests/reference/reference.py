@@ -1,0 +1,79 @@
+"""Independent reference answers for the query tests (run with the venv of scripts/test.sh).
+
+  reference.py duckdb GLOB        stdin: a JSON list of SQL texts over the view `t`, which DuckDB builds
+                                  from the Parquet files GLOB with Hive partitioning;
+                                  stdout: a JSON list with each query's rows (lists of values).
+  reference.py glue DATABASE      the tables and partitions of a Glue database as the Glue API returns
+                                  them (endpoint and credentials from the AWS_* variables), as JSON.
+"""
+import json
+import os
+import sys
+
+
+def cell(v):
+    if v is None:
+        return None
+    if isinstance(v, (int, float, str, bool)):
+        return v
+    return str(v)
+
+
+def duckdb_answers(glob):
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    glob = glob.replace("'", "''")
+    con.execute(
+        f"CREATE VIEW t AS SELECT * FROM read_parquet('{glob}', hive_partitioning = true, "
+        "hive_types = {'date': VARCHAR, 'symbol': VARCHAR})"
+    )
+    out = []
+    for sql in json.load(sys.stdin):
+        rows = con.execute(sql).fetchall()
+        out.append([[cell(v) for v in row] for row in rows])
+    json.dump(out, sys.stdout)
+
+
+def glue_dump(database):
+    import boto3
+
+    glue = boto3.client(
+        "glue",
+        endpoint_url=os.environ.get("AWS_ENDPOINT_URL"),
+        region_name=os.environ.get("AWS_REGION", "us-east-1"),
+    )
+    tables = {}
+    for page in glue.get_paginator("get_tables").paginate(DatabaseName=database):
+        for t in page["TableList"]:
+            parts = []
+            for pp in glue.get_paginator("get_partitions").paginate(
+                DatabaseName=database, TableName=t["Name"]
+            ):
+                for p in pp["Partitions"]:
+                    parts.append(
+                        {"values": p["Values"], "location": p["StorageDescriptor"]["Location"]}
+                    )
+            sd = t["StorageDescriptor"]
+            tables[t["Name"]] = {
+                "columns": [[c["Name"], c["Type"]] for c in sd["Columns"]],
+                "partition_keys": [[c["Name"], c["Type"]] for c in t.get("PartitionKeys", [])],
+                "location": sd["Location"],
+                "serde": sd["SerdeInfo"]["SerializationLibrary"],
+                "input_format": sd["InputFormat"],
+                "output_format": sd["OutputFormat"],
+                "table_type": t.get("TableType"),
+                "parameters": t.get("Parameters", {}),
+                "partitions": sorted(parts, key=lambda p: p["values"]),
+            }
+    json.dump(tables, sys.stdout)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "duckdb":
+        duckdb_answers(sys.argv[2])
+    elif sys.argv[1] == "glue":
+        glue_dump(sys.argv[2])
+    else:
+        sys.exit(f"unknown mode {sys.argv[1]!r}")

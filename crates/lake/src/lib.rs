@@ -1,0 +1,27 @@
+//! The lake's storage and layout.
+//!
+//! [`Lake`] is a local folder or an S3-compatible bucket, written whole-file and atomically;
+//! [`layout`] says where a record goes in it (`<table>/date=…/symbol=…/<topic>+<partition>+<offset>.<ext>`)
+//! and how partition values are Hive-escaped.
+
+pub mod lake;
+pub mod layout;
+
+pub use lake::{FileInfo, Lake};
+pub use layout::{hive_escape, hive_unescape, PartitionKey, Partitioning};
+
+/// Errors of the lake's storage.
+#[derive(Debug, thiserror::Error)]
+pub enum LakeError {
+    /// The lake location or an S3 setting is wrong.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Writing, listing or reading the lake failed.
+    #[error("lake {location}: {message}")]
+    Storage {
+        /// The file or location concerned.
+        location: String,
+        /// What failed.
+        message: String,
+    },
+}

@@ -1,0 +1,152 @@
+//! SQL over the lake: a DataFusion session whose tables are the catalog's (partitions pruned from the
+//! catalog by `date`/`symbol` filters), Athena's `SHOW TABLES`, `DESCRIBE` and `SHOW PARTITIONS`,
+//! market helpers (`ohlcv(...)` bars and the `vwap(...)` aggregate), read-only enforcement, and result
+//! formatting as a table, CSV, JSON lines or Parquet.
+
+mod engine;
+mod helpers;
+mod output;
+mod provider;
+
+pub use engine::{split_statements, Engine, Output, CATALOG_NAME};
+pub use output::{write_output, OutputFormat};
+pub use provider::LakeTable;
+
+use datafusion::error::DataFusionError;
+
+/// Errors of queries.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The SQL is wrong; DataFusion's message and, when known, where (line and column, from 1).
+    #[error("{message}")]
+    Sql {
+        /// What is wrong.
+        message: String,
+        /// Line and column of the problem.
+        position: Option<(u64, u64)>,
+    },
+    /// The statement would write or change the lake or the catalog.
+    #[error("queries are read-only: {0}")]
+    ReadOnly(String),
+    /// The catalog failed.
+    #[error(transparent)]
+    Catalog(#[from] ticklake_catalog::CatalogError),
+    /// A table of the catalog cannot be read.
+    #[error("table {0}: {1}")]
+    Table(String, String),
+    /// Running the query failed (reading files, for example).
+    #[error("{0}")]
+    Execution(String),
+    /// Writing the result failed.
+    #[error("writing the result: {0}")]
+    Output(String),
+}
+
+impl From<DataFusionError> for QueryError {
+    fn from(e: DataFusionError) -> Self {
+        QueryError::Execution(e.to_string())
+    }
+}
+
+impl QueryError {
+    /// Classifies a DataFusion error for the statement `sql`: refused writes, SQL errors with their
+    /// position, or failures while running.
+    pub fn from_datafusion(e: DataFusionError, sql: &str) -> QueryError {
+        let message = e.to_string();
+        for (marker, what) in [
+            (
+                "DDL not supported",
+                "statements that create, change or drop tables are refused",
+            ),
+            (
+                "DML not supported",
+                "INSERT, UPDATE, DELETE and COPY are refused",
+            ),
+            (
+                "Statement not supported",
+                "SET, transactions and similar statements are refused",
+            ),
+        ] {
+            if message.contains(marker) {
+                return QueryError::ReadOnly(format!(
+                    "{what}; the lake is written by `ticklake sink` and cataloged by `ticklake crawl` ({message})"
+                ));
+            }
+        }
+        let span = e
+            .diagnostic()
+            .and_then(|d| d.span)
+            .map(|s| (s.start.line, s.start.column));
+        let position = span
+            .or_else(|| parser_position(&message))
+            .or_else(|| message.contains("found: EOF").then(|| end_of(sql)));
+        let is_sql = position.is_some()
+            || matches!(
+                e.find_root(),
+                DataFusionError::SQL(..)
+                    | DataFusionError::Plan(..)
+                    | DataFusionError::SchemaError(..)
+            );
+        if is_sql {
+            QueryError::Sql { message, position }
+        } else {
+            QueryError::Execution(message)
+        }
+    }
+
+    /// The message, and for SQL errors with a position the offending line with a caret under it.
+    pub fn render(&self, sql: &str) -> String {
+        let mut out = self.to_string();
+        if let QueryError::Sql {
+            position: Some((line, column)),
+            ..
+        } = self
+        {
+            if let Some(text) = sql.lines().nth((*line as usize).saturating_sub(1)) {
+                let col = (*column as usize).max(1);
+                out.push_str(&format!(
+                    "\n  at line {line}, column {column}:\n  {text}\n  {}^",
+                    " ".repeat(col - 1)
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// The position just after the last character of `sql` (where "found: EOF" points).
+fn end_of(sql: &str) -> (u64, u64) {
+    let text = sql.trim_end();
+    let line = text.lines().count().max(1);
+    let last = text.lines().last().unwrap_or_default();
+    (line as u64, last.chars().count() as u64 + 1)
+}
+
+/// `… at Line: 1, Column: 8` in sqlparser's messages.
+fn parser_position(message: &str) -> Option<(u64, u64)> {
+    let i = message.rfind("Line: ")?;
+    let rest = &message[i + 6..];
+    let (line, rest) = rest.split_once(", Column: ")?;
+    let col: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    Some((line.trim().parse().ok()?, col.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parser_positions_are_found_and_shown() {
+        assert_eq!(
+            parser_position("SQL error: ParserError(\"Expected: an expression, found: FROM at Line: 2, Column: 8\")"),
+            Some((2, 8))
+        );
+        assert_eq!(parser_position("no position"), None);
+        let e = QueryError::Sql {
+            message: "bad".into(),
+            position: Some((2, 8)),
+        };
+        let shown = e.render("select 1,\nselect FROM x");
+        assert!(shown.ends_with("  select FROM x\n         ^"), "{shown}");
+    }
+}

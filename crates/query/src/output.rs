@@ -1,0 +1,95 @@
+//! Writing results: an aligned table for people, CSV, JSON lines or Parquet for programs.
+
+use std::io::Write;
+use std::str::FromStr;
+
+use parquet::arrow::ArrowWriter;
+
+use crate::{Output, QueryError};
+
+/// How results are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// An aligned text table.
+    Table,
+    /// CSV with a header line.
+    Csv,
+    /// One JSON object per row and line.
+    Json,
+    /// A Parquet file.
+    Parquet,
+}
+
+impl FromStr for OutputFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "table" => Ok(OutputFormat::Table),
+            "csv" => Ok(OutputFormat::Csv),
+            "json" | "jsonl" => Ok(OutputFormat::Json),
+            "parquet" => Ok(OutputFormat::Parquet),
+            other => Err(format!(
+                "unknown output format {other:?}; use table, csv, json or parquet"
+            )),
+        }
+    }
+}
+
+/// Writes one statement's result.
+pub fn write_output(
+    out: &Output,
+    format: OutputFormat,
+    w: &mut dyn Write,
+) -> Result<(), QueryError> {
+    let err = |e: &dyn std::fmt::Display| QueryError::Output(e.to_string());
+    match format {
+        OutputFormat::Table => {
+            let text =
+                arrow::util::pretty::pretty_format_batches(&out.batches).map_err(|e| err(&e))?;
+            if out.batches.iter().all(|b| b.num_rows() == 0) {
+                let names: Vec<_> = out
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect();
+                writeln!(w, "{}\n(0 rows)", names.join(" | ")).map_err(|e| err(&e))?;
+            } else {
+                writeln!(w, "{text}").map_err(|e| err(&e))?;
+                let n = out.rows();
+                writeln!(w, "({n} row{})", if n == 1 { "" } else { "s" }).map_err(|e| err(&e))?;
+            }
+        }
+        OutputFormat::Csv => {
+            let mut writer = arrow_csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut *w);
+            if out.batches.is_empty() {
+                let empty = arrow::array::RecordBatch::new_empty(out.schema.clone());
+                writer.write(&empty).map_err(|e| err(&e))?;
+            }
+            for b in &out.batches {
+                writer.write(b).map_err(|e| err(&e))?;
+            }
+        }
+        OutputFormat::Json => {
+            let mut writer = arrow_json::LineDelimitedWriter::new(&mut *w);
+            for b in &out.batches {
+                writer.write(b).map_err(|e| err(&e))?;
+            }
+            writer.finish().map_err(|e| err(&e))?;
+        }
+        OutputFormat::Parquet => {
+            let mut buf = Vec::new();
+            let mut writer =
+                ArrowWriter::try_new(&mut buf, out.schema.clone(), None).map_err(|e| err(&e))?;
+            for b in &out.batches {
+                writer.write(b).map_err(|e| err(&e))?;
+            }
+            writer.close().map_err(|e| err(&e))?;
+            w.write_all(&buf).map_err(|e| err(&e))?;
+        }
+    }
+    w.flush().map_err(|e| err(&e))
+}

@@ -1,0 +1,318 @@
+//! A catalog table as a DataFusion table: the catalog's partitions, pruned by the query's filters on
+//! the partition columns, then the files inside the partitions that remain.
+//!
+//! As in Athena, what a query sees is what the catalog registers: a folder the catalog does not know is
+//! not read. Filters on `date`/`symbol` (any partition key) never list or open the other partitions;
+//! `EXPLAIN` shows the files that remain in the scan.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::datasource::file_format::csv::CsvFormat;
+use datafusion::datasource::file_format::json::JsonFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::listing::helpers::expr_applicable_for_cols;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_expr::create_physical_expr;
+use datafusion::physical_expr::expressions::Column as ColumnExpr;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
+use datafusion::physical_plan::ExecutionPlan;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as ObjectPath;
+use object_store::ObjectStore;
+use ticklake_catalog::{Catalog, Partition, StorageFormat, Table};
+use ticklake_lake::Lake;
+
+/// Where a table's files are: the store, its URL as DataFusion knows it, and the table's lake.
+#[derive(Debug, Clone)]
+pub(crate) struct Storage {
+    pub(crate) lake: Lake,
+    pub(crate) store: Arc<dyn ObjectStore>,
+    pub(crate) url: ObjectStoreUrl,
+}
+
+impl Storage {
+    /// Opens the store holding `location` (a table's `file://` or `s3://` URL).
+    pub(crate) fn open(location: &str, s3_options: &[(String, String)]) -> Result<Storage> {
+        let lake = Lake::open_with(location, s3_options).map_err(ext)?;
+        let (store, url, _) = lake.object_store().map_err(ext)?;
+        let url = ObjectStoreUrl::parse(url.as_str())?;
+        Ok(Storage { lake, store, url })
+    }
+}
+
+fn ext(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+/// A catalog table that DataFusion can scan.
+#[derive(Debug)]
+pub struct LakeTable {
+    table: Table,
+    catalog: Arc<dyn Catalog>,
+    storage: Storage,
+    schema: SchemaRef,
+    file_schema: SchemaRef,
+    format: Arc<dyn FileFormat>,
+}
+
+impl LakeTable {
+    pub(crate) fn new(table: Table, catalog: Arc<dyn Catalog>, storage: Storage) -> Result<Self> {
+        let schema = table.schema().map_err(ext)?;
+        let file_schema = table.file_schema().map_err(ext)?;
+        let format: Arc<dyn FileFormat> = match table.format {
+            StorageFormat::Parquet => Arc::new(ParquetFormat::default()),
+            StorageFormat::Json => Arc::new(JsonFormat::default()),
+            StorageFormat::Csv { header, delimiter } => Arc::new(
+                CsvFormat::default()
+                    .with_has_header(header)
+                    .with_delimiter(delimiter),
+            ),
+        };
+        Ok(LakeTable {
+            table,
+            catalog,
+            storage,
+            schema,
+            file_schema,
+            format,
+        })
+    }
+
+    /// The catalog's definition.
+    pub fn definition(&self) -> &Table {
+        &self.table
+    }
+
+    /// The partitions whose values pass `filters` (all of them without filters).
+    async fn pruned_partitions(
+        &self,
+        state: &dyn Session,
+        filters: &[Expr],
+    ) -> Result<Vec<Partition>> {
+        let partitions = self
+            .catalog
+            .list_partitions(&self.table.name)
+            .await
+            .map_err(ext)?;
+        let Some(filter) = conjunction(filters.iter().cloned()) else {
+            return Ok(partitions);
+        };
+        if partitions.is_empty() {
+            return Ok(partitions);
+        }
+        let fields: Vec<Field> = self
+            .table
+            .partition_keys
+            .iter()
+            .map(|k| Field::new(&k.name, DataType::Utf8, true))
+            .collect();
+        let schema = Arc::new(Schema::new(fields));
+        let columns: Vec<ArrayRef> = (0..schema.fields().len())
+            .map(|i| {
+                Arc::new(StringArray::from_iter(
+                    partitions.iter().map(|p| partition_value(p, i)),
+                )) as ArrayRef
+            })
+            .collect();
+        let batch = RecordBatch::try_new(schema.clone(), columns)?;
+        let df_schema = DFSchema::try_from(schema)?;
+        let expr = create_physical_expr(&filter, &df_schema, state.execution_props())?;
+        let keep = expr.evaluate(&batch)?.into_array(batch.num_rows())?;
+        let keep = keep
+            .as_any()
+            .downcast_ref::<arrow::array::BooleanArray>()
+            .ok_or_else(|| DataFusionError::Internal("partition filter is not boolean".into()))?;
+        Ok(partitions
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| keep.is_valid(*i) && keep.value(*i))
+            .map(|(_, p)| p)
+            .collect())
+    }
+
+    /// The store path of a partition's folder.
+    fn partition_path(&self, p: &Partition) -> Result<ObjectPath> {
+        let rel = p
+            .location
+            .strip_prefix(&self.table.location)
+            .ok_or_else(|| {
+                DataFusionError::Plan(format!(
+                    "table {}: partition {} is at {}, outside the table's location {}; \
+                 ticklake reads partitions inside the table's folder only",
+                    self.table.name,
+                    p.display(&self.table.partition_keys),
+                    p.location,
+                    self.table.location
+                ))
+            })?;
+        self.storage.lake.object_path(rel).map_err(ext)
+    }
+
+    /// Lists the data files of the given folders (hidden `_`/`.` files and empty files left out).
+    async fn files(
+        &self,
+        folders: Vec<(ObjectPath, Vec<ScalarValue>)>,
+    ) -> Result<Vec<PartitionedFile>> {
+        let store = self.storage.store.clone();
+        let lists = futures::stream::iter(folders.into_iter().map(|(path, values)| {
+            let store = store.clone();
+            async move {
+                let metas: Vec<_> = store.list(Some(&path)).try_collect().await?;
+                Ok::<_, object_store::Error>(
+                    metas
+                        .into_iter()
+                        .filter(|m| {
+                            m.size > 0
+                                && m.location.prefix_match(&path).is_some_and(|mut parts| {
+                                    parts.all(|s| !s.as_ref().starts_with(['_', '.']))
+                                })
+                        })
+                        .map(|m| {
+                            let mut f = PartitionedFile::new_from_meta(m);
+                            f.partition_values = values.clone();
+                            f
+                        })
+                        .collect::<Vec<_>>(),
+                )
+            }
+        }))
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await
+        .map_err(ext)?;
+        let mut files: Vec<PartitionedFile> = lists.into_iter().flatten().collect();
+        files.sort_by(|a, b| a.object_meta.location.cmp(&b.object_meta.location));
+        Ok(files)
+    }
+}
+
+fn partition_value(p: &Partition, i: usize) -> Option<String> {
+    p.values
+        .get(i)
+        .filter(|v| v.as_str() != "__HIVE_DEFAULT_PARTITION__")
+        .cloned()
+}
+
+#[async_trait]
+impl TableProvider for LakeTable {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        let keys = self.table.partition_names();
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if !keys.is_empty() && expr_applicable_for_cols(&keys, f) {
+                    TableProviderFilterPushDown::Exact
+                } else {
+                    TableProviderFilterPushDown::Inexact
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let keys = self.table.partition_names();
+        let folders = if keys.is_empty() {
+            vec![(self.storage.lake.object_path("").map_err(ext)?, Vec::new())]
+        } else {
+            let partition_filters: Vec<Expr> = filters
+                .iter()
+                .filter(|f| expr_applicable_for_cols(&keys, f))
+                .cloned()
+                .collect();
+            self.pruned_partitions(state, &partition_filters)
+                .await?
+                .iter()
+                .map(|p| {
+                    let values = (0..keys.len())
+                        .map(|i| ScalarValue::Utf8(partition_value(p, i)))
+                        .collect();
+                    Ok((self.partition_path(p)?, values))
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        let files = self.files(folders).await?;
+        let projected = match projection {
+            Some(p) => Arc::new(self.schema.project(p)?),
+            None => self.schema.clone(),
+        };
+        if files.is_empty() {
+            return Ok(Arc::new(EmptyExec::new(projected)));
+        }
+        let partition_fields = self
+            .table
+            .partition_keys
+            .iter()
+            .map(|k| Arc::new(Field::new(&k.name, DataType::Utf8, true)))
+            .collect();
+        let source =
+            self.format
+                .file_source(datafusion::datasource::table_schema::TableSchema::new(
+                    self.file_schema.clone(),
+                    partition_fields,
+                ));
+        let groups =
+            FileGroup::new(files).split_files(state.config_options().execution.target_partitions);
+        let config = FileScanConfigBuilder::new(self.storage.url.clone(), source)
+            .with_file_groups(groups)
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            .build();
+        let plan = self.format.create_physical_plan(state, config).await?;
+        // Files may name a column differently (`Adj Close` for `adj_close`): rename to the table's names.
+        let out = plan.schema();
+        if out
+            .fields()
+            .iter()
+            .zip(projected.fields())
+            .all(|(a, b)| a.name() == b.name())
+        {
+            return Ok(plan);
+        }
+        let exprs: Vec<ProjectionExpr> = out
+            .fields()
+            .iter()
+            .zip(projected.fields())
+            .enumerate()
+            .map(|(i, (from, to))| ProjectionExpr {
+                expr: Arc::new(ColumnExpr::new(from.name(), i)),
+                alias: to.name().clone(),
+            })
+            .collect();
+        Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
+    }
+}

@@ -1,0 +1,114 @@
+//! Step 2 of the commit protocol: the table and the partitions a flush wrote are registered in the
+//! catalog before the offsets move, so new data is queryable without a crawl.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use ticklake_catalog::table::hive_type;
+use ticklake_catalog::{Catalog, Column, Partition, StorageFormat, Table};
+use ticklake_lake::{hive_unescape, Lake, Partitioning};
+
+use crate::{FileFormat, SinkError};
+
+/// Keeps the sink's table definition and the partitions already registered.
+pub(crate) struct Registrar {
+    catalog: Arc<dyn Catalog>,
+    table: Option<Table>,
+    known: HashSet<String>,
+}
+
+impl Registrar {
+    pub(crate) fn new(catalog: Arc<dyn Catalog>) -> Registrar {
+        Registrar {
+            catalog,
+            table: None,
+            known: HashSet::new(),
+        }
+    }
+
+    /// Registers (idempotently) the table with the columns of `schemas` and the partition folders
+    /// `paths` (relative to the table, e.g. `date=2024-01-02/symbol=AAPL`).
+    pub(crate) async fn register(
+        &mut self,
+        lake: &Lake,
+        name: &str,
+        partitioning: &Partitioning,
+        format: FileFormat,
+        schemas: &[SchemaRef],
+        paths: &[String],
+    ) -> Result<(), SinkError> {
+        let keys: Vec<&str> = partitioning.keys().iter().map(|k| k.name()).collect();
+        let (mut table, exists) = match self.table.take() {
+            Some(t) => (t, true),
+            None => match self.catalog.get_table(name).await? {
+                Some(t) => {
+                    if t.partition_names() != keys {
+                        return Err(SinkError::Config(format!(
+                            "table {name:?} in the {} is partitioned by ({}), not ({}); \
+                             keep its --partition-by or write another --table",
+                            self.catalog.describe(),
+                            t.partition_names().join(","),
+                            keys.join(",")
+                        )));
+                    }
+                    // Partitions written before a restart may not be registered yet (a crash between
+                    // the write and the registration): registering again is harmless.
+                    (t, true)
+                }
+                None => (
+                    Table {
+                        name: name.to_owned(),
+                        location: lake.url_of(name),
+                        columns: Vec::new(),
+                        partition_keys: keys.iter().map(|k| Column::new(*k, "string")).collect(),
+                        format: match format {
+                            FileFormat::Parquet => StorageFormat::Parquet,
+                            FileFormat::Json => StorageFormat::Json,
+                            FileFormat::Csv => StorageFormat::Csv {
+                                header: true,
+                                delimiter: b',',
+                            },
+                        },
+                        parameters: BTreeMap::from([("created_by".into(), "ticklake sink".into())]),
+                    },
+                    false,
+                ),
+            },
+        };
+        let before = table.clone();
+        for schema in schemas {
+            for field in schema.fields() {
+                if keys.contains(&field.name().as_str())
+                    || table.columns.iter().any(|c| c.name == *field.name())
+                {
+                    continue;
+                }
+                let Some(t) = hive_type(field.data_type()) else {
+                    continue;
+                };
+                table.columns.push(Column::new(field.name(), t));
+            }
+        }
+        if !exists || table != before {
+            self.catalog.put_table(&table).await?;
+        }
+        let new: Vec<Partition> = paths
+            .iter()
+            .filter(|p| !self.known.contains(*p))
+            .map(|p| Partition {
+                values: p
+                    .split('/')
+                    .map(|seg| hive_unescape(seg.split_once('=').map_or(seg, |(_, v)| v)))
+                    .collect(),
+                location: lake.url_of(&format!("{name}/{p}")),
+            })
+            .collect();
+        if !keys.is_empty() && !new.is_empty() {
+            self.catalog.add_partitions(name, &new).await?;
+        }
+        self.known.extend(paths.iter().cloned());
+        self.table = Some(table);
+        Ok(())
+    }
+}
