@@ -302,11 +302,19 @@ async fn crawl_table(
         }
         t.files_read += 1;
         let mut ok = true;
+        let positional = matches!(f.format, StorageFormat::Csv { .. });
         for field in f.schema.fields() {
-            let cname = normalize_column_name(field.name());
-            if cname.is_empty() || keys.contains(&cname) {
-                // A column that is also a partition key reads from the folder, as Athena does.
+            let mut cname = normalize_column_name(field.name());
+            if cname.is_empty() {
                 continue;
+            }
+            if keys.contains(&cname) {
+                if !positional {
+                    // A column that is also a partition key reads from the folder, as Athena does.
+                    continue;
+                }
+                // CSV columns are read by position, so the column stays, under another name.
+                cname = format!("{cname}_in_file");
             }
             let Some(found_type) = file_type(field.data_type()) else {
                 report.skipped.push((

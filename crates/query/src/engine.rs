@@ -1,6 +1,6 @@
 //! The query engine: a DataFusion session whose tables are the catalog's, read-only.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use arrow::array::{RecordBatch, StringArray};
@@ -87,16 +87,14 @@ impl Engine {
     /// Re-reads the table definitions from the catalog (partitions are read at every query anyway).
     pub async fn refresh(&self) -> Result<(), QueryError> {
         let defs = self.catalog.list_tables().await?;
-        let mut stores: HashMap<String, Storage> = HashMap::new();
+        let mut stores: HashSet<String> = HashSet::new();
         let mut tables = HashMap::new();
         for def in defs {
             let storage = Storage::open(&def.location, &self.s3_options)
                 .map_err(|e| QueryError::Table(def.name.clone(), e.to_string()))?;
-            let key = storage.url.as_str().to_owned();
-            if !stores.contains_key(&key) {
+            if stores.insert(storage.url.as_str().to_owned()) {
                 self.ctx
                     .register_object_store(storage.url.as_ref(), storage.store.clone());
-                stores.insert(key, storage.clone());
             }
             let name = def.name.clone();
             let table = LakeTable::new(def, self.catalog.clone(), storage)

@@ -385,6 +385,13 @@ impl Sink {
                     }
                     folders.push(path.clone());
                 }
+                // Text formats leave partition columns to the folders, as Hive writers do: their
+                // readers map columns by position (CSV), and a table cannot hold a column twice.
+                let batch = if cfg.format == FileFormat::Parquet {
+                    batch
+                } else {
+                    drop_columns(batch, cfg.partitioning.keys().iter().map(|k| k.name()))
+                };
                 let name = file_name(&cfg.topic, p, g.first_offset, ext);
                 let rel = if path.is_empty() {
                     format!("{}/{name}", cfg.table)
@@ -467,6 +474,23 @@ impl Sink {
         );
         Ok(())
     }
+}
+
+/// The batch without the named columns.
+fn drop_columns<'a>(
+    batch: arrow::array::RecordBatch,
+    names: impl Iterator<Item = &'a str>,
+) -> arrow::array::RecordBatch {
+    let names: Vec<&str> = names.collect();
+    let keep: Vec<usize> = batch
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| !names.contains(&f.name().as_str()))
+        .map(|(i, _)| i)
+        .collect();
+    batch.project(&keep).unwrap_or(batch)
 }
 
 enum Job {
