@@ -454,7 +454,7 @@ fn json_and_csv_formats_and_other_partitionings() {
             "query",
             "--format",
             "csv",
-            &format!("SELECT symbol, count(*) AS n, sum(close) AS c, max(ts) AS t FROM {table} GROUP BY symbol ORDER BY symbol"),
+            &format!("SELECT symbol, count(*) AS n, round(sum(close), 6) AS c, max(ts) AS t FROM {table} GROUP BY symbol ORDER BY symbol"),
         ])
         .0
     };
