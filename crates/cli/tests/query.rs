@@ -391,3 +391,76 @@ fn the_shell_runs_statements_over_lines_and_keeps_history() {
     let saved = std::fs::read_to_string(&history).unwrap();
     assert!(saved.contains("SELECT 41 + 1 AS answer;"), "{saved}");
 }
+
+#[test]
+fn demo_prints_answers_computed_from_the_sample() {
+    let env = Env::embedded();
+    let out = env.command(&["demo"]).output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+
+    // The same answers, computed here from the CSV without ticklake.
+    let mut rows = common::seed_csv_records(&common::shared_data("indexProcessed-HSI.csv"));
+    rows.sort_by_key(|r| r.ts);
+    let day = |ts: i64| ticklake_model::time::format_rfc3339(ts)[..10].to_owned();
+    let shown = |x: f64| ((x * 100.0).round() / 100.0).to_string();
+    // The last year's high.
+    let last_year = &day(rows.last().unwrap().ts)[..4];
+    let high = rows
+        .iter()
+        .filter(|r| day(r.ts).starts_with(last_year))
+        .map(|r| r.high.unwrap())
+        .fold(f64::MIN, f64::max);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("| HSI    | {last_year} |")))
+        .unwrap_or_else(|| panic!("no {last_year} bar in\n{stdout}"));
+    assert!(
+        line.contains(&format!(" {high} ")),
+        "{line} has high {high}"
+    );
+    // The best day.
+    let (best_day, best) = rows
+        .windows(2)
+        .map(|w| {
+            (
+                day(w[1].ts),
+                100.0 * (w[1].close.unwrap() / w[0].close.unwrap() - 1.0),
+            )
+        })
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap();
+    assert!(
+        stdout.contains(&format!("| best  | {best_day} |")) && stdout.contains(&shown(best)),
+        "best day {best_day} {best:.2} in\n{stdout}"
+    );
+    // The 20-day moving average of the last day.
+    let last20: f64 = rows[rows.len() - 20..]
+        .iter()
+        .map(|r| r.close.unwrap())
+        .sum::<f64>()
+        / 20.0;
+    let last_day = day(rows.last().unwrap().ts);
+    let ma_line = stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("| {last_day} |")))
+        .unwrap();
+    assert!(
+        ma_line.contains(&format!(" {} ", shown(last20))),
+        "{ma_line}"
+    );
+    assert!(stdout.contains("ticklake sql"), "it tells how to go on");
+
+    // A second run reuses the lake and gives the same answers.
+    let again = env.command(&["demo"]).output().unwrap();
+    let (stdout2, _) = text(&again);
+    assert!(again.status.success());
+    assert!(stdout2.contains("already holds the sample"), "{stdout2}");
+    let answers = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| l.starts_with('|'))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(answers(&stdout), answers(&stdout2));
+}
