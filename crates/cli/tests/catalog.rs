@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use common::{path_str, shared_data, text, Env};
 
@@ -229,22 +227,7 @@ fn crawling_the_sinks_lake_gives_the_sinks_definition() {
 }
 
 fn glue_dump(env: &Env, database: &str) -> serde_json::Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reference/reference.py");
-    let python = std::env::var("TICKLAKE_TEST_PYTHON")
-        .expect("TICKLAKE_TEST_PYTHON is not set: run scripts/test.sh");
-    let mut child = Command::new(python)
-        .args([script, "glue", database])
-        .envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"").unwrap();
-    let out = child.wait_with_output().unwrap();
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stderr}");
-    serde_json::from_str(&stdout).unwrap()
+    common::reference(&["glue", database], "", &env.vars)
 }
 
 #[test]

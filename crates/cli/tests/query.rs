@@ -4,39 +4,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
-use common::{path_str, text, Env};
-
-/// The Python of scripts/test.sh's venv (DuckDB, boto3).
-fn python() -> String {
-    std::env::var("TICKLAKE_TEST_PYTHON")
-        .expect("TICKLAKE_TEST_PYTHON is not set: run scripts/test.sh, which installs DuckDB")
-}
-
-fn reference(args: &[&str], stdin: &str, vars: &[(String, String)]) -> serde_json::Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reference/reference.py");
-    let mut child = Command::new(python())
-        .arg(script)
-        .args(args)
-        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "reference.py {args:?}: {stderr}");
-    serde_json::from_str(&stdout).unwrap()
-}
+use common::{path_str, reference, text, Env};
 
 /// A simulated lake: 6 symbols, 30 s bars over about a week, partitioned by date and symbol.
 fn simulated_lake(records: u64) -> Env {
@@ -363,22 +331,10 @@ fn output_formats_and_files() {
 fn the_shell_runs_statements_over_lines_and_keeps_history() {
     let env = simulated_lake(1_000);
     let history = env.dir.path().join("history");
-    let mut child = env
-        .command(&["sql", "--history", path_str(&history)])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(
-            b"SHOW TABLES;\n\\format csv\nSELECT count(*)\n  AS n FROM stock_topic;\nSELECT nope;\nSELECT 41 + 1 AS answer;\n",
-        )
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = common::run_with_input(
+        env.command(&["sql", "--history", path_str(&history)]),
+        b"SHOW TABLES;\n\\format csv\nSELECT count(*)\n  AS n FROM stock_topic;\nSELECT nope;\nSELECT 41 + 1 AS answer;\n",
+    );
     let (stdout, stderr) = text(&out);
     assert!(
         !out.status.success(),

@@ -290,3 +290,35 @@ pub fn written(stdout: &str) -> u64 {
         })
         .unwrap_or_else(|| panic!("no summary in {stdout:?}"))
 }
+
+/// Runs `cmd` with `input` on its standard input.
+pub fn run_with_input(mut cmd: Command, input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Runs tests/reference/reference.py (DuckDB answers, Glue dumps) with the Python of scripts/test.sh's
+/// venv, and parses its JSON output.
+pub fn reference(args: &[&str], input: &str, vars: &[(String, String)]) -> serde_json::Value {
+    let python = std::env::var("TICKLAKE_TEST_PYTHON").expect(
+        "TICKLAKE_TEST_PYTHON is not set: run scripts/test.sh, which installs DuckDB and boto3",
+    );
+    let mut cmd = Command::new(python);
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/reference/reference.py"
+    ))
+    .args(args)
+    .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let out = run_with_input(cmd, input.as_bytes());
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "reference.py {args:?}: {stderr}");
+    serde_json::from_str(&stdout).unwrap()
+}
