@@ -146,11 +146,12 @@ pub struct Partition {
 }
 
 impl Partition {
-    /// Athena's `SHOW PARTITIONS` form: `date=2024-01-02/symbol=AAPL`.
+    /// Hive's and Athena's `SHOW PARTITIONS` form, values escaped as in folder names:
+    /// `date=2024-01-02/symbol=BRK%3AB`.
     pub fn display(&self, keys: &[Column]) -> String {
         keys.iter()
             .zip(&self.values)
-            .map(|(k, v)| format!("{}={}", k.name, v))
+            .map(|(k, v)| format!("{}={}", k.name, ticklake_lake::hive_escape(v)))
             .collect::<Vec<_>>()
             .join("/")
     }
