@@ -7,15 +7,12 @@ use std::process::{Child, Command, Output, Stdio};
 
 use ticklake_model::Record;
 
+/// A sample shipped in the project's `data/` folder: the HSI file the demo uses and the dirty GSPTSE
+/// file (dd/mm/yyyy dates, thousands of blank rows).
 pub fn shared_data(name: &str) -> PathBuf {
-    // The project's own sample, and the dirty GSPTSE copy from ../shared/data.
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let own = root.join("data").join(name);
-    if own.exists() {
-        own
-    } else {
-        root.join("../shared/data").join(name)
-    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../data")
+        .join(name)
 }
 
 pub struct Env {
