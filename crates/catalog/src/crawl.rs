@@ -219,11 +219,10 @@ async fn crawl_table(
         by_dir.entry(dir.to_owned()).or_default().push(f);
     }
     let keys = layout.unwrap_or_default();
-    let existing = if options.full {
-        None
-    } else {
-        catalog.get_table(name).await?
-    };
+    // One read of the definition: `full` rebuilds it from the files, but still updates, not creates.
+    let current = catalog.get_table(name).await?;
+    let is_new = current.is_none();
+    let existing = if options.full { None } else { current };
     let registered: BTreeSet<Vec<String>> = match &existing {
         Some(t) if t.partition_names() == keys.iter().map(String::as_str).collect::<Vec<_>>() => {
             catalog
@@ -388,7 +387,7 @@ async fn crawl_table(
             .map(|e| e.parameters.clone())
             .unwrap_or_else(|| BTreeMap::from([("created_by".into(), "ticklake crawl".into())])),
     };
-    t.created = catalog.get_table(name).await?.is_none();
+    t.created = is_new;
     if existing.as_ref() != Some(&table) {
         catalog.put_table(&table).await?;
     }
