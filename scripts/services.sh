@@ -1,22 +1,23 @@
 # Real services for tests and benchmarks, sourced by scripts/test.sh and scripts/bench.sh.
 #
-# tansu (a Kafka-protocol broker, from crates.io) is built once with its durable SQLite engine and kept in
-# $TICKLAKE_CACHE (default ~/.cache/ticklake), so later runs skip the ~20 minute build.
+# Apache Kafka (KRaft mode, one node) is assembled once from Maven Central with scripts/kafka/pom.xml and kept
+# in $TICKLAKE_CACHE (default ~/.cache/ticklake); it needs Java 17+ and Maven. moto and DuckDB live in a venv
+# there too.
 
 TICKLAKE_CACHE=${TICKLAKE_CACHE:-$HOME/.cache/ticklake}
-TANSU_VERSION=0.6.0
-TANSU_ROOT=$TICKLAKE_CACHE/tansu-$TANSU_VERSION
-TANSU_BIN=$TANSU_ROOT/bin/tansu
+KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$(dirname "${BASH_SOURCE[0]}")/kafka/pom.xml")
+KAFKA_LIBS=$TICKLAKE_CACHE/kafka-$KAFKA_VERSION/libs
 
-ensure_tansu() {
-  if [ -x "$TANSU_BIN" ]; then
+# Copies the broker's jars and their runtime dependencies into $KAFKA_LIBS (first run only, ~1 min).
+ensure_kafka() {
+  if [ -f "$KAFKA_LIBS/.complete" ]; then
     return 0
   fi
-  echo "== building tansu $TANSU_VERSION (first run only, ~20 min on 2 cores) into $TANSU_ROOT"
-  mkdir -p "$TANSU_ROOT"
-  CARGO_TARGET_DIR=$TICKLAKE_CACHE/tansu-build \
-    cargo install tansu --version "$TANSU_VERSION" --locked --features libsql --root "$TANSU_ROOT" --quiet
-  rm -rf "$TICKLAKE_CACHE/tansu-build"
+  echo "== fetching Apache Kafka $KAFKA_VERSION from Maven Central into $KAFKA_LIBS"
+  rm -rf "$KAFKA_LIBS"
+  mvn -q -B -f "$(dirname "${BASH_SOURCE[0]}")/kafka/pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS"
+  touch "$KAFKA_LIBS/.complete"
 }
 
 # A free TCP port on 127.0.0.1.
@@ -46,20 +47,58 @@ await_service() {
   fi
 }
 
-# Starts tansu on 127.0.0.1 with SQLite storage in $1; sets TANSU_PID and TANSU_ADDR.
-start_tansu() {
-  local dir=$1 port
+# Starts a single-node Apache Kafka broker (KRaft: broker and controller in one JVM) on 127.0.0.1 with its
+# log in $1; sets KAFKA_PID and KAFKA_ADDR. Settings a test broker needs: one replica for internal topics,
+# no initial rebalance delay (groups form at once), and short group session bounds so tests can use them.
+start_kafka() {
+  local dir=$1 port cport cluster
   port=$(free_port)
-  mkdir -p "$dir"
-  (cd "$dir" && exec "$TANSU_BIN" broker \
-      --storage-engine "sqlite://tansu.db" \
-      --listener-url "tcp://127.0.0.1:$port" \
-      --advertised-listener-url "tcp://127.0.0.1:$port" \
-      >"$dir/tansu.log" 2>&1) &
-  TANSU_PID=$!
-  TANSU_ADDR=127.0.0.1:$port
-  await_service tansu "$port" "$dir/tansu.log"
-  echo "== tansu $TANSU_VERSION listening on $TANSU_ADDR (pid $TANSU_PID, data in $dir)"
+  cport=$(free_port)
+  mkdir -p "$dir/data"
+  cat >"$dir/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$cport
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$dir/data
+num.partitions=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+group.min.session.timeout.ms=1000
+auto.create.topics.enable=false
+message.max.bytes=16777216
+PROPS
+  local java=(java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true
+    -Dlog4j2.configurationFile="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/kafka/log4j2.yaml"
+    -cp "$KAFKA_LIBS/*")
+  cluster=$("${java[@]}" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
+  "${java[@]}" kafka.tools.StorageTool format -t "$cluster" -c "$dir/server.properties" >"$dir/format.log" 2>&1 || {
+    cat "$dir/format.log" >&2
+    return 1
+  }
+  "${java[@]}" kafka.Kafka "$dir/server.properties" >"$dir/kafka.log" 2>&1 &
+  KAFKA_PID=$!
+  KAFKA_ADDR=127.0.0.1:$port
+  local i=0
+  until grep -q 'Kafka Server started' "$dir/kafka.log" 2>/dev/null; do
+    i=$((i + 1))
+    if [ "$i" -ge 1200 ] || ! kill -0 "$KAFKA_PID" 2>/dev/null; then
+      echo "Apache Kafka did not start; its log:" >&2
+      tail -50 "$dir/kafka.log" >&2
+      return 1
+    fi
+    sleep 0.1
+  done
+  echo "== Apache Kafka $KAFKA_VERSION (KRaft) listening on $KAFKA_ADDR (pid $KAFKA_PID, data in $dir)"
 }
 
 # Stops the background service whose pid is in the variable named $1, and clears it.
@@ -72,7 +111,7 @@ stop_service() {
   printf -v "$1" '%s' ''
 }
 
-stop_tansu() { stop_service TANSU_PID; }
+stop_kafka() { stop_service KAFKA_PID; }
 
 # Python tools in their own venv in the cache: moto (an S3 and Glue API server; boto3 comes with it) and
 # DuckDB (the reference engine the query tests compare answers with).

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite, with the real services it needs: builds (once) and starts a tansu Kafka-protocol
-# broker and a moto S3/Glue server on 127.0.0.1 (and DuckDB, the reference for query answers), runs fmt, clippy and every test, and stops them again.
+# The whole test suite, with the real services it needs: fetches (once) and starts an Apache Kafka broker
+# (KRaft) and a moto S3/Glue server on 127.0.0.1 (and DuckDB, the reference for query answers), runs fmt,
+# clippy and every test, and stops them again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -8,18 +9,18 @@ source scripts/services.sh
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$TICKLAKE_CACHE/target}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 
-ensure_tansu
+ensure_kafka
 ensure_moto
 work=$(mktemp -d "${TMPDIR:-/tmp}/ticklake-test.XXXXXX")
 cleanup() {
-  stop_tansu
+  stop_kafka
   stop_moto
   rm -rf "$work"
 }
 trap cleanup EXIT
-start_tansu "$work/tansu"
+start_kafka "$work/kafka"
 start_moto "$work/moto"
-export TICKLAKE_TEST_KAFKA=$TANSU_ADDR
+export TICKLAKE_TEST_KAFKA=$KAFKA_ADDR
 export TICKLAKE_TEST_S3=$MOTO_URL
 export TICKLAKE_TEST_PYTHON=$MOTO_VENV/bin/python
 
