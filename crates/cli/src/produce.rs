@@ -1,4 +1,5 @@
-//! `ticklake produce`: a feed (CSV replay or simulator) -> JSON messages keyed by symbol -> the topic.
+//! `ticklake produce`: a feed (CSV or JSON lines replay, or the simulator) -> JSON messages keyed by
+//! symbol -> the topic.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +12,7 @@ use indicatif::{HumanCount, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ticklake_bus::Producer;
 use ticklake_feed::csv::{ColumnMap, CsvOptions, CsvSource, Row};
 use ticklake_feed::dates::DateFormat;
+use ticklake_feed::jsonl::JsonLinesSource;
 use ticklake_feed::pace::{Pacer, Pacing};
 use ticklake_feed::rejects::RejectLog;
 use ticklake_feed::sim::{SimOptions, Simulator};
@@ -23,8 +25,9 @@ use crate::options::{stop_flag, Global};
 #[command(group(clap::ArgGroup::new("input").required(true).args(["source", "simulate"])))]
 #[command(group(clap::ArgGroup::new("pace").args(["max", "rate", "realtime"])))]
 pub struct Args {
-    /// A CSV file to replay in file order (the seed's indexProcessed.csv format needs no other option).
-    #[arg(long, value_name = "FILE.csv")]
+    /// A file to replay in file order: CSV (the seed's indexProcessed.csv format needs no other option),
+    /// or JSON lines (.jsonl, .ndjson, .json): one message per line, sent as it is, keyed by its symbol.
+    #[arg(long, value_name = "FILE")]
     pub source: Option<PathBuf>,
 
     /// Simulate a market instead: a random walk per symbol, deterministic for a seed.
@@ -140,7 +143,45 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
     let stop = stop_flag()?;
     let started = Instant::now();
 
-    let (totals, rejects) = if let Some(path) = &args.source {
+    let json_lines = args.source.as_deref().is_some_and(is_json_lines);
+    if json_lines
+        && (args.map.is_some()
+            || args.date_format.is_some()
+            || args.symbol.is_some()
+            || args.rejects.is_some())
+    {
+        bail!("--map, --date-format, --symbol and --rejects are for CSV files; JSON lines are sent as they are");
+    }
+    let (totals, rejects) = if let (Some(path), true) = (&args.source, json_lines) {
+        let mut source = JsonLinesSource::open(path)?;
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let by_bytes = !args.repeat;
+        let bar = progress(g, by_bytes.then_some(size), by_bytes);
+        let mut sender = Sender::new(producer.as_mut(), &mut pacer, &bar, !by_bytes);
+        'lines: loop {
+            while let Some(line) = source.next() {
+                if stop.load(Ordering::Relaxed) || args.count.is_some_and(|c| sender.sent >= c) {
+                    break 'lines;
+                }
+                let line = line?;
+                sender.seen += 1;
+                sender.send_raw(line.key.as_deref(), &line.bytes, line.timestamp_ms)?;
+                if by_bytes && sender.seen.is_multiple_of(PROGRESS_EVERY) {
+                    bar.set_position(source.byte_position());
+                }
+            }
+            if !args.repeat || stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if sender.sent == 0 {
+                bail!("--loop: the file has no line, so there is nothing to repeat");
+            }
+            source.rewind()?;
+            sender.pacer.reset();
+        }
+        bar.finish_and_clear();
+        (sender.totals(), None)
+    } else if let Some(path) = &args.source {
         let opts = CsvOptions {
             map: args.map.clone().unwrap_or_default(),
             date_format: args.date_format.clone(),
@@ -283,6 +324,8 @@ struct Sender<'a> {
     started: Instant,
     sent: u64,
     seen: u64,
+    /// Event time (ms) of the last message sent as it is.
+    last_ms: i64,
 }
 
 /// Progress is updated once per this many records, to keep the hot loop cheap.
@@ -304,6 +347,7 @@ impl<'a> Sender<'a> {
             started: Instant::now(),
             sent: 0,
             seen: 0,
+            last_ms: 0,
         }
     }
 
@@ -328,12 +372,43 @@ impl<'a> Sender<'a> {
         Ok(())
     }
 
+    /// Sends one message as it is (JSON lines replay): keyed by its symbol when it has one, stamped
+    /// with its event time when it has one (else the time of the previous one, for pacing).
+    fn send_raw(
+        &mut self,
+        key: Option<&str>,
+        bytes: &[u8],
+        timestamp_ms: Option<i64>,
+    ) -> Result<()> {
+        let ts_ms = timestamp_ms.unwrap_or(self.last_ms);
+        self.last_ms = ts_ms;
+        self.pacer.wait(ts_ms.saturating_mul(1000));
+        self.producer
+            .send(key.unwrap_or_default().as_bytes(), bytes, ts_ms)?;
+        self.sent += 1;
+        if self.sent.is_multiple_of(PROGRESS_EVERY) {
+            if self.count_records {
+                self.bar.inc(PROGRESS_EVERY);
+            }
+            self.bar
+                .set_message(format!("{} sent", HumanCount(self.sent)));
+        }
+        Ok(())
+    }
+
     fn totals(&self) -> Totals {
         Totals {
             sent: self.sent,
             seen_rows: self.seen,
         }
     }
+}
+
+/// True for files replayed as JSON lines (by extension); anything else is CSV.
+fn is_json_lines(path: &std::path::Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| ["jsonl", "ndjson", "json"].contains(&e.to_ascii_lowercase().as_str()))
 }
 
 /// A progress bar on a terminal (bytes of the file, or records), nothing otherwise.

@@ -3,12 +3,14 @@
 //! * [`csv`]: replays a CSV file in file order. The seed's `indexProcessed.csv` columns work with no
 //!   options; any other CSV works with a [`ColumnMap`](csv::ColumnMap) and, where needed, a date format.
 //!   Rows that cannot be read are skipped and recorded with their line number and reason ([`rejects`]).
+//! * [`jsonl`]: replays a JSON lines file, one message per line, sent as it is.
 //! * [`sim`]: a deterministic market simulator (a random walk per symbol, plausible OHLCV bars).
 //! * [`pace`]: pacing: as fast as possible, a fixed rate, or real time by event timestamp with a speed
 //!   factor.
 
 pub mod csv;
 pub mod dates;
+pub mod jsonl;
 pub mod pace;
 pub mod rejects;
 pub mod sim;

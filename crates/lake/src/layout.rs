@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 use std::str::FromStr;
 
+pub use ticklake_model::names::{hive_escape, hive_unescape};
 use ticklake_model::time::format_rfc3339;
 
 /// One partition column of the lake.
@@ -95,49 +96,6 @@ impl Partitioning {
         }
         out
     }
-}
-
-/// Escapes a partition value as Hive does (`FileUtils.escapePathName`): control characters and
-/// `"#%'*/:=?\{[]^` and DEL become `%XX`, so a value can never add a folder level or leave the table.
-/// An empty value is Hive's `__HIVE_DEFAULT_PARTITION__`.
-pub fn hive_escape(value: &str) -> String {
-    if value.is_empty() {
-        return "__HIVE_DEFAULT_PARTITION__".into();
-    }
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        let escape = c.is_ascii_control()
-            || matches!(
-                c,
-                '"' | '#' | '%' | '\'' | '*' | '/' | ':' | '=' | '?' | '\\' | '{' | '[' | ']' | '^'
-            );
-        if escape {
-            let _ = write!(out, "%{:02X}", c as u32);
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Reverses [`hive_escape`].
-pub fn hive_unescape(escaped: &str) -> String {
-    let b = escaped.as_bytes();
-    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push(h * 16 + l);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The file name for a group of records: `<topic>+<partition>+<first offset as 20 digits>.<ext>`.

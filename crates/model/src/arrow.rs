@@ -115,8 +115,20 @@ impl BatchBuilder {
         }
     }
 
-    /// Builds the batch and resets the builder. Fails only when an extra column is named like a core one.
+    /// Builds the batch and resets the builder, inferring each extra column's type from its values (see
+    /// the module docs). Fails only when an extra column is named like a core one.
     pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+        self.finish_typed(|_| None)
+    }
+
+    /// Like [`finish`](Self::finish), with the type of each extra column given by `type_of` (Float64,
+    /// Boolean or Utf8) where it knows one, as a table decides it: values are converted to that type
+    /// (a value that does not convert is null). A column with no known type and only nulls is left out,
+    /// so no file fixes a type that its values did not decide.
+    pub fn finish_typed(
+        &mut self,
+        type_of: impl Fn(&str) -> Option<DataType>,
+    ) -> Result<RecordBatch, ArrowError> {
         let mut fields = core_fields();
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(self.symbol.finish()),
@@ -131,7 +143,11 @@ impl BatchBuilder {
                     "extra column `{name}` has the name of a core column"
                 )));
             }
-            let (dt, array) = extra_array(values);
+            let (dt, array) = match type_of(&name) {
+                Some(dt) => (dt.clone(), typed_array(values, &dt)?),
+                None if values.iter().all(|v| matches!(v, Value::Null)) => continue,
+                None => extra_array(values),
+            };
             fields.push(Field::new(name.as_ref(), dt, true));
             columns.push(array);
         }
@@ -139,6 +155,45 @@ impl BatchBuilder {
         self.rows = 0;
         RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
     }
+}
+
+fn typed_array(values: Vec<Value>, dt: &DataType) -> Result<ArrayRef, ArrowError> {
+    Ok(match dt {
+        DataType::Float64 => Arc::new(
+            values
+                .iter()
+                .map(|v| match v {
+                    Value::Number(n) => Some(*n),
+                    _ => None,
+                })
+                .collect::<Float64Array>(),
+        ),
+        DataType::Boolean => Arc::new(
+            values
+                .iter()
+                .map(|v| match v {
+                    Value::Bool(b) => Some(*b),
+                    _ => None,
+                })
+                .collect::<BooleanArray>(),
+        ),
+        DataType::Utf8 => Arc::new(
+            values
+                .into_iter()
+                .map(|v| match v {
+                    Value::Null => None,
+                    Value::Number(n) => Some(serde_json::to_string(&n).unwrap_or_default()),
+                    Value::Bool(b) => Some(b.to_string()),
+                    Value::Text(t) => Some(t),
+                })
+                .collect::<StringArray>(),
+        ),
+        other => {
+            return Err(ArrowError::SchemaError(format!(
+                "extra columns are Float64, Boolean or Utf8, not {other}"
+            )))
+        }
+    })
 }
 
 fn extra_array(values: Vec<Value>) -> (DataType, ArrayRef) {

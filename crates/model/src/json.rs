@@ -10,6 +10,12 @@
 //! core fields (`Index`/`ticker` -> `symbol`, `Date`/`timestamp` -> `ts`), `ts` may be ISO-8601 text or an
 //! epoch number in s/ms/µs/ns, and numbers may arrive as numeric strings. The seed's own producer
 //! (`{"Index": "HSI", "Date": "1986-12-31", ..., "Volume": 0.0, "CloseUSD": 333.87}`) decodes as-is.
+//!
+//! It is strict about what the lake needs, so that a decoded record can always be written: a symbol that
+//! fits a folder name ([`check_symbol`]), an event time in the years 0001-9999, finite numbers, at most
+//! [`MAX_EXTRA_COLUMNS`] extra columns with names of at most [`MAX_COLUMN_NAME_BYTES`] bytes, and no column
+//! given twice (`{"close":1,"Close":2}`, or a key repeated, is ambiguous and refused). A blank extra
+//! value (`"adj_close":""`) is null.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -17,8 +23,10 @@ use std::sync::Arc;
 
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use crate::names::{core_alias, is_normalized, normalize_column_name};
-use crate::time::{epoch_to_micros, parse_timestamp, write_rfc3339};
+use crate::names::{
+    check_symbol, core_alias, is_normalized, normalize_column_name, MAX_COLUMN_NAME_BYTES,
+};
+use crate::time::{epoch_to_micros, in_supported_range, parse_timestamp, write_rfc3339};
 use crate::{DecodeError, Record, Value};
 
 /// Appends the JSON message for `record` to `out`.
@@ -75,6 +83,9 @@ fn write_f64(out: &mut Vec<u8>, v: f64) {
     // serde_json writes the shortest round-tripping form, and `null` for NaN and infinities.
     let _ = serde_json::to_writer(&mut *out, &v);
 }
+
+/// The most extra columns one message may carry.
+pub const MAX_EXTRA_COLUMNS: usize = 256;
 
 /// Decodes one JSON message into a [`Record`].
 pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
@@ -201,10 +212,28 @@ impl<'de> Visitor<'de> for RecordVisitor {
         let mut canonical: [Option<(Cow<'de, str>, Scalar<'de>)>; 7] = Default::default();
         let mut alias: [Option<(Cow<'de, str>, Scalar<'de>)>; 7] = Default::default();
         let mut extra: Vec<(Cow<'de, str>, Scalar<'de>)> = Vec::new();
+        // The first problem found; the rest of the object is still read, so the JSON stays well-formed.
+        let mut problem: Option<DecodeError> = None;
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             let value: Scalar<'de> = map.next_value()?;
+            if problem.is_some() {
+                continue;
+            }
             if let Some(i) = SLOTS.iter().position(|s| *s == key) {
+                if canonical[i].is_some() {
+                    problem = Some(bad(&key, "appears twice"));
+                }
                 canonical[i] = Some((key, value));
+                continue;
+            }
+            if extra.len() >= MAX_EXTRA_COLUMNS {
+                problem = Some(DecodeError::BadField {
+                    field: key.into_owned(),
+                    reason: format!(
+                        "too many columns: a record may carry at most {MAX_EXTRA_COLUMNS} besides \
+                         symbol, ts, open, high, low, close and volume"
+                    ),
+                });
                 continue;
             }
             let normalized = if is_normalized(&key) {
@@ -217,7 +246,10 @@ impl<'de> Visitor<'de> for RecordVisitor {
                 _ => extra.push((normalized, value)),
             }
         }
-        Ok(build(canonical, alias, extra))
+        Ok(match problem {
+            Some(e) => Err(e),
+            None => build(canonical, alias, extra),
+        })
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
@@ -262,16 +294,57 @@ fn build<'de>(
             }
         }
     }
+    // Every name the record gives a column, to refuse the same column given twice.
+    let mut names: Vec<&str> = SLOTS
+        .iter()
+        .zip(&canonical)
+        .filter(|(_, v)| v.is_some())
+        .map(|(s, _)| *s)
+        .collect();
+    for (name, _) in extra.iter().chain(&extras) {
+        if names.contains(&name.as_ref()) {
+            return Err(bad(
+                name,
+                "is given twice (names that differ only in case or punctuation are the same \
+                 column); which value is meant is ambiguous",
+            ));
+        }
+        if name.len() > MAX_COLUMN_NAME_BYTES {
+            return Err(bad(
+                &name[..name.floor_char_boundary(40)],
+                format!(
+                    "the column name is {} bytes long, more than the {MAX_COLUMN_NAME_BYTES} allowed",
+                    name.len()
+                ),
+            ));
+        }
+        names.push(name);
+    }
     let [symbol, ts, open, high, low, close, volume] = canonical;
     let symbol = match symbol {
-        Some((_, Scalar::Str(s))) if !s.trim().is_empty() => s.into_owned(),
-        Some((_, Scalar::Num(n))) if n.fract() == 0.0 && n.is_finite() => format!("{n:.0}"),
-        Some((key, Scalar::Str(_))) => return Err(bad(&key, "is empty")),
+        Some((_, Scalar::Str(s))) => s.into_owned(),
+        // A whole number names an instrument in some feeds (exchange codes): its digits, if exact.
+        Some((_, Scalar::Num(n))) if n.fract() == 0.0 && n.abs() <= MAX_EXACT => format!("{n:.0}"),
         Some((key, v @ (Scalar::Bool(_) | Scalar::Num(_) | Scalar::Nested(_)))) => {
-            return Err(bad(&key, format!("expected a string, got {}", v.kind())))
+            return Err(bad(
+                &key,
+                format!(
+                    "expected a string, got {}",
+                    match v {
+                        Scalar::Num(_) => "a number that is not a whole number up to 2^53",
+                        v => v.kind(),
+                    }
+                ),
+            ))
         }
         None | Some((_, Scalar::Null)) => return Err(DecodeError::Missing("symbol")),
     };
+    if let Err(reason) = check_symbol(&symbol) {
+        return Err(DecodeError::BadField {
+            field: "symbol".into(),
+            reason,
+        });
+    }
     let ts = match ts {
         Some((key, Scalar::Str(s))) => parse_timestamp(&s).ok_or_else(|| {
             bad(
@@ -290,6 +363,12 @@ fn build<'de>(
         }
         None | Some((_, Scalar::Null)) => return Err(DecodeError::Missing("ts")),
     };
+    if !in_supported_range(ts) {
+        return Err(DecodeError::BadField {
+            field: "ts".into(),
+            reason: "is outside the years 0001-9999".into(),
+        });
+    }
     let mut record = Record::new(symbol, ts);
     record.open = number(open)?;
     record.high = number(high)?;
@@ -301,6 +380,8 @@ fn build<'de>(
             Scalar::Null => Value::Null,
             Scalar::Bool(b) => Value::Bool(b),
             Scalar::Num(n) => Value::Number(n),
+            // A blank value is a missing one (CSV exports write them for nulls), not text.
+            Scalar::Str(s) if s.trim().is_empty() => Value::Null,
             Scalar::Str(s) => Value::Text(s.into_owned()),
             Scalar::Nested(k) => {
                 return Err(bad(
@@ -334,6 +415,9 @@ fn intern(name: &str) -> Arc<str> {
         a
     })
 }
+
+/// The largest whole number an `f64` holds exactly (2^53).
+const MAX_EXACT: f64 = 9_007_199_254_740_992.0;
 
 fn number(slot: Slot<'_>) -> Result<Option<f64>, DecodeError> {
     match slot {

@@ -7,6 +7,18 @@ use chrono::{DateTime, Datelike, NaiveDate, Timelike};
 /// Microseconds in a second.
 pub const MICROS_PER_SEC: i64 = 1_000_000;
 
+/// The earliest event time a record may have: 0001-01-01T00:00:00Z (µs).
+pub const MIN_TS: i64 = -62_135_596_800 * MICROS_PER_SEC;
+
+/// The latest event time a record may have: 9999-12-31T23:59:59.999999Z (µs).
+pub const MAX_TS: i64 = 253_402_300_799 * MICROS_PER_SEC + 999_999;
+
+/// True when `micros` lies in the years 0001-9999, the range that SQL engines, Parquet readers and the
+/// lake's `date=YYYY-MM-DD` folders agree on.
+pub fn in_supported_range(micros: i64) -> bool {
+    (MIN_TS..=MAX_TS).contains(&micros)
+}
+
 /// Parses an ISO-8601 date or date-time into epoch microseconds (UTC).
 ///
 /// Accepts `2024-01-02`, `2024-01-02T14:30`, `2024-01-02 14:30:00`, `2024-01-02T14:30:00.123456Z` and
@@ -178,6 +190,15 @@ mod tests {
     use super::*;
 
     const DAY: i64 = 86_400 * MICROS_PER_SEC;
+
+    #[test]
+    fn supported_range() {
+        assert_eq!(format_rfc3339(MIN_TS), "0001-01-01T00:00:00Z");
+        assert_eq!(format_rfc3339(MAX_TS), "9999-12-31T23:59:59.999999Z");
+        assert!(in_supported_range(0));
+        assert!(!in_supported_range(MIN_TS - 1));
+        assert!(!in_supported_range(MAX_TS + 1));
+    }
 
     #[test]
     fn iso_forms() {

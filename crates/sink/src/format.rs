@@ -72,11 +72,18 @@ pub fn encode(batch: &RecordBatch, format: FileFormat) -> Result<Bytes, SinkErro
             w.write(&sorted).map_err(|e| err(&e))?;
             w.close().map_err(|e| err(&e))?;
         }
-        FileFormat::Json => {
+        // The message's own form when the file has the symbol; without it (a table partitioned by
+        // symbol keeps it in the folders), Arrow's JSON lines writer, which takes any columns.
+        FileFormat::Json if sorted.schema().index_of("symbol").is_ok() => {
             for m in ticklake_model::arrow::batch_to_messages(&sorted).map_err(|e| err(&e))? {
                 out.extend_from_slice(&m);
                 out.push(b'\n');
             }
+        }
+        FileFormat::Json => {
+            let mut w = arrow_json::LineDelimitedWriter::new(&mut out);
+            w.write(&sorted).map_err(|e| err(&e))?;
+            w.finish().map_err(|e| err(&e))?;
         }
         FileFormat::Csv => {
             let mut w = arrow::csv::WriterBuilder::new()
@@ -157,6 +164,13 @@ mod tests {
             "{}",
             lines[0]
         );
+        // Without the symbol (partitioned by it), JSON lines of the other columns.
+        let no_symbol = batch().project(&[1, 5]).unwrap();
+        let json = encode(&no_symbol, FileFormat::Json).unwrap();
+        let first = std::str::from_utf8(&json).unwrap().lines().next().unwrap();
+        let v: serde_json::Value = serde_json::from_str(first).unwrap();
+        assert_eq!(v["close"], 1.0);
+        assert!(v["ts"].as_str().unwrap().starts_with("1970-01-01T00:00:00"));
         let csv = encode(&batch(), FileFormat::Csv).unwrap();
         let text = std::str::from_utf8(&csv).unwrap();
         assert!(

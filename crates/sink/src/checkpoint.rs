@@ -1,0 +1,644 @@
+//! The open checkpoint: the messages consumed since the last commit, decoded, checked and grouped by
+//! lake folder, until a flush turns them into files.
+//!
+//! Every message ends in exactly one of two places: a record of a [`FileGroup`] (one future file), or a
+//! dead letter with its reason. Everything a flush needs is checked here, when the message arrives
+//! (the decoder's rules, the column types of the table, the size limit), so a record accepted into a
+//! checkpoint can always be written.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use arrow::datatypes::SchemaRef;
+use base64::Engine as _;
+use bytes::Bytes;
+use ticklake_bus::Message;
+use ticklake_lake::layout::file_name;
+use ticklake_lake::Partitioning;
+use ticklake_model::arrow::BatchBuilder;
+use ticklake_model::json;
+
+use crate::columns::ColumnTypes;
+use crate::format::FileFormat;
+use crate::ledger::Entry;
+use crate::SinkError;
+
+/// What an open group costs in memory beyond its records (builders, map entry), counted against
+/// `--flush-bytes` so that thousands of small lake partitions flush early instead of growing.
+pub(crate) const GROUP_OVERHEAD: usize = 4096;
+
+/// The rules a message must pass to become a record of the lake.
+pub(crate) struct Rules<'a> {
+    pub topic: &'a str,
+    pub partitioning: &'a Partitioning,
+    /// Larger messages are dead-lettered.
+    pub max_message_bytes: usize,
+    /// The table's column types (new columns are decided here).
+    pub types: &'a mut ColumnTypes,
+}
+
+/// The records of one future file: one lake folder of one Kafka partition.
+struct FileGroup {
+    first_offset: i64,
+    builder: BatchBuilder,
+}
+
+#[derive(Default)]
+struct PartitionCheckpoint {
+    /// The offset the checkpoint starts at (its ledger entry's `from`).
+    from: i64,
+    groups: BTreeMap<String, FileGroup>,
+    dead: Vec<u8>,
+    dead_first: Option<i64>,
+    dead_count: u64,
+    next_offset: i64,
+    records: usize,
+    bytes: usize,
+    /// Message timestamps (ms) of the buffered records, for freshness.
+    stamps: Vec<i64>,
+}
+
+/// Where an assigned partition stands in the ledger.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Position {
+    /// Where the next checkpoint starts (`None`: at the first message, for a partition the ledger does
+    /// not know yet).
+    pub from: Option<i64>,
+    /// The end of a range claimed before (a replay): the next checkpoint ends exactly there.
+    pub replay_to: Option<i64>,
+    /// Starts of the partition's ledger entries this writer knows, oldest first.
+    pub entries: Vec<i64>,
+}
+
+/// Every partition's records since the last commit.
+#[derive(Default)]
+pub(crate) struct Checkpoint {
+    parts: BTreeMap<i32, PartitionCheckpoint>,
+    /// The ledger position of every assigned partition.
+    pub positions: BTreeMap<i32, Position>,
+    /// Partitions assigned since the sink last looked: their positions come from the ledger.
+    pub assigned: Vec<i32>,
+    /// Messages past the end of a range being replayed, for the checkpoint after it.
+    pub held: Vec<Message>,
+    /// Records buffered, over all partitions.
+    pub records: usize,
+    /// Message bytes buffered (plus [`GROUP_OVERHEAD`] per open group).
+    pub bytes: usize,
+    /// When the oldest buffered message arrived.
+    pub since: Option<Instant>,
+}
+
+/// One file a flush writes.
+pub(crate) enum Job {
+    /// Records, to encode in the table's format.
+    Data(arrow::array::RecordBatch),
+    /// Dead letters, already encoded (JSON lines).
+    Raw(Bytes),
+}
+
+/// What a flush must do: the files to write, then what to register and commit.
+pub(crate) struct Plan {
+    /// (path inside the lake, contents).
+    pub files: Vec<(String, Job)>,
+    /// Lake folders (relative to the table) that received data files.
+    pub folders: Vec<String>,
+    /// The distinct schemas of the data files.
+    pub schemas: Vec<SchemaRef>,
+    /// The ledger entry of each partition's checkpoint, and its number of records.
+    pub ranges: Vec<(i32, Entry, u64)>,
+    /// Message timestamps of the records (ms).
+    pub stamps: Vec<i64>,
+    /// The dead letters of each partition (JSON lines, the contents of its dead-letter file).
+    pub dead_letters: Vec<(i32, Bytes)>,
+    pub records: u64,
+    pub dead: u64,
+}
+
+impl Checkpoint {
+    /// True when nothing was consumed since the last flush.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// True when a partition replaying a range has all of it: it must be flushed before it can take
+    /// more.
+    pub(crate) fn replay_complete(&self) -> bool {
+        self.positions
+            .iter()
+            .any(|(p, pos)| pos.replay_to.is_some() && self.replay_done(*p, pos))
+    }
+
+    fn replay_done(&self, p: i32, pos: &Position) -> bool {
+        let Some(end) = pos.replay_to else {
+            return true;
+        };
+        self.parts.get(&p).is_some_and(|pc| pc.next_offset >= end)
+            || self.held.iter().any(|m| m.partition == p)
+    }
+
+    /// Takes the partitions that can be flushed now: all but those still replaying a range. A replay
+    /// whose range has no message left (the topic's retention removed them) ends here, with no file.
+    pub(crate) fn take_ready(&mut self) -> Checkpoint {
+        let mut ready = Checkpoint::default();
+        let parts: Vec<i32> = self.parts.keys().copied().collect();
+        for p in parts {
+            let pos = self.positions.get(&p).cloned().unwrap_or_default();
+            if !self.replay_done(p, &pos) {
+                continue;
+            }
+            if let Some(mut pc) = self.parts.remove(&p) {
+                self.records -= pc.records;
+                self.bytes -= pc.bytes;
+                if let Some(end) = pos.replay_to {
+                    pc.next_offset = end;
+                }
+                ready.records += pc.records;
+                ready.bytes += pc.bytes;
+                ready.parts.insert(p, pc);
+            }
+        }
+        let empty: Vec<i32> = self
+            .positions
+            .iter()
+            .filter(|(p, pos)| {
+                pos.replay_to.is_some() && !self.parts.contains_key(p) && self.replay_done(**p, pos)
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for p in empty {
+            if let Some(pos) = self.positions.get_mut(&p) {
+                pos.from = pos.replay_to.take();
+            }
+        }
+        if !ready.parts.is_empty() {
+            ready.since = self.since;
+            if self.parts.is_empty() {
+                self.since = None;
+            }
+        }
+        ready
+    }
+
+    /// The ledger entry each partition's checkpoint would claim.
+    pub(crate) fn ranges(&self) -> Vec<(i32, Entry)> {
+        self.parts
+            .iter()
+            .map(|(p, pc)| {
+                (
+                    *p,
+                    Entry {
+                        from: pc.from,
+                        to: pc.next_offset,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Drops the unflushed records of revoked partitions: their next owner replays them.
+    pub(crate) fn revoke(&mut self, partitions: &[i32]) {
+        self.held.retain(|m| !partitions.contains(&m.partition));
+        self.assigned.retain(|p| !partitions.contains(p));
+        for p in partitions {
+            self.positions.remove(p);
+            if let Some(pc) = self.parts.remove(p) {
+                self.records -= pc.records;
+                self.bytes -= pc.bytes;
+                tracing::info!(
+                    "partition {p} revoked: {} unflushed records left to its next owner",
+                    pc.records
+                );
+            }
+        }
+        if self.parts.is_empty() {
+            self.since = None;
+        }
+    }
+
+    /// Takes in consumed messages: each becomes a record of its lake folder's group or a dead letter.
+    /// Messages before the partition's position are already in the lake (a redelivery) and are skipped;
+    /// messages past the end of a range being replayed are held for the next checkpoint.
+    pub(crate) fn absorb(&mut self, batch: Vec<Message>, rules: &mut Rules<'_>) {
+        if batch.is_empty() {
+            return;
+        }
+        for m in batch {
+            let pos = self.positions.entry(m.partition).or_default();
+            let expected = self
+                .parts
+                .get(&m.partition)
+                .map(|pc| pc.next_offset)
+                .or(pos.from);
+            if expected.is_some_and(|e| m.offset < e) {
+                continue;
+            }
+            if pos.replay_to.is_some_and(|end| m.offset >= end) {
+                self.held.push(m);
+                continue;
+            }
+            let from = pos.from.unwrap_or(m.offset);
+            self.since.get_or_insert_with(Instant::now);
+            let pc = self
+                .parts
+                .entry(m.partition)
+                .or_insert_with(|| PartitionCheckpoint {
+                    from,
+                    ..Default::default()
+                });
+            pc.next_offset = m.offset + 1;
+            let size = m.payload.as_ref().map_or(0, Vec::len);
+            pc.bytes += size;
+            self.bytes += size;
+            let record = match &m.payload {
+                None => Err("the message has no value".to_owned()),
+                Some(p) if p.len() > rules.max_message_bytes => Err(format!(
+                    "the message is {} bytes, more than the {} a record may have \
+                     (--max-message-bytes)",
+                    p.len(),
+                    rules.max_message_bytes
+                )),
+                Some(p) => json::decode(p)
+                    .map_err(|e| e.to_string())
+                    .and_then(|mut r| rules.types.fit(&mut r).map(|()| r)),
+            };
+            match record {
+                Ok(r) => {
+                    let path = rules.partitioning.path_for(&r.symbol, r.ts);
+                    let group = pc.groups.entry(path).or_insert_with(|| {
+                        pc.bytes += GROUP_OVERHEAD;
+                        self.bytes += GROUP_OVERHEAD;
+                        FileGroup {
+                            first_offset: m.offset,
+                            builder: BatchBuilder::new(),
+                        }
+                    });
+                    group.builder.push(&r);
+                    pc.stamps.push(m.timestamp_ms.unwrap_or(r.ts / 1000));
+                    pc.records += 1;
+                    self.records += 1;
+                }
+                Err(reason) => {
+                    pc.dead_first.get_or_insert(m.offset);
+                    pc.dead_count += 1;
+                    dead_letter(&mut pc.dead, rules.topic, &m, &reason);
+                }
+            }
+        }
+    }
+
+    /// Turns the checkpoint into the files of a flush: one per group, named by the Kafka partition and
+    /// the group's first offset, and one dead-letter file per partition that has dead letters.
+    pub(crate) fn plan(
+        self,
+        topic: &str,
+        table: &str,
+        partitioning: &Partitioning,
+        format: FileFormat,
+        types: &ColumnTypes,
+    ) -> Result<Plan, SinkError> {
+        let ext = format.extension();
+        let mut plan = Plan {
+            files: Vec::new(),
+            folders: Vec::new(),
+            schemas: Vec::new(),
+            ranges: Vec::new(),
+            stamps: Vec::new(),
+            dead_letters: Vec::new(),
+            records: 0,
+            dead: 0,
+        };
+        for (p, pc) in self.parts {
+            for (path, mut g) in pc.groups {
+                let batch = g
+                    .builder
+                    .finish_typed(|name| types.arrow_type(name))
+                    .map_err(|e| SinkError::Encode(e.to_string()))?;
+                if !plan.schemas.contains(&batch.schema()) {
+                    plan.schemas.push(batch.schema());
+                }
+                plan.folders.push(path.clone());
+                // Text formats leave partition columns to the folders, as Hive writers do: their
+                // readers map columns by position (CSV), and a table cannot hold a column twice.
+                let batch = if format == FileFormat::Parquet {
+                    batch
+                } else {
+                    drop_columns(batch, partitioning.keys().iter().map(|k| k.name()))
+                };
+                let name = file_name(topic, p, g.first_offset, ext);
+                let rel = if path.is_empty() {
+                    format!("{table}/{name}")
+                } else {
+                    format!("{table}/{path}/{name}")
+                };
+                plan.files.push((rel, Job::Data(batch)));
+            }
+            if let Some(first) = pc.dead_first {
+                let rel = format!(
+                    "_ticklake/dlq/{topic}/{}",
+                    file_name(topic, p, first, "jsonl")
+                );
+                let dead = Bytes::from(pc.dead);
+                plan.dead_letters.push((p, dead.clone()));
+                plan.files.push((rel, Job::Raw(dead)));
+            }
+            plan.records += pc.records as u64;
+            plan.dead += pc.dead_count;
+            plan.stamps.extend(pc.stamps);
+            plan.ranges.push((
+                p,
+                Entry {
+                    from: pc.from,
+                    to: pc.next_offset,
+                },
+                pc.records as u64,
+            ));
+        }
+        plan.folders.sort();
+        plan.folders.dedup();
+        Ok(plan)
+    }
+}
+
+/// The batch without the named columns.
+fn drop_columns<'a>(
+    batch: arrow::array::RecordBatch,
+    names: impl Iterator<Item = &'a str>,
+) -> arrow::array::RecordBatch {
+    let names: Vec<&str> = names.collect();
+    let keep: Vec<usize> = batch
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| !names.contains(&f.name().as_str()))
+        .map(|(i, _)| i)
+        .collect();
+    batch.project(&keep).unwrap_or(batch)
+}
+
+/// Appends one dead-letter line: where the message was, why it was refused, and the message itself —
+/// as text when it is UTF-8, else byte for byte in base64 (`value_base64`, `key_base64`).
+fn dead_letter(out: &mut Vec<u8>, topic: &str, m: &Message, reason: &str) {
+    let mut line = serde_json::json!({
+        "topic": topic,
+        "partition": m.partition,
+        "offset": m.offset,
+        "timestamp_ms": m.timestamp_ms,
+        "reason": reason,
+    });
+    for (field, bytes) in [("key", &m.key), ("value", &m.payload)] {
+        let (name, v) = match bytes.as_deref().map(std::str::from_utf8) {
+            None => (field.to_owned(), serde_json::Value::Null),
+            Some(Ok(text)) => (field.to_owned(), text.into()),
+            Some(Err(_)) => (
+                format!("{field}_base64"),
+                base64::engine::general_purpose::STANDARD
+                    .encode(bytes.as_deref().unwrap_or_default())
+                    .into(),
+            ),
+        };
+        line[name] = v;
+    }
+    let _ = serde_json::to_writer(&mut *out, &line);
+    out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::encode;
+    use proptest::prelude::*;
+
+    fn message(offset: i64, payload: Vec<u8>) -> Message {
+        Message {
+            partition: (offset % 3) as i32,
+            offset,
+            key: Some(b"k".to_vec()),
+            payload: Some(payload),
+            timestamp_ms: Some(0),
+        }
+    }
+
+    /// Runs messages through the whole path of a flush short of the storage: absorb, plan, encode.
+    /// Returns (records in data files, dead letters) and checks every file encodes.
+    fn through(payloads: Vec<Vec<u8>>, format: FileFormat) -> (usize, usize, Vec<String>) {
+        let partitioning = Partitioning::default();
+        let mut types = ColumnTypes::default();
+        let mut cp = Checkpoint::default();
+        let n = payloads.len();
+        let batch = payloads
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| message(i as i64, p))
+            .collect();
+        cp.absorb(
+            batch,
+            &mut Rules {
+                topic: "t",
+                partitioning: &partitioning,
+                max_message_bytes: 1 << 20,
+                types: &mut types,
+            },
+        );
+        let plan = cp
+            .plan("t", "t", &partitioning, format, &types)
+            .expect("a checkpoint always plans");
+        let (mut rows, mut dead, mut reasons) = (0, 0, Vec::new());
+        for (rel, job) in &plan.files {
+            assert!(
+                rel.starts_with("t/") || rel.starts_with("_ticklake/dlq/t/"),
+                "{rel}"
+            );
+            assert!(rel.split('/').all(|seg| seg.len() <= 255), "{rel}");
+            match job {
+                Job::Data(b) => {
+                    rows += b.num_rows();
+                    encode(b, format).expect("an accepted record always encodes");
+                }
+                Job::Raw(b) => {
+                    for line in std::str::from_utf8(b).unwrap().lines() {
+                        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                        reasons.push(v["reason"].as_str().unwrap().to_owned());
+                        dead += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(rows, plan.records as usize);
+        assert_eq!(dead, plan.dead as usize);
+        assert_eq!(rows + dead, n, "every message is a record or a dead letter");
+        (rows, dead, reasons)
+    }
+
+    #[test]
+    fn poison_of_every_kind_is_dead_lettered_with_its_reason() {
+        let long = format!(r#"{{"symbol":"{}","ts":0,"close":1}}"#, "X".repeat(300));
+        let huge = format!(
+            r#"{{"symbol":"A","ts":0,"note":"{}"}}"#,
+            "x".repeat(2 << 20)
+        );
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (long.into_bytes(), "field `symbol`: is too long"),
+            (
+                br#"{"symbol":"A","ts":0,"close":1,"Close":2}"#.to_vec(),
+                "field `close`: is given twice",
+            ),
+            (
+                br#"{"symbol":"A","symbol":"B","ts":0}"#.to_vec(),
+                "field `symbol`: appears twice",
+            ),
+            (
+                br#"{"symbol":1e300,"ts":0}"#.to_vec(),
+                "field `symbol`: expected a string, got a number",
+            ),
+            (
+                br#"{"symbol":"A","ts":"10000-01-01"}"#.to_vec(),
+                "field `ts`: cannot read",
+            ),
+            (
+                br#"{"symbol":"A","ts":1e300}"#.to_vec(),
+                "field `ts`: is outside the years 0001-9999",
+            ),
+            (
+                br#"{"symbol":"A","ts":-62135596801}"#.to_vec(),
+                "field `ts`: is outside the years 0001-9999",
+            ),
+            (
+                br#"{"symbol":"A","ts":0,"close":NaN}"#.to_vec(),
+                "not valid JSON",
+            ),
+            (
+                br#"{"symbol":"A","ts":0,"close":"Infinity"}"#.to_vec(),
+                "field `close`: expected a number",
+            ),
+            (
+                br#"{"symbol":"A","ts":0,"close":1e999}"#.to_vec(),
+                "not valid JSON",
+            ),
+            (
+                br#"{"symbol":"A","ts":0,"close":true}"#.to_vec(),
+                "field `close`: expected a number, got a boolean",
+            ),
+            (
+                br#"{"symbol":"A","ts":{"a":1}}"#.to_vec(),
+                "field `ts`: expected a timestamp, got an object",
+            ),
+            (huge.into_bytes(), "the message is 2097"),
+            (
+                b"{\"symbol\":\"\xff\xfe\",\"ts\":0}".to_vec(),
+                "not valid JSON",
+            ),
+            (
+                br#"{"symbol":"","ts":0}"#.to_vec(),
+                "field `symbol`: is empty",
+            ),
+            (
+                br#"{"symbol":"  ","ts":0}"#.to_vec(),
+                "field `symbol`: is empty",
+            ),
+            (
+                br#"{"symbol":"A","ts":0,"Adj Close":1,"adj_close":2}"#.to_vec(),
+                "field `adj_close`: is given twice",
+            ),
+            (
+                br#"{"symbol":"A","ts":0,"adj_close":"n/a"}"#.to_vec(),
+                "column `adj_close` is double in this table",
+            ),
+        ];
+        let want: Vec<&str> = cases.iter().map(|(_, w)| *w).collect();
+        // A good record first decides that adj_close is a number.
+        let mut payloads = vec![br#"{"symbol":"A","ts":0,"adj_close":""}"#.to_vec()];
+        payloads.push(br#"{"symbol":"A","ts":0,"adj_close":1.5}"#.to_vec());
+        payloads.extend(cases.into_iter().map(|(p, _)| p));
+        let (rows, dead, reasons) = through(payloads, FileFormat::Parquet);
+        assert_eq!((rows, dead), (2, want.len()));
+        // Dead letters are written in offset order per partition: compare as sets of prefixes.
+        for w in want {
+            assert!(
+                reasons.iter().any(|r| r.starts_with(w)),
+                "no reason starts with {w:?}: {reasons:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn non_utf8_messages_are_kept_byte_for_byte() {
+        let mut out = Vec::new();
+        let m = message(7, vec![0xff, 0x00, b'a']);
+        dead_letter(&mut out, "t", &m, "not valid JSON");
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["value_base64"], "/wBh");
+        assert_eq!(v["key"], "k");
+        assert_eq!(v["offset"], 7);
+    }
+
+    /// JSON-ish messages built from the pieces that trouble decoders: odd keys (core names in other
+    /// cases, aliases, duplicates), values of every JSON type, strings that look like numbers or dates.
+    fn messages() -> impl Strategy<Value = Vec<u8>> {
+        let key = prop::sample::select(vec![
+            "symbol",
+            "Symbol",
+            "ts",
+            "Date",
+            "date",
+            "open",
+            "Close",
+            "close",
+            "price",
+            "volume",
+            "Volume",
+            "adj_close",
+            "Adj Close",
+            "venue",
+            "",
+            " ",
+            "ts ",
+            "Index",
+            "hour",
+            "a.b",
+        ]);
+        let value = prop_oneof![
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            Just("\"\"".to_owned()),
+            Just("\"1.5\"".to_owned()),
+            Just("\"2024-01-02\"".to_owned()),
+            Just("\"NaN\"".to_owned()),
+            Just("[1]".to_owned()),
+            Just("{}".to_owned()),
+            any::<f64>().prop_map(|f| if f.is_finite() {
+                format!("{f:e}")
+            } else {
+                "1".into()
+            }),
+            any::<i64>().prop_map(|i| i.to_string()),
+            "\\PC{0,12}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+        ];
+        prop::collection::vec((key, value), 0..8).prop_map(|fields| {
+            let body: Vec<String> = fields
+                .iter()
+                .map(|(k, v)| format!("{}:{v}", serde_json::to_string(k).unwrap()))
+                .collect();
+            format!("{{{}}}", body.join(",")).into_bytes()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_bytes_end_in_the_lake_or_the_dead_letters(
+            payloads in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 1..16)
+        ) {
+            through(payloads, FileFormat::Parquet);
+        }
+
+        #[test]
+        fn any_json_object_ends_in_the_lake_or_the_dead_letters(
+            payloads in prop::collection::vec(messages(), 1..24),
+            format in prop::sample::select(vec![FileFormat::Parquet, FileFormat::Json, FileFormat::Csv]),
+        ) {
+            through(payloads, format);
+        }
+    }
+}
