@@ -760,6 +760,29 @@ impl Consumer for EmbeddedConsumer {
         self.positions.keys().copied().collect()
     }
 
+    fn committed(&mut self, partition: i32) -> Result<Option<i64>, BusError> {
+        let Some(group) = &self.options.group else {
+            return Ok(None);
+        };
+        self.conn
+            .query_row(
+                "SELECT next_offset FROM offsets WHERE grp = ?1 AND partition = ?2",
+                params![group, partition],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    fn seek(&mut self, partition: i32, offset: i64) -> Result<(), BusError> {
+        if !self.positions.contains_key(&partition) {
+            return Err(BusError::NotAssigned(partition));
+        }
+        self.positions.insert(partition, offset.max(0));
+        self.buffers.remove(&partition);
+        Ok(())
+    }
+
     fn lag(&mut self) -> Result<Vec<PartitionLag>, BusError> {
         self.rebalance()?;
         self.positions

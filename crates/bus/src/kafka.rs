@@ -229,6 +229,9 @@ impl Producer for KafkaProducer {
 
 struct GroupContext {
     listener: Option<Arc<dyn RebalanceListener>>,
+    /// Partitions revoked since the consumer last looked: `poll` drops the messages of these partitions
+    /// that it gathered before the revocation, since their next owner replays them.
+    revoked: Mutex<Vec<i32>>,
 }
 
 impl ClientContext for GroupContext {}
@@ -239,11 +242,18 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<i32> {
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let (Rebalance::Revoke(tpl), Some(l)) = (rebalance, &self.listener) {
+        if let Rebalance::Revoke(tpl) = rebalance {
             let parts = partitions_of(tpl);
-            if !parts.is_empty() {
+            if parts.is_empty() {
+                return;
+            }
+            if let Some(l) = &self.listener {
                 l.on_revoke(&parts);
             }
+            self.revoked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(parts);
         }
     }
 
@@ -299,6 +309,7 @@ impl KafkaConsumer {
             ],
         )
         .create_with_context(GroupContext {
+            revoked: Mutex::new(Vec::new()),
             listener: options.listener.clone(),
         })
         .map_err(|e| BusError::Config(format!("kafka consumer: {e}")))?;
@@ -349,6 +360,22 @@ impl Consumer for KafkaConsumer {
                 break;
             };
             wait = Duration::ZERO;
+            // A rebalance inside this poll revoked partitions: what was gathered of them before is not
+            // ours to hand out any more (the next owner replays it from the committed offset).
+            let revoked = std::mem::take(
+                &mut *self
+                    .consumer
+                    .context()
+                    .revoked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()),
+            );
+            if !revoked.is_empty() {
+                out.retain(|m: &Message| !revoked.contains(&m.partition));
+                for p in &revoked {
+                    self.positions.remove(p);
+                }
+            }
             match result {
                 Ok(m) => {
                     self.positions.insert(m.partition(), m.offset() + 1);
@@ -389,6 +416,46 @@ impl Consumer for KafkaConsumer {
                 .map_err(kerr)?;
         }
         self.consumer.commit(&tpl, CommitMode::Sync).map_err(kerr)
+    }
+
+    fn committed(&mut self, partition: i32) -> Result<Option<i64>, BusError> {
+        if !self.grouped {
+            return Ok(None);
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, partition);
+        let tpl = self
+            .consumer
+            .committed_offsets(tpl, METADATA_TIMEOUT)
+            .map_err(kerr)?;
+        Ok(tpl.elements().iter().find_map(|e| match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        }))
+    }
+
+    fn seek(&mut self, partition: i32, offset: i64) -> Result<(), BusError> {
+        // Right after an assignment the partition's fetcher may still be starting, which librdkafka
+        // answers with a state error: try again briefly.
+        let mut tries = 0;
+        loop {
+            match self.consumer.seek(
+                &self.topic,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(10),
+            ) {
+                Ok(()) => break,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    tracing::debug!("seek of partition {partition} to {offset}: {e}; retrying");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(kerr(e)),
+            }
+        }
+        self.positions.insert(partition, offset);
+        Ok(())
     }
 
     fn assignment(&self) -> Vec<i32> {

@@ -83,6 +83,11 @@ pub trait Consumer: Send {
     fn commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), BusError>;
     /// The partitions currently assigned to this consumer.
     fn assignment(&self) -> Vec<i32>;
+    /// Moves an assigned partition's position: the next messages of `partition` start at `offset`
+    /// (messages fetched before are dropped).
+    fn seek(&mut self, partition: i32, offset: i64) -> Result<(), BusError>;
+    /// The group's committed offset of a partition (`None` without a group or commit).
+    fn committed(&mut self, partition: i32) -> Result<Option<i64>, BusError>;
     /// Position and end of each assigned partition.
     fn lag(&mut self) -> Result<Vec<PartitionLag>, BusError>;
 }
@@ -120,7 +125,7 @@ pub struct ConsumerOptions {
 }
 
 /// Which bus to use.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum BusConfig {
     /// The embedded log in this directory.
     Embedded {
@@ -134,6 +139,56 @@ pub enum BusConfig {
         /// librdkafka settings (`-X key=value`), applied after ticklake's own defaults.
         settings: Vec<(String, String)>,
     },
+}
+
+/// Kafka settings in `Debug` output: values of secrets (passwords, keys, tokens, JAAS configs) are
+/// replaced by `***`, so configurations can be logged.
+pub struct Redacted<'a>(pub &'a [(String, String)]);
+
+/// True for librdkafka settings whose values are secrets.
+pub fn is_secret_setting(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "jaas",
+        "key.pem",
+        "token",
+        "oauthbearer.config",
+        "credential",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
+}
+
+impl std::fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| {
+                (
+                    k.as_str(),
+                    if is_secret_setting(k) {
+                        "***"
+                    } else {
+                        v.as_str()
+                    },
+                )
+            }))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for BusConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BusConfig::Embedded { dir } => f.debug_struct("Embedded").field("dir", dir).finish(),
+            BusConfig::Kafka { brokers, settings } => f
+                .debug_struct("Kafka")
+                .field("brokers", brokers)
+                .field("settings", &Redacted(settings))
+                .finish(),
+        }
+    }
 }
 
 /// A topic's shape.
@@ -268,6 +323,25 @@ pub fn consumer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let config = BusConfig::Kafka {
+            brokers: "b:9092".into(),
+            settings: vec![
+                ("sasl.password".into(), "hunter2".into()),
+                ("sasl.jaas.config".into(), "x required password=p".into()),
+                ("ssl.key.password".into(), "k".into()),
+                ("sasl.username".into(), "alice".into()),
+            ],
+        };
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("password=p"),
+            "{shown}"
+        );
+        assert!(shown.contains("alice") && shown.contains("***"), "{shown}");
+    }
 
     #[test]
     fn topic_names() {

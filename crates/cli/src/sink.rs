@@ -47,6 +47,16 @@ pub struct Args {
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub flush_interval: Duration,
 
+    /// Dead-letter messages larger than this (a record is a few hundred bytes), e.g. 1MiB.
+    #[arg(long, default_value = "1MiB", value_name = "SIZE")]
+    pub max_message_bytes: ByteSize,
+
+    /// Also send every dead letter to this topic (created if missing), as Kafka Connect's
+    /// errors.deadletterqueue.topic.name: one JSON object per message with the reason, the partition
+    /// and offset, and the message (value, or value_base64 when it is not UTF-8).
+    #[arg(long, value_name = "TOPIC")]
+    pub dlq_topic: Option<String>,
+
     /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9898 (GET /metrics).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -64,20 +74,10 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
     // The catalog's clients run on this runtime, which lives as long as the sink.
     let io = runtime()?;
     let catalog = g.open_catalog(&io)?;
-    let table = args.table.clone().unwrap_or_else(|| {
-        g.topic
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect::<String>()
-            .trim_start_matches('_')
-            .to_owned()
-    });
+    let table = args
+        .table
+        .clone()
+        .unwrap_or_else(|| ticklake_sink::default_table(&g.topic));
     let config = SinkConfig {
         topic: g.topic.clone(),
         group: args.group.clone(),
@@ -91,6 +91,8 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
         },
         once: args.once,
         catalog: Some(catalog.clone()),
+        max_message_bytes: usize::try_from(args.max_message_bytes.as_u64()).unwrap_or(usize::MAX),
+        dlq_topic: args.dlq_topic.clone(),
     };
     let stop = stop_flag()?;
     // A long-running sink may start before anything was produced: wait for the topic to appear.
@@ -148,6 +150,13 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
         secs,
         stats.records as f64 / secs
     );
+    if stats.rewritten > 0 {
+        println!(
+            "{} records of the lake's last checkpoint written again into the same files (resuming \
+             from the lake's ledger)",
+            stats.rewritten
+        );
+    }
     println!(
         "table {} registered with its partitions in the {}",
         table,

@@ -18,7 +18,7 @@ use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 
 use crate::LakeError;
 
@@ -221,6 +221,80 @@ impl Lake {
         }
     }
 
+    /// Writes a whole file only if no file of that name exists, atomically: of several writers racing
+    /// for one name, exactly one gets `true`. Local: a fsynced temporary file hard-linked to the name
+    /// (the link fails if the name exists); S3: a PUT with `If-None-Match: *`.
+    pub async fn put_if_absent(&self, rel: &str, data: Bytes) -> Result<bool, LakeError> {
+        match self {
+            Lake::Local { root } => {
+                let path = root.join(rel);
+                let root = root.clone();
+                tokio::task::spawn_blocking(move || create_local(&path, &data))
+                    .await
+                    .map_err(|e| LakeError::Storage {
+                        location: root.display().to_string(),
+                        message: e.to_string(),
+                    })?
+            }
+            Lake::Object { store, prefix, url } => {
+                let key = Self::key(prefix, rel)?;
+                match store
+                    .put_opts(&key, PutPayload::from_bytes(data), PutMode::Create.into())
+                    .await
+                {
+                    Ok(_) => Ok(true),
+                    Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+                    Err(e) => Err(LakeError::Storage {
+                        location: format!("{url}/{rel}"),
+                        message: e.to_string(),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Deletes a file; a file that is not there is not an error.
+    pub async fn delete(&self, rel: &str) -> Result<(), LakeError> {
+        match self {
+            Lake::Local { root } => match fs::remove_file(root.join(rel)) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(LakeError::Storage {
+                    location: root.join(rel).display().to_string(),
+                    message: e.to_string(),
+                }),
+            },
+            Lake::Object { store, prefix, url } => {
+                let key = Self::key(prefix, rel)?;
+                match store.delete(&key).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(LakeError::Storage {
+                        location: format!("{url}/{rel}"),
+                        message: e.to_string(),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// True when the file exists.
+    pub async fn exists(&self, rel: &str) -> Result<bool, LakeError> {
+        match self {
+            Lake::Local { root } => Ok(root.join(rel).is_file()),
+            Lake::Object { store, prefix, url } => {
+                let key = Self::key(prefix, rel)?;
+                match store.head(&key).await {
+                    Ok(_) => Ok(true),
+                    Err(object_store::Error::NotFound { .. }) => Ok(false),
+                    Err(e) => Err(LakeError::Storage {
+                        location: format!("{url}/{rel}"),
+                        message: e.to_string(),
+                    }),
+                }
+            }
+        }
+    }
+
     /// Reads a whole file.
     pub async fn get(&self, rel: &str) -> Result<Bytes, LakeError> {
         match self {
@@ -322,24 +396,87 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<FileInfo>) -> std::io::Result<()>
     Ok(())
 }
 
+/// Writes `data` to a hidden temporary file beside `path` (creating and syncing the folders on the way:
+/// a new folder is durable only once its parent is fsynced too) and fsyncs it. Returns its name.
+fn write_temp(path: &Path, data: &[u8]) -> std::io::Result<PathBuf> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut missing = Vec::new();
+    let mut d = Some(dir);
+    while let Some(x) = d.filter(|x| !x.as_os_str().is_empty() && !x.exists()) {
+        missing.push(x.to_path_buf());
+        d = x.parent();
+    }
+    fs::create_dir_all(dir)?;
+    for created in missing.iter().rev() {
+        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+            File::open(parent)?.sync_all()?;
+        }
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.tmp-{}-{seq}", std::process::id()));
+    let mut f = File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    Ok(tmp)
+}
+
 fn write_local(path: &Path, data: &[u8]) -> Result<(), LakeError> {
     let err = |e: std::io::Error| LakeError::Storage {
         location: path.display().to_string(),
         message: e.to_string(),
     };
     let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(err)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let mut f = File::create(&tmp).map_err(err)?;
-    f.write_all(data).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    drop(f);
+    let tmp = write_temp(path, data).map_err(err)?;
     fs::rename(&tmp, path).map_err(err)?;
     // Make the rename itself durable.
     File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
     Ok(())
+}
+
+fn create_local(path: &Path, data: &[u8]) -> Result<bool, LakeError> {
+    let err = |e: std::io::Error| LakeError::Storage {
+        location: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = write_temp(path, data).map_err(err)?;
+    let linked = fs::hard_link(&tmp, path);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(err(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn put_if_absent_lets_exactly_one_writer_create_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        let rel = "_ticklake/ledger/t/x/0/00000000000000000000.json";
+        assert!(!lake.exists(rel).await.unwrap());
+        assert!(lake.put_if_absent(rel, Bytes::from("first")).await.unwrap());
+        assert!(!lake
+            .put_if_absent(rel, Bytes::from("second"))
+            .await
+            .unwrap());
+        assert_eq!(lake.get(rel).await.unwrap(), Bytes::from("first"));
+        assert!(lake.exists(rel).await.unwrap());
+        assert_eq!(lake.list("_ticklake").await.unwrap(), [rel]);
+        lake.delete(rel).await.unwrap();
+        lake.delete(rel).await.unwrap();
+        assert!(!lake.exists(rel).await.unwrap());
+    }
 }

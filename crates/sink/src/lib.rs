@@ -12,12 +12,15 @@
 //! `_ticklake/dlq/<topic>/<topic>+<partition>+<first offset>.jsonl` in the lake, under the same
 //! protocol; they never stop the sink.
 
+mod checkpoint;
+mod columns;
 pub mod format;
+mod ledger;
 mod register;
 mod sink;
 
 pub use format::FileFormat;
-pub use sink::{FlushPolicy, Sink, SinkConfig, Stats};
+pub use sink::{FlushPolicy, Sink, SinkConfig, Stats, DEFAULT_MAX_MESSAGE_BYTES};
 pub use ticklake_lake::{Lake, PartitionKey, Partitioning};
 
 /// Errors of the sink.
@@ -35,7 +38,26 @@ pub enum SinkError {
     /// Registering partitions in the catalog failed.
     #[error(transparent)]
     Catalog(#[from] ticklake_catalog::CatalogError),
+    /// The lake's ledger of offsets is unreadable.
+    #[error("ledger: {0}")]
+    Ledger(String),
     /// Encoding a file failed.
     #[error("encoding a lake file: {0}")]
     Encode(String),
+}
+
+/// The table a topic is sunk into by default: the topic in snake_case (`stock-topic` -> `stock_topic`).
+pub fn default_table(topic: &str) -> String {
+    topic
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect::<String>()
+        .trim_start_matches('_')
+        .to_owned()
 }

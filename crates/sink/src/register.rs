@@ -27,8 +27,14 @@ impl Registrar {
         }
     }
 
+    /// The table as the catalog has it now, if it exists.
+    pub(crate) async fn current(&self, name: &str) -> Result<Option<Table>, SinkError> {
+        Ok(self.catalog.get_table(name).await?)
+    }
+
     /// Registers (idempotently) the table with the columns of `schemas` and the partition folders
-    /// `paths` (relative to the table, e.g. `date=2024-01-02/symbol=AAPL`).
+    /// `paths` (relative to the table, e.g. `date=2024-01-02/symbol=AAPL`). Returns the table as
+    /// registered.
     pub(crate) async fn register(
         &mut self,
         lake: &Lake,
@@ -37,8 +43,18 @@ impl Registrar {
         format: FileFormat,
         schemas: &[SchemaRef],
         paths: &[String],
-    ) -> Result<(), SinkError> {
+    ) -> Result<&Table, SinkError> {
         let keys: Vec<&str> = partitioning.keys().iter().map(|k| k.name()).collect();
+        // A column new to the cached definition may have been added by another sink meanwhile: read
+        // the table again then, so its type is the one the catalog already has.
+        let new_column = self.table.as_ref().is_some_and(|t| {
+            schemas.iter().flat_map(|s| s.fields()).any(|f| {
+                !keys.contains(&f.name().as_str()) && !t.columns.iter().any(|c| c.name == *f.name())
+            })
+        });
+        if new_column {
+            self.table = None;
+        }
         let (mut table, exists) = match self.table.take() {
             Some(t) => (t, true),
             None => match self.catalog.get_table(name).await? {
@@ -79,9 +95,20 @@ impl Registrar {
         let before = table.clone();
         for schema in schemas {
             for field in schema.fields() {
-                if keys.contains(&field.name().as_str())
-                    || table.columns.iter().any(|c| c.name == *field.name())
-                {
+                if keys.contains(&field.name().as_str()) {
+                    continue;
+                }
+                if let Some(c) = table.columns.iter().find(|c| c.name == *field.name()) {
+                    if hive_type(field.data_type()).is_some_and(|t| t != c.data_type) {
+                        // Two sinks decided a new column's type at the same moment, differently.
+                        tracing::warn!(
+                            "column `{}` of table {name:?} is {} in the catalog but {} in files just \
+                             written: another sink decided its type at the same time",
+                            c.name,
+                            c.data_type,
+                            field.data_type()
+                        );
+                    }
                     continue;
                 }
                 let Some(t) = hive_type(field.data_type()) else {
@@ -108,7 +135,6 @@ impl Registrar {
             self.catalog.add_partitions(name, &new).await?;
         }
         self.known.extend(paths.iter().cloned());
-        self.table = Some(table);
-        Ok(())
+        Ok(self.table.insert(table))
     }
 }

@@ -1,24 +1,23 @@
 //! The consume -> buffer -> flush -> commit loop.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use hdrhistogram::Histogram;
 use ticklake_bus::{
-    BusConfig, Consumer, ConsumerOptions, Message, PartitionLag, RebalanceListener, StartAt,
+    BusConfig, Consumer, ConsumerOptions, Message, PartitionLag, Producer, RebalanceListener,
+    StartAt,
 };
 use ticklake_catalog::Catalog;
-use ticklake_model::arrow::BatchBuilder;
-use ticklake_model::json;
 
+use crate::checkpoint::{Checkpoint, Job, Plan, Position, Rules};
+use crate::columns::ColumnTypes;
 use crate::format::{encode, FileFormat};
+use crate::ledger::{Claim, Ledger};
 use crate::register::Registrar;
 use crate::SinkError;
-use ticklake_lake::layout::file_name;
 use ticklake_lake::{Lake, Partitioning};
 
 /// When to flush.
@@ -61,13 +60,24 @@ pub struct SinkConfig {
     pub once: bool,
     /// Where to register the table and its partitions (none: files only).
     pub catalog: Option<Arc<dyn Catalog>>,
+    /// Messages larger than this are dead-lettered.
+    pub max_message_bytes: usize,
+    /// A topic that also receives every dead letter (besides the lake's dead-letter files), as Kafka
+    /// Connect's `errors.deadletterqueue.topic.name`.
+    pub dlq_topic: Option<String>,
 }
+
+/// The default limit on a message's size: 1 MiB, Kafka's own default for a message.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 20;
 
 /// Counters of a sink run (everything counts committed data only).
 #[derive(Debug, Clone)]
 pub struct Stats {
     /// Records written to the lake and committed.
     pub records: u64,
+    /// Records of ranges written again when resuming from the ledger (already counted by the run
+    /// that first wrote them; rewriting them changes nothing in the lake).
+    pub rewritten: u64,
     /// Messages sent to the dead-letter files.
     pub dead_letters: u64,
     /// Files written (data and dead-letter).
@@ -91,60 +101,22 @@ impl Stats {
     }
 }
 
-struct Group {
-    first_offset: i64,
-    builder: BatchBuilder,
-}
-
-#[derive(Default)]
-struct PartitionBuf {
-    groups: BTreeMap<String, Group>,
-    dead: Vec<u8>,
-    dead_first: Option<i64>,
-    dead_count: u64,
-    next_offset: i64,
-    records: usize,
-    bytes: usize,
-    /// Message timestamps (ms) of the buffered records, for freshness.
-    stamps: Vec<i64>,
-}
-
-#[derive(Default)]
-struct Buffer {
-    parts: BTreeMap<i32, PartitionBuf>,
-    records: usize,
-    bytes: usize,
-    since: Option<Instant>,
-}
-
 /// Drops the unflushed records of revoked partitions: their new owner replays them from the committed
 /// offset. Runs inside the consumer's poll, so no flush of this sink is under way when it does.
-struct Revoker(Arc<Mutex<Buffer>>);
+struct Revoker(Arc<Mutex<Checkpoint>>);
 
 impl RebalanceListener for Revoker {
     fn on_revoke(&self, partitions: &[i32]) {
-        let mut b = lock(&self.0);
-        for p in partitions {
-            if let Some(pb) = b.parts.remove(p) {
-                b.records -= pb.records;
-                b.bytes -= pb.bytes;
-                tracing::info!(
-                    "partition {p} revoked: {} unflushed records left to its next owner",
-                    pb.records
-                );
-            }
-        }
-        if b.parts.is_empty() {
-            b.since = None;
-        }
+        lock(&self.0).revoke(partitions);
     }
 
     fn on_assign(&self, partitions: &[i32]) {
         tracing::info!("partitions assigned: {partitions:?}");
+        lock(&self.0).assigned.extend_from_slice(partitions);
     }
 }
 
-fn lock(m: &Mutex<Buffer>) -> MutexGuard<'_, Buffer> {
+fn lock(m: &Mutex<Checkpoint>) -> MutexGuard<'_, Checkpoint> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -153,17 +125,21 @@ pub struct Sink {
     config: SinkConfig,
     lake: Lake,
     consumer: Box<dyn Consumer>,
-    buffer: Arc<Mutex<Buffer>>,
+    buffer: Arc<Mutex<Checkpoint>>,
+    /// The table's extra column types, as decided so far.
+    types: ColumnTypes,
     runtime: tokio::runtime::Runtime,
     registrar: Option<Registrar>,
+    /// The producer of `dlq_topic`.
+    dlq: Option<Box<dyn Producer>>,
+    /// The lake's record of the offsets it holds.
+    ledger: Ledger,
     stats: Stats,
     started: Instant,
 }
 
 /// How often the status callback and the lag metrics are refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
-/// Memory an open group (one future file) costs beyond its records, counted against `FlushPolicy::bytes`.
-const GROUP_OVERHEAD: usize = 4096;
 /// Files written at the same time during a flush.
 const WRITE_CONCURRENCY: usize = 8;
 /// With `once`, how long to wait for a partition assignment before concluding there is nothing to do.
@@ -189,7 +165,41 @@ impl Sink {
                 "flush limits must be greater than zero".into(),
             ));
         }
-        let buffer = Arc::new(Mutex::new(Buffer::default()));
+        if config.table.len() > 128 {
+            return Err(SinkError::Config(format!(
+                "table name {:?} is {} bytes long; use at most 128",
+                config.table,
+                config.table.len()
+            )));
+        }
+        let longest =
+            ticklake_lake::layout::file_name(&config.topic, i32::MAX, i64::MAX, "parquet");
+        if longest.len() > 255 {
+            return Err(SinkError::Config(format!(
+                "topic {:?} is too long to name lake files after it ({} bytes with the partition and \
+                 offset, more than the 255 file systems allow): use a topic of at most 220 characters",
+                config.topic,
+                longest.len()
+            )));
+        }
+        if config.max_message_bytes == 0 {
+            return Err(SinkError::Config(
+                "the message size limit must be greater than zero".into(),
+            ));
+        }
+        let dlq = match &config.dlq_topic {
+            Some(t) if *t == config.topic => {
+                return Err(SinkError::Config(
+                    "the dead-letter topic must not be the topic the sink reads".into(),
+                ))
+            }
+            Some(t) => {
+                ticklake_bus::ensure_topic(bus, t, 1, 1)?;
+                Some(ticklake_bus::producer(bus, t)?)
+            }
+            None => None,
+        };
+        let buffer = Arc::new(Mutex::new(Checkpoint::default()));
         let consumer = ticklake_bus::consumer(
             bus,
             ConsumerOptions {
@@ -205,16 +215,27 @@ impl Sink {
             .enable_all()
             .build()
             .map_err(|e| SinkError::Config(format!("cannot start the I/O runtime: {e}")))?;
+        let ledger = Ledger::new(lake.clone(), &config.table, &config.topic);
         let registrar = config.catalog.clone().map(Registrar::new);
+        let mut types = ColumnTypes::default();
+        if let Some(r) = &registrar {
+            if let Some(table) = runtime.block_on(r.current(&config.table))? {
+                types.learn(&table);
+            }
+        }
         Ok(Sink {
             config,
             lake,
             consumer,
             buffer,
+            types,
             runtime,
             registrar,
+            dlq,
+            ledger,
             stats: Stats {
                 records: 0,
+                rewritten: 0,
                 dead_letters: 0,
                 files: 0,
                 bytes: 0,
@@ -243,8 +264,11 @@ impl Sink {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            let wait = self.time_to_deadline().min(Duration::from_millis(100));
-            let batch = self.consumer.poll(10_000, wait)?;
+            let wait = self
+                .time_to_deadline()
+                .clamp(Duration::from_millis(5), Duration::from_millis(100));
+            let mut batch = self.consumer.poll(10_000, wait)?;
+            self.resume_assigned(&mut batch)?;
             let empty = batch.is_empty();
             self.absorb(batch);
             if self.should_flush() {
@@ -307,112 +331,150 @@ impl Sink {
 
     fn should_flush(&self) -> bool {
         let b = lock(&self.buffer);
-        b.records >= self.config.flush.records
+        b.replay_complete()
+            || b.records >= self.config.flush.records
             || b.bytes >= self.config.flush.bytes
             || b.since
                 .is_some_and(|t| t.elapsed() >= self.config.flush.interval)
     }
 
-    /// Decodes messages into the open checkpoints.
-    fn absorb(&mut self, batch: Vec<Message>) {
-        if batch.is_empty() {
-            return;
+    /// Resumes newly assigned partitions where the ledger says the lake is: at the start of the last
+    /// claimed range, which is then written again exactly (see [`crate::ledger`]). Messages of those
+    /// partitions fetched before the seek are dropped; the seek fetches them again.
+    fn resume_assigned(&mut self, batch: &mut Vec<Message>) -> Result<(), SinkError> {
+        let assigned = std::mem::take(&mut lock(&self.buffer).assigned);
+        if assigned.is_empty() {
+            return Ok(());
         }
-        let mut b = lock(&self.buffer);
-        let b = &mut *b;
-        b.since.get_or_insert_with(Instant::now);
-        for m in batch {
-            let pb = b.parts.entry(m.partition).or_default();
-            pb.next_offset = m.offset + 1;
-            let size = m.payload.as_ref().map_or(0, Vec::len);
-            pb.bytes += size;
-            b.bytes += size;
-            let decoded = match &m.payload {
-                Some(p) => json::decode(p),
-                None => Err(ticklake_model::DecodeError::NotJson(
-                    "the message has no value".into(),
-                )),
+        let mut sought = Vec::new();
+        for p in assigned {
+            let entries = self.runtime.block_on(self.ledger.entries(p))?;
+            let last = match entries.last() {
+                Some(&from) => Some(self.runtime.block_on(self.ledger.read(p, from))?),
+                None => None,
             };
-            match decoded {
-                Ok(r) => {
-                    let path = self.config.partitioning.path_for(&r.symbol, r.ts);
-                    let group = pb.groups.entry(path).or_insert_with(|| {
-                        // An open group costs memory of its own, beyond its records.
-                        pb.bytes += GROUP_OVERHEAD;
-                        b.bytes += GROUP_OVERHEAD;
-                        Group {
-                            first_offset: m.offset,
-                            builder: BatchBuilder::new(),
-                        }
-                    });
-                    group.builder.push(&r);
-                    pb.stamps.push(m.timestamp_ms.unwrap_or(r.ts / 1000));
-                    pb.records += 1;
-                    b.records += 1;
+            let mut position = Position {
+                from: last.map(|e| e.from),
+                replay_to: last.map(|e| e.to),
+                entries,
+            };
+            if let Some(e) = last {
+                let end = self
+                    .consumer
+                    .lag()?
+                    .iter()
+                    .find(|l| l.partition == p)
+                    .map(|l| l.high_watermark);
+                if end.is_some_and(|end| end < e.to) {
+                    return Err(SinkError::Ledger(format!(
+                        "partition {p} of topic {:?} ends at offset {}, but the lake already holds \
+                         its offsets up to {}: was the topic deleted and created again? To start \
+                         the table over from this topic, move the folder _ticklake/ledger/{}/{} away",
+                        self.config.topic,
+                        end.unwrap_or_default(),
+                        e.to,
+                        self.config.table,
+                        self.config.topic
+                    )));
                 }
-                Err(e) => {
-                    pb.dead_first.get_or_insert(m.offset);
-                    pb.dead_count += 1;
-                    dead_letter(&mut pb.dead, &self.config.topic, &m, &e.to_string());
+                if self.consumer.committed(p)? == Some(e.to) {
+                    // The group committed the last range, which it does only once that range is
+                    // complete: go on from its end.
+                    position.from = Some(e.to);
+                    position.replay_to = None;
+                } else {
+                    tracing::info!(
+                        "partition {p}: the lake holds offsets up to {}; writing {}..{} again",
+                        e.to,
+                        e.from,
+                        e.to
+                    );
+                    self.consumer.seek(p, e.from)?;
+                    sought.push(p);
                 }
             }
+            lock(&self.buffer).positions.insert(p, position);
         }
+        batch.retain(|m| !sought.contains(&m.partition));
+        Ok(())
+    }
+
+    /// Decodes messages into the open checkpoint.
+    fn absorb(&mut self, batch: Vec<Message>) {
+        lock(&self.buffer).absorb(
+            batch,
+            &mut Rules {
+                topic: &self.config.topic,
+                partitioning: &self.config.partitioning,
+                max_message_bytes: self.config.max_message_bytes,
+                types: &mut self.types,
+            },
+        );
     }
 
     /// Writes every open checkpoint, then commits the offsets after them.
     fn flush(&mut self) -> Result<(), SinkError> {
-        let taken = std::mem::take(&mut *lock(&self.buffer));
-        if taken.parts.is_empty() {
+        let mut taken = lock(&self.buffer).take_ready();
+        if taken.is_empty() {
+            return Ok(());
+        }
+        // Step 0: claim each partition's range in the ledger before writing any of its files.
+        let mut replayed = Vec::new();
+        for (p, entry) in taken.ranges() {
+            let previous = {
+                let b = lock(&self.buffer);
+                b.positions
+                    .get(&p)
+                    .and_then(|pos| pos.entries.last().copied())
+                    .filter(|prev| *prev != entry.from)
+            };
+            match self
+                .runtime
+                .block_on(self.ledger.claim(p, entry, previous))?
+            {
+                Claim::Won => {}
+                Claim::Same => replayed.push(p),
+                Claim::Taken(other) => {
+                    // Another writer decided this range (we were stalled, or it took the partition
+                    // over): drop ours and write what the lake says, if the partition is still ours.
+                    tracing::warn!(
+                        "partition {p}: offsets {}..{} were claimed by another writer as {}..{}; \
+                         dropping this sink's copy",
+                        entry.from,
+                        entry.to,
+                        other.from,
+                        other.to
+                    );
+                    taken.revoke(&[p]);
+                    let mut b = lock(&self.buffer);
+                    b.revoke(&[p]);
+                    if self.consumer.assignment().contains(&p) {
+                        b.assigned.push(p);
+                    }
+                }
+            }
+        }
+        if taken.is_empty() {
             return Ok(());
         }
         let cfg = &self.config;
-        let ext = cfg.format.extension();
-        let mut jobs: Vec<(String, Job)> = Vec::new();
-        let mut folders: Vec<String> = Vec::new();
-        let mut schemas = Vec::new();
-        let mut offsets = Vec::new();
-        let mut stamps = Vec::new();
-        let (mut records, mut dead) = (0u64, 0u64);
-        for (p, pb) in taken.parts {
-            for (path, mut g) in pb.groups {
-                let batch = g
-                    .builder
-                    .finish()
-                    .map_err(|e| SinkError::Encode(e.to_string()))?;
-                if self.registrar.is_some() {
-                    if schemas.last() != Some(&batch.schema()) {
-                        schemas.push(batch.schema());
-                    }
-                    folders.push(path.clone());
-                }
-                // Text formats leave partition columns to the folders, as Hive writers do: their
-                // readers map columns by position (CSV), and a table cannot hold a column twice.
-                let batch = if cfg.format == FileFormat::Parquet {
-                    batch
-                } else {
-                    drop_columns(batch, cfg.partitioning.keys().iter().map(|k| k.name()))
-                };
-                let name = file_name(&cfg.topic, p, g.first_offset, ext);
-                let rel = if path.is_empty() {
-                    format!("{}/{name}", cfg.table)
-                } else {
-                    format!("{}/{path}/{name}", cfg.table)
-                };
-                jobs.push((rel, Job::Data(batch)));
-            }
-            if let Some(first) = pb.dead_first {
-                let rel = format!(
-                    "_ticklake/dlq/{}/{}",
-                    cfg.topic,
-                    file_name(&cfg.topic, p, first, "jsonl")
-                );
-                jobs.push((rel, Job::Raw(Bytes::from(pb.dead))));
-            }
-            records += pb.records as u64;
-            dead += pb.dead_count;
-            stamps.extend(pb.stamps);
-            offsets.push((p, pb.next_offset));
-        }
+        let plan = taken.plan(
+            &cfg.topic,
+            &cfg.table,
+            &cfg.partitioning,
+            cfg.format,
+            &self.types,
+        )?;
+        let Plan {
+            files: jobs,
+            folders,
+            schemas,
+            ranges,
+            stamps,
+            dead_letters,
+            records,
+            dead,
+        } = plan;
         let lake = self.lake.clone();
         let format = cfg.format;
         let written: Vec<u64> = self.runtime.block_on(
@@ -436,11 +498,27 @@ impl Sink {
                 .buffer_unordered(WRITE_CONCURRENCY)
                 .try_collect(),
         )?;
+        // The dead-letter topic gets the dead letters before the offsets move (at least once: a replay
+        // after a crash sends them again), keyed by the partition they came from, so they stay in order.
+        if let Some(producer) = &mut self.dlq {
+            let now_ms = now_ms();
+            for (p, lines) in &dead_letters {
+                let key = p.to_string();
+                for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    producer.send(key.as_bytes(), line, now_ms)?;
+                }
+            }
+            let delivery = producer.flush()?;
+            if delivery.failed > 0 {
+                return Err(SinkError::Bus(ticklake_bus::BusError::Undelivered {
+                    failed: delivery.failed,
+                    reason: delivery.last_error.unwrap_or_default(),
+                }));
+            }
+        }
         // Every file of the checkpoint is durable: register what is new, then move the offsets past it.
         if let Some(registrar) = &mut self.registrar {
-            folders.sort();
-            folders.dedup();
-            self.runtime.block_on(registrar.register(
+            let table = self.runtime.block_on(registrar.register(
                 &self.lake,
                 &cfg.table,
                 &cfg.partitioning,
@@ -448,22 +526,60 @@ impl Sink {
                 &schemas,
                 &folders,
             ))?;
+            self.types.learn(table);
         }
-        self.consumer.commit(&offsets)?;
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        // The ledger now holds the ranges; the consumer group's offsets follow it for lag tools. A
+        // failed commit (the group rebalanced meanwhile) loses nothing: the ledger is what counts.
+        let offsets: Vec<(i32, i64)> = ranges.iter().map(|(p, e, _)| (*p, e.to)).collect();
+        let rewritten: u64 = ranges
+            .iter()
+            .filter(|(p, ..)| replayed.contains(p))
+            .map(|(.., n)| n)
+            .sum();
+        if let Err(e) = self.consumer.commit(&offsets) {
+            tracing::warn!(
+                "committing offsets to the consumer group: {e} (the lake's ledger has them)"
+            );
+        }
+        {
+            let mut b = lock(&self.buffer);
+            for (p, e, _) in &ranges {
+                if let Some(pos) = b.positions.get_mut(p) {
+                    pos.from = Some(e.to);
+                    pos.replay_to = None;
+                    if pos.entries.last() != Some(&e.from) {
+                        pos.entries.push(e.from);
+                    }
+                }
+            }
+        }
+        for (p, ..) in &ranges {
+            let mut entries = lock(&self.buffer)
+                .positions
+                .get(p)
+                .map(|pos| pos.entries.clone())
+                .unwrap_or_default();
+            self.runtime.block_on(self.ledger.trim(*p, &mut entries));
+            if let Some(pos) = lock(&self.buffer).positions.get_mut(p) {
+                pos.entries = entries;
+            }
+        }
+        // Messages held past replayed ranges start the next checkpoint.
+        let held = std::mem::take(&mut lock(&self.buffer).held);
+        self.absorb(held);
+        let now_ms = now_ms();
         for s in stamps {
             let _ = self.stats.freshness.record((now_ms - s).max(0) as u64);
         }
         let bytes: u64 = written.iter().sum();
         let s = &mut self.stats;
-        s.records += records;
+        s.records += records - rewritten;
+        s.rewritten += rewritten;
         s.dead_letters += dead;
         s.files += written.len() as u64;
         s.bytes += bytes;
         s.flushes += 1;
-        metrics::counter!("ticklake_sink_records_total").increment(records);
+        metrics::counter!("ticklake_sink_records_total").increment(records - rewritten);
         metrics::counter!("ticklake_sink_dead_letters_total").increment(dead);
         metrics::counter!("ticklake_sink_files_total").increment(written.len() as u64);
         metrics::counter!("ticklake_sink_bytes_total").increment(bytes);
@@ -476,43 +592,9 @@ impl Sink {
     }
 }
 
-/// The batch without the named columns.
-fn drop_columns<'a>(
-    batch: arrow::array::RecordBatch,
-    names: impl Iterator<Item = &'a str>,
-) -> arrow::array::RecordBatch {
-    let names: Vec<&str> = names.collect();
-    let keep: Vec<usize> = batch
-        .schema()
-        .fields()
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| !names.contains(&f.name().as_str()))
-        .map(|(i, _)| i)
-        .collect();
-    batch.project(&keep).unwrap_or(batch)
-}
-
-enum Job {
-    Data(arrow::array::RecordBatch),
-    Raw(Bytes),
-}
-
-/// Appends one dead-letter line: where the message was, why it was refused, and the message itself.
-fn dead_letter(out: &mut Vec<u8>, topic: &str, m: &Message, reason: &str) {
-    let text = |b: &Option<Vec<u8>>| {
-        b.as_deref()
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-    };
-    let line = serde_json::json!({
-        "topic": topic,
-        "partition": m.partition,
-        "offset": m.offset,
-        "timestamp_ms": m.timestamp_ms,
-        "reason": reason,
-        "key": text(&m.key),
-        "value": text(&m.payload),
-    });
-    let _ = serde_json::to_writer(&mut *out, &line);
-    out.push(b'\n');
+/// The wall clock in ms since the epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
