@@ -85,6 +85,14 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
         eprintln!("  … and {} more files skipped", report.skipped.len() - 20);
     }
     println!("catalog: {}", catalog.describe());
+    if let (Lake::Local { .. }, Lake::Local { .. }) = (&lake, Lake::open(&g.lake)?) {
+        let (here, home) = (lake.url_of(""), Lake::open(&g.lake)?.url_of(""));
+        if !report.tables.is_empty() && !here.starts_with(&home) {
+            println!(
+                "{location} is outside the lake ({home}): queries read it with --allow-location {location}"
+            );
+        }
+    }
     if report.has_conflicts() {
         eprintln!("error: type conflicts found (see above); the other partitions were cataloged");
         return Ok(ExitCode::from(CONFLICT));

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, Parser};
-use ticklake_query::{write_output, Engine, OutputFormat};
+use ticklake_query::{write_output, OutputFormat};
 
 use crate::options::{runtime, Global};
 use crate::Cli;
@@ -143,10 +143,15 @@ pub fn run(g: &Global, _args: Args) -> Result<ExitCode> {
         ],
     )?;
     let io = runtime()?;
-    let catalog = g.open_catalog(&io)?;
-    let engine = io
-        .block_on(Engine::new(catalog, &g.database, Vec::new()))
-        .context("cannot start the query engine")?;
+    let engine = crate::query::engine(
+        g,
+        &io,
+        &crate::query::Limits {
+            memory_limit: bytesize::ByteSize(ticklake_query::DEFAULT_MEMORY_LIMIT as u64),
+            timeout: ticklake_query::DEFAULT_TIMEOUT,
+            allow_location: Vec::new(),
+        },
+    )?;
     let mut out = std::io::stdout().lock();
     for (title, sql) in QUERIES {
         println!("\n-- {title}\n{sql};");

@@ -23,8 +23,20 @@ pub struct Global {
     pub brokers: Option<String>,
 
     /// A librdkafka setting passed through as-is, e.g. -X security.protocol=SASL_SSL (repeatable).
+    /// Secrets are better kept out of the command line: see -F and TICKLAKE_KAFKA_*.
     #[arg(short = 'X', global = true, value_name = "KEY=VALUE", value_parser = parse_setting)]
-    pub settings: Vec<(String, String)>,
+    pub settings: Vec<Setting>,
+
+    /// A file of librdkafka settings, one key=value per line (# comments), as kcat's -F; applied
+    /// before TICKLAKE_KAFKA_* variables (TICKLAKE_KAFKA_SASL_PASSWORD sets sasl.password) and -X.
+    #[arg(
+        short = 'F',
+        long = "kafka-config",
+        global = true,
+        env = "TICKLAKE_KAFKA_CONFIG",
+        value_name = "FILE"
+    )]
+    pub kafka_config: Option<PathBuf>,
 
     /// The topic.
     #[arg(
@@ -73,25 +85,78 @@ pub struct Global {
     pub verbose: u8,
 }
 
-fn parse_setting(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
-        _ => Err(format!("-X takes key=value, got {s:?}")),
+/// One librdkafka setting; its `Debug` form hides the value of secrets.
+#[derive(Clone)]
+pub struct Setting(pub String, pub String);
+
+impl std::fmt::Debug for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pair = [(self.0.clone(), self.1.clone())];
+        write!(f, "{:?}", ticklake_bus::Redacted(&pair))
     }
+}
+
+fn parse_setting(s: &str) -> Result<Setting, String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok(Setting(k.trim().to_owned(), v.to_owned())),
+        // Never echo the argument: it may be a secret.
+        _ => Err("-X takes key=value".into()),
+    }
+}
+
+/// Reads a kcat-style properties file: `key=value` lines, blank lines and `#` comments ignored.
+fn read_kafka_config(path: &std::path::Path) -> Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the Kafka settings file {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match line.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                out.push((k.trim().to_owned(), v.trim().to_owned()))
+            }
+            _ => bail!("{} line {}: expected key=value", path.display(), i + 1),
+        }
+    }
+    Ok(out)
+}
+
+/// librdkafka settings from `TICKLAKE_KAFKA_*` variables: `TICKLAKE_KAFKA_SASL_PASSWORD` -> `sasl.password`.
+fn kafka_env_settings() -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = std::env::vars()
+        .filter_map(|(k, v)| {
+            let key = k.strip_prefix("TICKLAKE_KAFKA_")?;
+            (key != "CONFIG" && !key.is_empty())
+                .then(|| (key.to_ascii_lowercase().replace('_', "."), v))
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 impl Global {
     /// The bus these options select.
     pub fn bus(&self) -> Result<BusConfig> {
-        if !self.settings.is_empty() && self.brokers.is_none() {
-            bail!("-X settings are for Kafka; pass --brokers too (without it the embedded log is used)");
+        if (!self.settings.is_empty() || self.kafka_config.is_some()) && self.brokers.is_none() {
+            bail!("-X and -F settings are for Kafka; pass --brokers too (without it the embedded log is used)");
         }
         Ok(match &self.brokers {
             Some(b) if b.trim().is_empty() => bail!("--brokers is empty"),
-            Some(b) => BusConfig::Kafka {
-                brokers: b.trim().to_owned(),
-                settings: self.settings.clone(),
-            },
+            Some(b) => {
+                let mut settings = match &self.kafka_config {
+                    Some(path) => read_kafka_config(path)?,
+                    None => Vec::new(),
+                };
+                settings.extend(kafka_env_settings());
+                settings.extend(self.settings.iter().map(|s| (s.0.clone(), s.1.clone())));
+                BusConfig::Kafka {
+                    brokers: b.trim().to_owned(),
+                    settings,
+                }
+            }
             None => BusConfig::Embedded {
                 dir: self.log_dir(),
             },

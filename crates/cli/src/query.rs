@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use rustyline::error::ReadlineError;
-use ticklake_query::{split_statements, write_output, Engine, OutputFormat};
+use ticklake_query::{split_statements, write_output, Engine, EngineOptions, OutputFormat};
 
 use crate::options::{runtime, Global};
 
@@ -28,6 +28,24 @@ pub struct Shown {
     pub timing: bool,
 }
 
+/// Where queries may read and how much they may take.
+#[derive(ClapArgs, Debug, Clone)]
+pub struct Limits {
+    /// Memory one query may hold for sorts, joins and aggregations (beyond it, they spill to disk or
+    /// the query fails), e.g. 4GiB.
+    #[arg(long, default_value = "4GiB", value_name = "SIZE")]
+    pub memory_limit: bytesize::ByteSize,
+
+    /// Stop a statement that runs longer than this, e.g. 30s or 10m.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub timeout: std::time::Duration,
+
+    /// Also read catalog tables in this local folder (file:// URL or path); tables on local disk
+    /// outside the lake are refused otherwise. Repeatable.
+    #[arg(long, value_name = "FOLDER")]
+    pub allow_location: Vec<String>,
+}
+
 /// Options of `ticklake query`.
 #[derive(ClapArgs, Debug)]
 pub struct QueryArgs {
@@ -36,6 +54,9 @@ pub struct QueryArgs {
 
     #[command(flatten)]
     pub shown: Shown,
+
+    #[command(flatten)]
+    pub limits: Limits,
 }
 
 /// Options of `ticklake sql`.
@@ -44,14 +65,31 @@ pub struct ShellArgs {
     #[command(flatten)]
     pub shown: Shown,
 
+    #[command(flatten)]
+    pub limits: Limits,
+
     /// The history file [default: ~/.ticklake_history].
     #[arg(long, value_name = "FILE")]
     pub history: Option<PathBuf>,
 }
 
-fn engine(g: &Global, io: &tokio::runtime::Runtime) -> Result<Engine> {
+pub fn engine(g: &Global, io: &tokio::runtime::Runtime, limits: &Limits) -> Result<Engine> {
     let catalog = g.open_catalog(io)?;
-    io.block_on(Engine::new(catalog, &g.database, Vec::new()))
+    let mut allowed = vec![ticklake_sink::Lake::open(&g.lake)?.url_of("")];
+    for a in &limits.allow_location {
+        allowed.push(if a.contains("://") {
+            a.clone()
+        } else {
+            ticklake_sink::Lake::open(a)?.url_of("")
+        });
+    }
+    let options = EngineOptions {
+        s3_options: Vec::new(),
+        memory_limit: Some(usize::try_from(limits.memory_limit.as_u64()).unwrap_or(usize::MAX)),
+        timeout: Some(limits.timeout),
+        allowed_locations: allowed,
+    };
+    io.block_on(Engine::new(catalog, &g.database, options))
         .context("cannot start the query engine")
 }
 
@@ -77,7 +115,13 @@ fn run_script(
     shown: &Shown,
     out: &mut dyn Write,
 ) -> Result<bool> {
-    let statements = split_statements(sql);
+    let statements = match split_statements(sql) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {}", e.render(sql));
+            return Ok(false);
+        }
+    };
     if statements.is_empty() {
         bail!("no SQL statement given");
     }
@@ -109,7 +153,7 @@ pub fn query(g: &Global, args: QueryArgs) -> Result<ExitCode> {
         args.sql.clone()
     };
     let io = runtime()?;
-    let engine = engine(g, &io)?;
+    let engine = engine(g, &io, &args.limits)?;
     let mut out = sink(&args.shown)?;
     let ok = run_script(&engine, &io, &sql, &args.shown, &mut out)?;
     out.flush()?;
@@ -132,7 +176,7 @@ Shell commands: \\format table|csv|json, \\refresh (re-read the catalog), \\help
 
 pub fn shell(g: &Global, args: ShellArgs) -> Result<ExitCode> {
     let io = runtime()?;
-    let engine = engine(g, &io)?;
+    let engine = engine(g, &io, &args.limits)?;
     let mut shown = args.shown.clone();
     if shown.format == OutputFormat::Parquet {
         bail!("the shell shows results as table, csv or json; use `ticklake query --format parquet --output FILE`");

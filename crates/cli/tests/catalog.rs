@@ -20,9 +20,12 @@ fn seed_rows() -> (Vec<String>, Vec<Vec<String>>) {
     (header, rows)
 }
 
+/// A query's CSV answer. The crawled folders of these tests are beside the lake, not in it: the user
+/// allows them, as `--allow-location` lets them.
 fn query_csv(env: &Env, extra: &[&str], sql: &str) -> String {
     let mut args = extra.to_vec();
-    args.extend_from_slice(&["query", "--format", "csv", sql]);
+    let dir = path_str(env.dir.path()).to_owned();
+    args.extend_from_slice(&["query", "--allow-location", &dir, "--format", "csv", sql]);
     env.ok(&args).0
 }
 
@@ -57,6 +60,17 @@ fn crawls_the_seed_json_folder() {
     assert!(
         out.contains("table seed_out (json): created, 400 files read"),
         "{out}"
+    );
+    // A table on local disk outside the lake is refused until the user allows its folder.
+    let out = env.run(&["query", "SELECT count(*) FROM seed_out"]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("seed_out"), "{stderr}");
+    let out = env.run(&["query", "DESCRIBE seed_out"]);
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains("outside the lake") && stderr.contains("--allow-location"),
+        "{stderr}"
     );
     let desc = query_csv(&env, &[], "DESCRIBE seed_out");
     assert_eq!(

@@ -278,6 +278,40 @@ fn writes_are_refused_and_bad_sql_is_located() {
 }
 
 #[test]
+fn bad_queries_end_with_a_clear_error() {
+    let env = simulated_lake(100);
+    // A statement that would run for hours stops at its time limit.
+    let started = std::time::Instant::now();
+    let out = env.run(&[
+        "query",
+        "--timeout",
+        "2s",
+        "SELECT count(*) FROM generate_series(1, 1000000000000)",
+    ]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("time limit (2s)"), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    // A query that needs more memory than allowed fails and says so.
+    let out = env.run(&[
+        "query",
+        "--memory-limit",
+        "1MiB",
+        "SELECT x, count(*) FROM generate_series(1, 5000000) t(x) GROUP BY x ORDER BY 2 DESC, 1 LIMIT 1",
+    ]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("Resources exhausted"), "{stderr}");
+    // `;` in comments and quotes does not end a statement.
+    let rows = query_rows(&env, "select 1 /* ; */ + 1 as two; -- ; \n");
+    assert_eq!(rows, [["2"]]);
+    let out = env.run(&["query", "select 1;\nselect 'open"]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("at line 2"), "{stderr}");
+}
+
+#[test]
 fn output_formats_and_files() {
     let env = simulated_lake(3_000);
     let sql = "SELECT symbol, count(*) AS n FROM stock_topic GROUP BY symbol ORDER BY symbol";

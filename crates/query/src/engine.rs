@@ -2,10 +2,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use arrow::array::{RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::AggregateUDF;
 use ticklake_catalog::Catalog;
 
@@ -34,12 +36,45 @@ impl Output {
     }
 }
 
+/// How an engine runs queries: where tables may be, and the limits that keep one query from taking
+/// the machine.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// object_store settings applied over the `AWS_*` environment for S3 tables.
+    pub s3_options: Vec<(String, String)>,
+    /// Memory that one query's operators (sorts, joins, aggregations) may hold; beyond it they spill
+    /// to disk where they can, or the query fails with a message naming the limit.
+    pub memory_limit: Option<usize>,
+    /// A statement still running after this long is stopped with an error.
+    pub timeout: Option<Duration>,
+    /// Local folders (`file://` URLs) whose tables may be read. A table of the catalog on local disk
+    /// outside all of them is refused, so that a catalog entry cannot make a query read any file of
+    /// the machine. Tables in object stores (`s3://`) are read with the store's own permissions.
+    pub allowed_locations: Vec<String>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            s3_options: Vec::new(),
+            memory_limit: Some(DEFAULT_MEMORY_LIMIT),
+            timeout: Some(DEFAULT_TIMEOUT),
+            allowed_locations: Vec::new(),
+        }
+    }
+}
+
+/// The default memory limit of a query: 4 GiB.
+pub const DEFAULT_MEMORY_LIMIT: usize = 4 << 30;
+/// The default time limit of a statement: 10 minutes.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// SQL over the catalog's tables.
 pub struct Engine {
     ctx: SessionContext,
     catalog: Arc<dyn Catalog>,
     database: String,
-    s3_options: Vec<(String, String)>,
+    options: EngineOptions,
     tables: Tables,
 }
 
@@ -53,18 +88,21 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     /// A session over every table of `catalog` (its `database` is the default schema).
-    /// `s3_options` are object_store settings applied over the `AWS_*` environment for S3 tables.
     pub async fn new(
         catalog: Arc<dyn Catalog>,
         database: &str,
-        s3_options: Vec<(String, String)>,
+        options: EngineOptions,
     ) -> Result<Engine, QueryError> {
         let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG_NAME, database)
             .with_create_default_catalog_and_schema(true)
             .with_information_schema(true);
         config.options_mut().sql_parser.collect_spans = true;
-        let ctx = SessionContext::new_with_config(config);
+        let mut runtime = RuntimeEnvBuilder::new();
+        if let Some(limit) = options.memory_limit {
+            runtime = runtime.with_memory_limit(limit, 1.0);
+        }
+        let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
         let tables: Tables = Arc::new(RwLock::new(HashMap::new()));
         ctx.register_udaf(vwap_udaf());
         ctx.register_udtf(
@@ -77,7 +115,7 @@ impl Engine {
             ctx,
             catalog,
             database: database.to_owned(),
-            s3_options,
+            options,
             tables,
         };
         engine.refresh().await?;
@@ -90,7 +128,12 @@ impl Engine {
         let mut stores: HashSet<String> = HashSet::new();
         let mut tables = HashMap::new();
         for def in defs {
-            let storage = Storage::open(&def.location, &self.s3_options)
+            if let Err(why) = self.check_location(&def.location) {
+                // The table stays unknown to queries; naming it says why.
+                tracing::warn!("table {}: {why}", def.name);
+                continue;
+            }
+            let storage = Storage::open(&def.location, &self.options.s3_options)
                 .map_err(|e| QueryError::Table(def.name.clone(), e.to_string()))?;
             if stores.insert(storage.url.as_str().to_owned()) {
                 self.ctx
@@ -118,6 +161,31 @@ impl Engine {
         Ok(())
     }
 
+    /// Refuses local tables outside the allowed folders.
+    fn check_location(&self, location: &str) -> Result<(), String> {
+        if !location.starts_with("file:") && location.contains("://") {
+            return Ok(());
+        }
+        let folder = |l: &str| format!("{}/", l.trim_end_matches('/'));
+        let target = folder(location);
+        if target.split('/').any(|seg| seg == "..") {
+            return Err(format!("its location {location} contains `..`"));
+        }
+        if self
+            .options
+            .allowed_locations
+            .iter()
+            .any(|a| target.starts_with(&folder(a)))
+        {
+            return Ok(());
+        }
+        Err(format!(
+            "its location {location} is on local disk outside the lake ({}); \
+             allow it with --allow-location {location}",
+            self.options.allowed_locations.join(", ")
+        ))
+    }
+
     /// The catalog behind the engine.
     pub fn catalog(&self) -> &Arc<dyn Catalog> {
         &self.catalog
@@ -127,6 +195,15 @@ impl Engine {
     /// from the catalog as Athena does; anything that would write or change the lake or the catalog is
     /// refused.
     pub async fn execute(&self, sql: &str) -> Result<Output, QueryError> {
+        match self.options.timeout {
+            Some(limit) => tokio::time::timeout(limit, self.run(sql))
+                .await
+                .map_err(|_| QueryError::Timeout(limit))?,
+            None => self.run(sql).await,
+        }
+    }
+
+    async fn run(&self, sql: &str) -> Result<Output, QueryError> {
         if let Some(out) = self.athena_statement(sql).await? {
             return Ok(out);
         }
@@ -169,6 +246,7 @@ impl Engine {
             }
             ["describe" | "desc", _] | ["describe" | "desc", "table", _] => {
                 let name = self.table_name(words[words.len() - 1])?;
+                self.check_table(&name).await?;
                 let t = self
                     .catalog
                     .get_table(&name)
@@ -195,6 +273,7 @@ impl Engine {
             }
             ["show", "partitions", _] => {
                 let name = self.table_name(words[2])?;
+                self.check_table(&name).await?;
                 let t = self
                     .catalog
                     .get_table(&name)
@@ -217,6 +296,15 @@ impl Engine {
             }
             _ => Ok(None),
         }
+    }
+
+    /// Fails with the reason when the catalog has the table but queries may not read it.
+    async fn check_table(&self, name: &str) -> Result<(), QueryError> {
+        if let Some(t) = self.catalog.get_table(name).await? {
+            self.check_location(&t.location)
+                .map_err(|why| QueryError::Table(name.to_owned(), why))?;
+        }
+        Ok(())
     }
 
     /// A table name as written in a statement: `t`, `"t"`, `db.t`.
@@ -264,48 +352,51 @@ fn strings(columns: &[(&str, Vec<String>)]) -> Output {
     }
 }
 
-/// Splits a script into statements at `;`, leaving alone those inside quotes and comments.
-pub fn split_statements(sql: &str) -> Vec<String> {
+/// Splits a script into statements at the `;` tokens of the SQL tokenizer (so `;` inside quotes,
+/// identifiers and `--` or `/* */` comments is left alone). A script that cannot be tokenized (an
+/// unterminated string or comment) is an error with its position.
+pub fn split_statements(sql: &str) -> Result<Vec<String>, QueryError> {
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    let tokens = Tokenizer::new(&GenericDialect {}, sql)
+        .tokenize_with_location()
+        .map_err(|e| QueryError::Sql {
+            message: format!("SQL error: {}", e.message),
+            position: Some((e.location.line, e.location.column)),
+        })?;
+    // Byte offset of each line's start, to turn (line, column) locations into offsets.
+    let mut line_starts = vec![0usize];
+    line_starts.extend(sql.match_indices('\n').map(|(i, _)| i + 1));
+    let offset = |line: u64, column: u64| -> usize {
+        let start = line_starts
+            .get((line as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(sql.len());
+        sql[start..]
+            .char_indices()
+            .nth((column as usize).saturating_sub(1))
+            .map_or(sql.len(), |(i, _)| start + i)
+    };
     let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut chars = sql.chars().peekable();
-    let mut quote: Option<char> = None;
-    while let Some(c) = chars.next() {
-        match quote {
-            Some(q) => {
-                cur.push(c);
-                if c == q {
-                    quote = None;
+    let (mut from, mut meaningful) = (0usize, false);
+    for t in &tokens {
+        match &t.token {
+            Token::SemiColon => {
+                let at = offset(t.span.start.line, t.span.start.column);
+                if meaningful {
+                    out.push(sql[from..at].trim().to_owned());
                 }
+                from = at + 1;
+                meaningful = false;
             }
-            None => match c {
-                '\'' | '"' | '`' => {
-                    quote = Some(c);
-                    cur.push(c);
-                }
-                '-' if chars.peek() == Some(&'-') => {
-                    // A comment runs to the end of the line.
-                    for c in chars.by_ref() {
-                        if c == '\n' {
-                            cur.push('\n');
-                            break;
-                        }
-                    }
-                }
-                ';' => {
-                    if !cur.trim().is_empty() {
-                        out.push(cur.trim().to_owned());
-                    }
-                    cur.clear();
-                }
-                _ => cur.push(c),
-            },
+            Token::Whitespace(_) | Token::EOF => {}
+            _ => meaningful = true,
         }
     }
-    if !cur.trim().is_empty() {
-        out.push(cur.trim().to_owned());
+    if meaningful {
+        out.push(sql[from..].trim().to_owned());
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -315,9 +406,28 @@ mod tests {
     #[test]
     fn statements_split_outside_quotes_and_comments() {
         assert_eq!(
-            split_statements("select 1; select ';' as x -- a ; comment\n; ;show tables"),
-            ["select 1", "select ';' as x \n", "show tables"].map(|s| s.trim().to_owned())
+            split_statements("select 1; select ';' as x -- a ; comment\n; ;show tables").unwrap(),
+            ["select 1", "select ';' as x -- a ; comment", "show tables"]
         );
-        assert!(split_statements("  ;; ").is_empty());
+        assert_eq!(
+            split_statements("select 1 /* ; */ + 1; select \"a;b\" from t").unwrap(),
+            ["select 1 /* ; */ + 1", "select \"a;b\" from t"]
+        );
+        assert_eq!(
+            split_statements("select 'ü;' ;\n  select 2").unwrap(),
+            ["select 'ü;'", "select 2"]
+        );
+        assert!(split_statements("  ;; -- nothing\n").unwrap().is_empty());
+        let err = split_statements("select 1;\nselect 'open").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                QueryError::Sql {
+                    position: Some((2, _)),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 }

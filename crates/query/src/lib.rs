@@ -8,7 +8,10 @@ mod helpers;
 mod output;
 mod provider;
 
-pub use engine::{split_statements, Engine, Output, CATALOG_NAME};
+pub use engine::{
+    split_statements, Engine, EngineOptions, Output, CATALOG_NAME, DEFAULT_MEMORY_LIMIT,
+    DEFAULT_TIMEOUT,
+};
 pub use output::{write_output, OutputFormat};
 pub use provider::LakeTable;
 
@@ -37,6 +40,9 @@ pub enum QueryError {
     /// Running the query failed (reading files, for example).
     #[error("{0}")]
     Execution(String),
+    /// The statement ran longer than its time limit and was stopped.
+    #[error("the statement ran longer than its time limit ({}) and was stopped; raise --timeout to give it longer", humantime_secs(*.0))]
+    Timeout(std::time::Duration),
     /// Writing the result failed.
     #[error("writing the result: {0}")]
     Output(String),
@@ -112,6 +118,10 @@ impl QueryError {
         }
         out
     }
+}
+
+fn humantime_secs(d: std::time::Duration) -> String {
+    format!("{}s", d.as_secs_f64())
 }
 
 /// The position just after the last character of `sql` (where "found: EOF" points).

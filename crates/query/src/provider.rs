@@ -146,9 +146,12 @@ impl LakeTable {
 
     /// The store path of a partition's folder.
     fn partition_path(&self, p: &Partition) -> Result<ObjectPath> {
+        // The table's location is a folder: `…/t` must not admit `…/t2/…`.
+        let table_folder = format!("{}/", self.table.location.trim_end_matches('/'));
         let rel = p
             .location
-            .strip_prefix(&self.table.location)
+            .strip_prefix(&table_folder)
+            .filter(|rel| !rel.split('/').any(|seg| seg == ".."))
             .ok_or_else(|| {
                 DataFusionError::Plan(format!(
                     "table {}: partition {} is at {}, outside the table's location {}; \
