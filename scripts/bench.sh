@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Reproduces the numbers in BENCHMARKS.md: criterion micro-benchmarks (CSV parse, simulator, JSON codec)
-# and end-to-end produce runs of the release binary into the embedded log and into a real tansu broker.
+# and end-to-end runs of the release binary: produce into the embedded log and into Apache Kafka (beside
+# kcat, plain librdkafka, producing and consuming the same messages in the same run), and the sink.
 #
 #   scripts/bench.sh              everything
 #   scripts/bench.sh --quick      skip criterion
 #   scripts/bench.sh --sink-only  only the sink runs
+#   scripts/bench.sh --kafka      only the Apache Kafka runs (ticklake and kcat side by side)
 #   scripts/bench.sh --query      only the query latencies: helper queries on a 10M-row simulated lake,
 #                                 ticklake and DuckDB side by side on the same files
 set -euo pipefail
@@ -24,7 +26,7 @@ fi
 cargo build --release --locked -p ticklake-cli --quiet
 bin=$CARGO_TARGET_DIR/release/ticklake
 work=$(mktemp -d "${TMPDIR:-/tmp}/ticklake-bench.XXXXXX")
-cleanup() { stop_tansu; stop_moto; rm -rf "$work"; }
+cleanup() { stop_kafka; stop_moto; rm -rf "$work"; }
 trap cleanup EXIT
 
 if [ "$MODE" = "--query" ]; then
@@ -75,7 +77,7 @@ if [ "$MODE" = "--query" ]; then
   exit 0
 fi
 
-if [ "$MODE" != "--sink-only" ]; then
+if [ "$MODE" != "--sink-only" ] && [ "$MODE" != "--kafka" ]; then
 echo "== produce to the embedded log: $COUNT simulated records, $SYMBOLS symbols"
 (cd "$work" && "$bin" -q produce --simulate --symbols "$SYMBOLS" --count "$COUNT") | tail -1
 echo "== produce to the embedded log: the HSI sample, looped to $COUNT records"
@@ -86,13 +88,45 @@ n=$(cd "$work" && "$bin" -q consume --values | wc -l)
 end=$(date +%s.%N)
 python3 -c "print(f'{$n} records read in {$end-$start:.2f}s, {$n/($end-$start):.0f} records/s')"
 
-ensure_tansu
-start_tansu "$work/tansu" >/dev/null
-echo "== produce to tansu $TANSU_VERSION (SQLite engine): $COUNT simulated records, lz4, idempotent"
-"$bin" -q --brokers "$TANSU_ADDR" produce --simulate --symbols "$SYMBOLS" --count "$COUNT" | tail -1
-echo "== the same with zstd"
-"$bin" -q --brokers "$TANSU_ADDR" --topic zstd -X compression.type=zstd produce --simulate --symbols "$SYMBOLS" --count "$COUNT" | tail -1
+fi
 
+if [ -z "$MODE" ] || [ "$MODE" = "--quick" ] || [ "$MODE" = "--kafka" ]; then
+# Apache Kafka on loopback, and kcat (librdkafka alone, no JSON, no Arrow) on the same messages: the
+# broker's ceiling on this machine, measured in the same run.
+command -v kcat >/dev/null || { apt-get install -y -qq kcat >/dev/null; }
+ensure_kafka
+start_kafka "$work/kafka" >/dev/null
+secs() { python3 -c "import time; print(time.time())"; }
+rate() { python3 -c "print(f'{$1} records in {$3-$2:.2f}s, {$1/($3-$2):,.0f} records/s')"; }
+k=$work/k; mkdir -p "$k"
+echo "== ticklake produce -> Apache Kafka $KAFKA_VERSION: $COUNT simulated records, lz4, idempotent, 4 partitions"
+(cd "$k" && "$bin" -q --brokers "$KAFKA_ADDR" --topic tl produce --simulate --symbols "$SYMBOLS" --count "$COUNT") | tail -1
+(cd "$k" && "$bin" -q --brokers "$KAFKA_ADDR" --topic tl consume --values > "$k/messages.jsonl")
+echo "== kcat -P, the same $(wc -l < "$k/messages.jsonl") messages (one per line), lz4, idempotent, 4 partitions"
+(cd "$k" && "$bin" -q --brokers "$KAFKA_ADDR" --topic plain produce --simulate --count 0 --partitions 4 >/dev/null 2>&1 || true)
+t0=$(secs); kcat -P -b "$KAFKA_ADDR" -t plain -z lz4 -X enable.idempotence=true -X linger.ms=20 -l "$k/messages.jsonl"; t1=$(secs)
+rate "$COUNT" "$t0" "$t1"
+echo "== kcat -C, read them back"
+t0=$(secs); n=$(kcat -C -b "$KAFKA_ADDR" -t plain -o beginning -e -q | wc -l); t1=$(secs)
+rate "$n" "$t0" "$t1"
+echo "== ticklake consume, read back"
+t0=$(secs); n=$(cd "$k" && "$bin" -q --brokers "$KAFKA_ADDR" --topic tl consume --values | wc -l); t1=$(secs)
+rate "$n" "$t0" "$t1"
+echo "== ticklake sink --once: Apache Kafka -> local Parquet lake (date,symbol), ledger and catalog included"
+(cd "$k" && "$bin" -q --brokers "$KAFKA_ADDR" --topic tl sink --once)
+echo "== end to end: produce and sink at once ($COUNT records), until the lake holds them all"
+t0=$(secs)
+(cd "$k" && "$bin" -q --brokers "$KAFKA_ADDR" --topic e2e produce --simulate --symbols "$SYMBOLS" --count "$COUNT" >/dev/null) &
+prod=$!
+sleep 0.5
+(cd "$k" && "$bin" -q --brokers "$KAFKA_ADDR" --topic e2e sink --once --flush-interval 1s > e2e.out)
+wait $prod
+(cd "$k" && "$bin" -q --brokers "$KAFKA_ADDR" --topic e2e sink --once >> e2e.out)
+t1=$(secs)
+cat "$k/e2e.out"
+rate "$COUNT" "$t0" "$t1"
+stop_kafka
+[ "$MODE" = "--kafka" ] && exit 0
 fi
 
 # ---- sink ----
