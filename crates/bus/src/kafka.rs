@@ -446,7 +446,7 @@ impl Consumer for KafkaConsumer {
                 Duration::from_secs(10),
             ) {
                 Ok(()) => break,
-                Err(e) if tries < 50 => {
+                Err(e) if tries < 3 => {
                     tries += 1;
                     tracing::debug!("seek of partition {partition} to {offset}: {e}; retrying");
                     std::thread::sleep(Duration::from_millis(100));

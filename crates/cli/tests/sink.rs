@@ -212,12 +212,18 @@ fn start_consuming_sink(env: &Env, args: &[&str]) -> std::process::Child {
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    // Each sink's log is kept in the test folder, for a failure's diagnosis.
+    let log_path = env.dir.path().join(format!("sink-{}.log", child.id()));
     std::thread::spawn(move || {
-        use std::io::BufRead;
+        use std::io::{BufRead, Write};
+        let mut log = std::fs::File::create(log_path).ok();
         for line in std::io::BufReader::new(stderr)
             .lines()
             .map_while(Result::ok)
         {
+            if let Some(f) = log.as_mut() {
+                let _ = writeln!(f, "{line}");
+            }
             if line.contains("partitions assigned") {
                 let _ = tx.send(());
             }
@@ -489,6 +495,14 @@ fn stalled_and_churning_members_kafka() {
     assert!(out.status.success(), "{:?}", text(&out));
 
     let lake: Vec<Record> = env.lake_records().into_iter().map(|(_, r)| r).collect();
+    if lake.len() != count {
+        // Keep what a diagnosis needs: the logs, the ledger and the lake.
+        let keep = std::env::temp_dir().join(format!("ticklake-failed-{}", std::process::id()));
+        let _ = std::process::Command::new("cp")
+            .args(["-r", path_str(env.dir.path()), path_str(&keep)])
+            .status();
+        eprintln!("test folder kept in {}", keep.display());
+    }
     assert_eq!(lake.len(), count, "every record exactly once (count)");
     assert_eq!(multiset(&lake), multiset(&simulated(count)));
 }

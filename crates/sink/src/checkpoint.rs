@@ -68,6 +68,13 @@ pub(crate) struct Position {
     pub replay_to: Option<i64>,
     /// Starts of the partition's ledger entries this writer knows, oldest first.
     pub entries: Vec<i64>,
+    /// Resumed from the ledger: the first message taken must be the one at `from`. A consumer that
+    /// delivers later offsets first (it started elsewhere, or a seek was overtaken by the group's
+    /// committed offset) is moved back to `from` until it delivers it.
+    pub resync: bool,
+    /// The first offset delivered after the last move back: the same one twice means the topic has no
+    /// message at `from` (a transaction marker, or retention removed it), so it is taken.
+    pub after_seek: Option<i64>,
 }
 
 /// Every partition's records since the last commit.
@@ -80,6 +87,8 @@ pub(crate) struct Checkpoint {
     pub assigned: Vec<i32>,
     /// Messages past the end of a range being replayed, for the checkpoint after it.
     pub held: Vec<Message>,
+    /// Partitions to move back to an offset (see [`Position::resync`]).
+    pub reseek: Vec<(i32, i64)>,
     /// Records buffered, over all partitions.
     pub records: usize,
     /// Message bytes buffered (plus [`GROUP_OVERHEAD`] per open group).
@@ -198,6 +207,7 @@ impl Checkpoint {
     /// Drops the unflushed records of revoked partitions: their next owner replays them.
     pub(crate) fn revoke(&mut self, partitions: &[i32]) {
         self.held.retain(|m| !partitions.contains(&m.partition));
+        self.reseek.retain(|(p, _)| !partitions.contains(p));
         self.assigned.retain(|p| !partitions.contains(p));
         for p in partitions {
             self.positions.remove(p);
@@ -231,6 +241,22 @@ impl Checkpoint {
                 .or(pos.from);
             if expected.is_some_and(|e| m.offset < e) {
                 continue;
+            }
+            if let (true, Some(from)) = (pos.resync, pos.from) {
+                if m.offset > from && pos.after_seek != Some(m.offset) {
+                    if !self.reseek.iter().any(|(p, _)| *p == m.partition) {
+                        tracing::debug!(
+                            "partition {}: offset {} came before {from}; moving back",
+                            m.partition,
+                            m.offset
+                        );
+                        pos.after_seek = Some(m.offset);
+                        self.reseek.push((m.partition, from));
+                    }
+                    continue;
+                }
+                pos.resync = false;
+                pos.after_seek = None;
             }
             if pos.replay_to.is_some_and(|end| m.offset >= end) {
                 self.held.push(m);

@@ -267,10 +267,11 @@ impl Sink {
             let wait = self
                 .time_to_deadline()
                 .clamp(Duration::from_millis(5), Duration::from_millis(100));
-            let mut batch = self.consumer.poll(10_000, wait)?;
-            self.resume_assigned(&mut batch)?;
+            let batch = self.consumer.poll(10_000, wait)?;
+            self.resume_assigned()?;
             let empty = batch.is_empty();
             self.absorb(batch);
+            self.reseek();
             if self.should_flush() {
                 self.flush()?;
             }
@@ -338,15 +339,12 @@ impl Sink {
                 .is_some_and(|t| t.elapsed() >= self.config.flush.interval)
     }
 
-    /// Resumes newly assigned partitions where the ledger says the lake is: at the start of the last
-    /// claimed range, which is then written again exactly (see [`crate::ledger`]). Messages of those
-    /// partitions fetched before the seek are dropped; the seek fetches them again.
-    fn resume_assigned(&mut self, batch: &mut Vec<Message>) -> Result<(), SinkError> {
+    /// Resumes newly assigned partitions where the ledger says the lake is: after the last claimed
+    /// range when the group committed its end (it was finished), else at its start, writing it again
+    /// exactly (see [`crate::ledger`]). The consumer is moved there; the checkpoint checks that the
+    /// first message it takes is the one at that offset (see [`Position::resync`]).
+    fn resume_assigned(&mut self) -> Result<(), SinkError> {
         let assigned = std::mem::take(&mut lock(&self.buffer).assigned);
-        if assigned.is_empty() {
-            return Ok(());
-        }
-        let mut sought = Vec::new();
         for p in assigned {
             let entries = self.runtime.block_on(self.ledger.entries(p))?;
             let last = match entries.last() {
@@ -357,6 +355,8 @@ impl Sink {
                 from: last.map(|e| e.from),
                 replay_to: last.map(|e| e.to),
                 entries,
+                resync: last.is_some(),
+                after_seek: None,
             };
             if let Some(e) = last {
                 let end = self
@@ -377,9 +377,9 @@ impl Sink {
                         self.config.topic
                     )));
                 }
-                if self.consumer.committed(p)? == Some(e.to) {
-                    // The group committed the last range, which it does only once that range is
-                    // complete: go on from its end.
+                let committed = self.consumer.committed(p)?;
+                if committed == Some(e.to) {
+                    // The group commits a range only once it is finished: go on from its end.
                     position.from = Some(e.to);
                     position.replay_to = None;
                 } else {
@@ -389,14 +389,29 @@ impl Sink {
                         e.from,
                         e.to
                     );
-                    self.consumer.seek(p, e.from)?;
-                    sought.push(p);
+                }
+                if committed != position.from {
+                    if let Err(err) = self.consumer.seek(p, position.from.unwrap_or(e.from)) {
+                        tracing::warn!("partition {p}: {err}; moving it on its first message");
+                    }
                 }
             }
             lock(&self.buffer).positions.insert(p, position);
         }
-        batch.retain(|m| !sought.contains(&m.partition));
         Ok(())
+    }
+
+    /// Moves partitions back that delivered messages past where they must start.
+    fn reseek(&mut self) {
+        let reseek = std::mem::take(&mut lock(&self.buffer).reseek);
+        let assigned = self.consumer.assignment();
+        for (p, offset) in reseek {
+            if assigned.contains(&p) {
+                if let Err(e) = self.consumer.seek(p, offset) {
+                    tracing::warn!("partition {p}: moving back to offset {offset}: {e}");
+                }
+            }
+        }
     }
 
     /// Decodes messages into the open checkpoint.
