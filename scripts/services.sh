@@ -54,6 +54,7 @@ start_kafka() {
   local dir=$1 port cport cluster
   port=$(free_port)
   cport=$(free_port)
+  rm -rf "$dir/data" # a fresh broker: KRaft refuses a folder formatted for another cluster
   mkdir -p "$dir/data"
   cat >"$dir/server.properties" <<PROPS
 process.roles=broker,controller

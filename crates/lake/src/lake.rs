@@ -69,7 +69,16 @@ impl Lake {
                     "lake {location:?}: no bucket name (use s3://bucket/prefix)"
                 )));
             }
-            let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            // A few quick retries here; longer outages are waited out (and reported) by the caller,
+            // which knows what it is waiting for (the sink's flush, say).
+            let retry = object_store::RetryConfig {
+                backoff: object_store::BackoffConfig::default(),
+                max_retries: 3,
+                retry_timeout: std::time::Duration::from_secs(20),
+            };
+            let mut builder = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_retry(retry);
             for (k, v) in s3_options {
                 let key = k
                     .to_ascii_lowercase()

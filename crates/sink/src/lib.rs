@@ -16,6 +16,7 @@ mod checkpoint;
 mod columns;
 pub mod format;
 mod ledger;
+mod patience;
 mod register;
 mod sink;
 

@@ -16,6 +16,7 @@ use crate::checkpoint::{Checkpoint, Job, Plan, Position, Rules};
 use crate::columns::ColumnTypes;
 use crate::format::{encode, FileFormat};
 use crate::ledger::{Claim, Ledger};
+use crate::patience::Patience;
 use crate::register::Registrar;
 use crate::SinkError;
 use ticklake_lake::{Lake, Partitioning};
@@ -443,10 +444,16 @@ impl Sink {
                     .and_then(|pos| pos.entries.last().copied())
                     .filter(|prev| *prev != entry.from)
             };
-            match self
-                .runtime
-                .block_on(self.ledger.claim(p, entry, previous))?
-            {
+            let claim = self.runtime.block_on(async {
+                let mut patience = Patience::new("the lake's ledger");
+                loop {
+                    match self.ledger.claim(p, entry, previous).await {
+                        Err(e) if patience.wait(&e).await => continue,
+                        other => break other,
+                    }
+                }
+            })?;
+            match claim {
                 Claim::Won => {}
                 Claim::Same => replayed.push(p),
                 Claim::Taken(other) => {
@@ -506,7 +513,13 @@ impl Sink {
                             }
                         };
                         let n = bytes.len() as u64;
-                        lake.put(&rel, bytes).await?;
+                        let mut patience = Patience::new("the lake");
+                        while let Err(e) = lake.put(&rel, bytes.clone()).await {
+                            let e = SinkError::from(e);
+                            if !patience.wait(&e).await {
+                                return Err(e);
+                            }
+                        }
                         Ok::<u64, SinkError>(n)
                     }
                 })
@@ -533,15 +546,28 @@ impl Sink {
         }
         // Every file of the checkpoint is durable: register what is new, then move the offsets past it.
         if let Some(registrar) = &mut self.registrar {
-            let table = self.runtime.block_on(registrar.register(
-                &self.lake,
-                &cfg.table,
-                &cfg.partitioning,
-                cfg.format,
-                &schemas,
-                &folders,
-            ))?;
-            self.types.learn(table);
+            let lake = &self.lake;
+            let table = self.runtime.block_on(async {
+                let mut patience = Patience::new("the catalog");
+                loop {
+                    match registrar
+                        .register(
+                            lake,
+                            &cfg.table,
+                            &cfg.partitioning,
+                            cfg.format,
+                            &schemas,
+                            &folders,
+                        )
+                        .await
+                    {
+                        Ok(t) => break Ok(t.clone()),
+                        Err(e) if patience.wait(&e).await => continue,
+                        Err(e) => break Err(e),
+                    }
+                }
+            })?;
+            self.types.learn(&table);
         }
         // The ledger now holds the ranges; the consumer group's offsets follow it for lag tools. A
         // failed commit (the group rebalanced meanwhile) loses nothing: the ledger is what counts.

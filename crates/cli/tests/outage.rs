@@ -1,0 +1,132 @@
+//! Outages: the S3 server goes away for half a minute in the middle of a stream (a proxy between the
+//! sink and moto resets every connection), and the sink waits it out — saying so — and loses or
+//! duplicates nothing.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{multiset, terminate, text, Env};
+use ticklake_feed::sim::{SimOptions, Simulator};
+use ticklake_model::Record;
+
+/// A TCP proxy on 127.0.0.1 to `upstream` that can be switched off: then it resets every open
+/// connection and every new one.
+struct Proxy {
+    port: u16,
+    down: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(upstream: String) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let down = Arc::new(AtomicBool::new(false));
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (d, o) = (down.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                if d.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let mut open = o.lock().unwrap();
+                open.push(client.try_clone().unwrap());
+                open.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 64 * 1024];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Proxy { port, down, open }
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+        if down {
+            for s in self.open.lock().unwrap().drain(..) {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+    }
+}
+
+#[test]
+fn s3_outage_mid_stream_is_waited_out() {
+    let env = Env::embedded().with_s3_lake();
+    let moto = common::moto_url();
+    let proxy = Proxy::start(moto.trim_start_matches("http://").to_owned());
+    let mut env = env;
+    for (k, v) in env.vars.iter_mut() {
+        if k == "AWS_ENDPOINT_URL" {
+            *v = format!("http://127.0.0.1:{}", proxy.port);
+        }
+    }
+    // The embedded log lives on local disk beside the S3 lake.
+    let count = 200_000;
+    let produce = env.spawn(&[
+        "--log-dir",
+        "log",
+        "-q",
+        "produce",
+        "--simulate",
+        "--symbols",
+        "20",
+        "--seed",
+        "5",
+        "--count",
+        "200000",
+        "--rate",
+        "5000",
+    ]);
+    std::thread::sleep(Duration::from_secs(2));
+    let sink = env.spawn(&["--log-dir", "log", "sink", "--flush-interval", "1s"]);
+    std::thread::sleep(Duration::from_secs(3));
+    proxy.set_down(true);
+    std::thread::sleep(Duration::from_secs(30));
+    proxy.set_down(false);
+    let out = produce.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    std::thread::sleep(Duration::from_secs(5));
+    terminate(&sink);
+    let out = sink.wait_with_output().unwrap();
+    let (_, stderr) = text(&out);
+    assert!(
+        out.status.success(),
+        "the sink rode the outage out: {stderr}"
+    );
+    assert!(
+        stderr.contains("waiting for the lake") || stderr.contains("waiting for the catalog"),
+        "it said what it waited for: {stderr}"
+    );
+    env.ok(&["--log-dir", "log", "-q", "sink", "--once"]);
+    let lake: Vec<Record> = env.lake_records().into_iter().map(|(_, r)| r).collect();
+    let want: Vec<Record> = Simulator::new(&SimOptions {
+        symbols: 20,
+        seed: 5,
+        ..Default::default()
+    })
+    .take(count)
+    .collect();
+    assert_eq!(lake.len(), count, "every record exactly once");
+    assert_eq!(multiset(&lake), multiset(&want));
+}

@@ -1,0 +1,84 @@
+//! Waiting out outages: an unavailable object store, catalog or disk is retried with exponential
+//! back-off (backon) for up to [`OUTAGE_PATIENCE`], and every wait is logged with what failed, so an
+//! operator sees "waiting for the lake" instead of a dead sink. Errors that waiting cannot fix
+//! (permissions, a read-only file system, bad settings) end the flush at once; nothing is committed then.
+
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+
+use crate::SinkError;
+
+/// How long one step of a flush waits for an outage to end before the sink gives up.
+pub(crate) const OUTAGE_PATIENCE: Duration = Duration::from_secs(600);
+
+/// The back-off of one operation.
+pub(crate) struct Patience {
+    what: &'static str,
+    backoff: ExponentialBackoff,
+}
+
+impl Patience {
+    pub(crate) fn new(what: &'static str) -> Patience {
+        Patience {
+            what,
+            backoff: ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_delay(Duration::from_secs(10))
+                .with_jitter()
+                .without_max_times()
+                .with_total_delay(Some(OUTAGE_PATIENCE))
+                .build(),
+        }
+    }
+
+    /// After a failure: waits and returns true to try again, or returns false to give up (the error
+    /// is not an outage, or the patience is spent).
+    pub(crate) async fn wait(&mut self, e: &SinkError) -> bool {
+        if !is_outage(e) {
+            return false;
+        }
+        match self.backoff.next() {
+            Some(delay) => {
+                tracing::warn!(
+                    "waiting for {}: {e}; trying again in {:.1}s",
+                    self.what,
+                    delay.as_secs_f64()
+                );
+                tokio::time::sleep(delay).await;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// True for failures that may pass: network errors, 5xx answers, a full disk.
+fn is_outage(e: &SinkError) -> bool {
+    let permanent = [
+        "Permission denied",
+        "Read-only file system",
+        "File name too long",
+        "AccessDenied",
+        "NoSuchBucket",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+    ];
+    match e {
+        SinkError::Lake(l) => {
+            let text = l.to_string();
+            !matches!(l, ticklake_lake::LakeError::Config(_))
+                && !permanent.iter().any(|p| text.contains(p))
+        }
+        SinkError::Catalog(c) => {
+            let text = c.to_string();
+            !permanent.iter().any(|p| text.contains(p))
+                && !matches!(
+                    c,
+                    ticklake_catalog::CatalogError::Invalid(_)
+                        | ticklake_catalog::CatalogError::NoSuchTable(_)
+                )
+        }
+        _ => false,
+    }
+}
