@@ -48,15 +48,21 @@ await_service() {
 }
 
 # Starts a single-node Apache Kafka broker (KRaft: broker and controller in one JVM) on 127.0.0.1 with its
-# log in $1; sets KAFKA_PID and KAFKA_ADDR. Settings a test broker needs: one replica for internal topics,
-# no initial rebalance delay (groups form at once), and short group session bounds so tests can use them.
+# log in $1; sets KAFKA_PID and KAFKA_ADDR. A folder that already holds a stopped broker restarts it with
+# its data and ports (tests restart the broker mid-stream that way). Settings a test broker needs: one
+# replica for internal topics, no initial rebalance delay (groups form at once), and short group session
+# bounds so tests can use them.
 start_kafka() {
-  local dir=$1 port cport cluster
-  port=$(free_port)
-  cport=$(free_port)
-  rm -rf "$dir/data" # a fresh broker: KRaft refuses a folder formatted for another cluster
-  mkdir -p "$dir/data"
-  cat >"$dir/server.properties" <<PROPS
+  local dir=$1 port cport cluster restart=
+  if [ -f "$dir/server.properties" ] && [ -f "$dir/data/meta.properties" ]; then
+    restart=1
+    port=$(sed -n 's/^advertised.listeners=PLAINTEXT:\/\/127.0.0.1://p' "$dir/server.properties")
+  else
+    port=$(free_port)
+    cport=$(free_port)
+    rm -rf "$dir/data"
+    mkdir -p "$dir/data"
+    cat >"$dir/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
@@ -78,15 +84,19 @@ group.min.session.timeout.ms=1000
 auto.create.topics.enable=false
 message.max.bytes=16777216
 PROPS
+  fi
   local java=(java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true
     -Dlog4j2.configurationFile="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/kafka/log4j2.yaml"
     -cp "$KAFKA_LIBS/*")
-  cluster=$("${java[@]}" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
-  "${java[@]}" kafka.tools.StorageTool format -t "$cluster" -c "$dir/server.properties" >"$dir/format.log" 2>&1 || {
-    cat "$dir/format.log" >&2
-    return 1
-  }
-  "${java[@]}" kafka.Kafka "$dir/server.properties" >"$dir/kafka.log" 2>&1 &
+  if [ -z "$restart" ]; then
+    cluster=$("${java[@]}" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
+    "${java[@]}" kafka.tools.StorageTool format -t "$cluster" -c "$dir/server.properties" >"$dir/format.log" 2>&1 || {
+      cat "$dir/format.log" >&2
+      return 1
+    }
+  fi
+  : >"$dir/kafka.log"
+  "${java[@]}" kafka.Kafka "$dir/server.properties" >>"$dir/kafka.log" 2>&1 &
   KAFKA_PID=$!
   KAFKA_ADDR=127.0.0.1:$port
   local i=0

@@ -130,3 +130,112 @@ fn s3_outage_mid_stream_is_waited_out() {
     assert_eq!(lake.len(), count, "every record exactly once");
     assert_eq!(multiset(&lake), multiset(&want));
 }
+
+/// An Apache Kafka broker of the test's own (started by scripts/services.sh), so that it can be stopped
+/// and started again with its data.
+struct OwnBroker {
+    pid: u32,
+    addr: String,
+}
+
+impl OwnBroker {
+    fn start(dir: &std::path::Path) -> OwnBroker {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/services.sh");
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "source '{script}' && start_kafka '{}' >/dev/null && echo $KAFKA_PID $KAFKA_ADDR",
+                dir.display()
+            ))
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "the broker did not start: {stderr}");
+        let (pid, addr) = stdout.trim().split_once(' ').unwrap();
+        OwnBroker {
+            pid: pid.parse().unwrap(),
+            addr: addr.to_owned(),
+        }
+    }
+
+    /// Stops the broker (SIGTERM, a clean shutdown) and waits until it is gone.
+    fn stop(&self) {
+        std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while std::path::Path::new(&format!("/proc/{}", self.pid)).exists() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the broker did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &self.pid.to_string()])
+            .status();
+    }
+}
+
+/// The broker restarts in the middle of a stream: the producer and the sink both carry on, and the lake
+/// holds every record exactly once.
+#[test]
+fn broker_restart_mid_stream() {
+    let broker_dir = tempfile::tempdir().unwrap();
+    let broker = OwnBroker::start(broker_dir.path());
+    let mut env = Env::kafka();
+    env.brokers = Some(broker.addr.clone());
+    let count = 150_000;
+    let produce = env.spawn(&[
+        "-q",
+        "produce",
+        "--simulate",
+        "--symbols",
+        "20",
+        "--seed",
+        "6",
+        "--count",
+        "150000",
+        "--rate",
+        "10000",
+    ]);
+    std::thread::sleep(Duration::from_secs(2));
+    let sink = env.spawn(&["sink", "--flush-interval", "1s"]);
+    std::thread::sleep(Duration::from_secs(4));
+    broker.stop();
+    std::thread::sleep(Duration::from_secs(6));
+    let broker = OwnBroker::start(broker_dir.path());
+    assert_eq!(broker.addr, env.brokers.clone().unwrap(), "same address");
+    let out = produce.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the producer carried on: {:?}",
+        text(&out)
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    terminate(&sink);
+    let out = sink.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the sink carried on: {:?}",
+        text(&out)
+    );
+    env.ok(&["-q", "sink", "--once"]);
+    let lake: Vec<Record> = env.lake_records().into_iter().map(|(_, r)| r).collect();
+    let want: Vec<Record> = Simulator::new(&SimOptions {
+        symbols: 20,
+        seed: 6,
+        ..Default::default()
+    })
+    .take(count)
+    .collect();
+    assert_eq!(lake.len(), count, "every record exactly once");
+    assert_eq!(multiset(&lake), multiset(&want));
+    drop(broker);
+}

@@ -277,7 +277,10 @@ impl Sink {
                 self.flush()?;
             }
             if last_status.elapsed() >= STATUS_EVERY {
-                self.refresh_lag()?;
+                // The broker may be away for a while (a restart): the status can wait.
+                if let Err(e) = self.refresh_lag() {
+                    tracing::warn!("reading the consumer lag: {e}");
+                }
                 status(&self.snapshot());
                 last_status = Instant::now();
             }
@@ -360,12 +363,16 @@ impl Sink {
                 after_seek: None,
             };
             if let Some(e) = last {
-                let end = self
-                    .consumer
-                    .lag()?
-                    .iter()
-                    .find(|l| l.partition == p)
-                    .map(|l| l.high_watermark);
+                let end = match self.consumer.lag() {
+                    Ok(lag) => lag
+                        .iter()
+                        .find(|l| l.partition == p)
+                        .map(|l| l.high_watermark),
+                    Err(e) => {
+                        tracing::warn!("partition {p}: cannot read its end: {e}");
+                        None
+                    }
+                };
                 if end.is_some_and(|end| end < e.to) {
                     return Err(SinkError::Ledger(format!(
                         "partition {p} of topic {:?} ends at offset {}, but the lake already holds \
@@ -378,7 +385,11 @@ impl Sink {
                         self.config.topic
                     )));
                 }
-                let committed = self.consumer.committed(p)?;
+                // Unknown (the broker is away): rewrite the last range, which is always safe.
+                let committed = self.consumer.committed(p).unwrap_or_else(|e| {
+                    tracing::warn!("partition {p}: cannot read the group's offset: {e}");
+                    None
+                });
                 if committed == Some(e.to) {
                     // The group commits a range only once it is finished: go on from its end.
                     position.from = Some(e.to);
