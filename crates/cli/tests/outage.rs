@@ -239,3 +239,130 @@ fn broker_restart_mid_stream() {
     assert_eq!(multiset(&lake), multiset(&want));
     drop(broker);
 }
+
+/// A small file system of the test's own (tmpfs, mounted as root), to fill up and to make read-only.
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: &std::path::Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(path).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(
+            ok,
+            "mounting a tmpfs needs root (the test suite runs as root)"
+        );
+        SmallDisk {
+            path: path.to_owned(),
+        }
+    }
+
+    fn remount(&self, options: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(&self.path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "remount {options}");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// A full disk is waited out (the sink says so) and a read-only lake stops the sink with the error and
+/// nothing committed; once the disk has room or is writable again, the lake holds every record once.
+#[test]
+fn full_and_read_only_disk() {
+    let env = Env::embedded();
+    let disk = SmallDisk::mount(&env.dir.path().join("lake"), "128k");
+    let meta = ["--log-dir", "log", "--catalog-file", "catalog.sqlite"];
+    let run = |args: &[&str]| env.run(&[&meta[..], args].concat());
+    let sim = |seed: &str, count: &str| {
+        let out = run(&[
+            "-q",
+            "produce",
+            "--simulate",
+            "--symbols",
+            "5",
+            "--seed",
+            seed,
+            "--count",
+            count,
+        ]);
+        assert!(out.status.success(), "{:?}", text(&out));
+    };
+    sim("1", "20000");
+    let mut sink = env
+        .command(&[&meta[..], &["sink", "--once"]].concat())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = sink.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("waiting for the lake") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the sink reports that it waits for room on the disk");
+    disk.remount("size=64m");
+    let status = sink.wait().unwrap();
+    let stderr = reader.join().unwrap();
+    assert!(
+        status.success(),
+        "the sink finished once there was room: {stderr}"
+    );
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+
+    disk.remount("ro");
+    sim("2", "5000");
+    let out = run(&["-q", "sink", "--once"]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success(), "a read-only lake is an error");
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
+    disk.remount("rw");
+    let out = run(&["-q", "sink", "--once"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+
+    let lake: Vec<Record> = env.lake_records().into_iter().map(|(_, r)| r).collect();
+    let mut want: Vec<Record> = Vec::new();
+    for (seed, n) in [(1, 20_000), (2, 5_000)] {
+        want.extend(
+            Simulator::new(&SimOptions {
+                symbols: 5,
+                seed,
+                ..Default::default()
+            })
+            .take(n),
+        );
+    }
+    assert_eq!(lake.len(), want.len(), "every record exactly once");
+    assert_eq!(multiset(&lake), multiset(&want));
+    drop(disk);
+}

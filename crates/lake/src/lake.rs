@@ -428,9 +428,15 @@ fn write_temp(path: &Path, data: &[u8]) -> std::io::Result<PathBuf> {
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.tmp-{}-{seq}", std::process::id()));
-    let mut f = File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
+    let written = File::create(&tmp).and_then(|mut f| {
+        f.write_all(data)?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        // A full disk must not fill up further with the remains of failed attempts.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     Ok(tmp)
 }
 
