@@ -366,3 +366,86 @@ fn full_and_read_only_disk() {
     assert_eq!(multiset(&lake), multiset(&want));
     drop(disk);
 }
+
+/// The catalog (AWS Glue on moto) goes away for 20 s during registration: the sink waits, says so, and
+/// afterwards every partition is registered and queries through Glue see every record.
+#[test]
+fn glue_outage_during_registration() {
+    let moto = common::moto_url();
+    let proxy = Proxy::start(moto.trim_start_matches("http://").to_owned());
+    let mut env = Env::embedded();
+    env.vars = vec![
+        (
+            "AWS_ENDPOINT_URL".into(),
+            format!("http://127.0.0.1:{}", proxy.port),
+        ),
+        ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
+        ("AWS_REGION".into(), "us-east-1".into()),
+    ];
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let db = format!("outage_{nanos}");
+    let glue = ["--catalog", "glue", "--database", db.as_str()];
+    let count = 40_000;
+    let produce = env.spawn(&[
+        "-q",
+        "produce",
+        "--simulate",
+        "--symbols",
+        "4",
+        "--seed",
+        "8",
+        "--interval",
+        "1m",
+        "--count",
+        "40000",
+        "--rate",
+        "2000",
+    ]);
+    let sink = env.spawn(&[&glue[..], &["sink", "--flush-interval", "1s"]].concat());
+    std::thread::sleep(Duration::from_secs(3));
+    proxy.set_down(true);
+    std::thread::sleep(Duration::from_secs(20));
+    proxy.set_down(false);
+    assert!(produce.wait_with_output().unwrap().status.success());
+    std::thread::sleep(Duration::from_secs(3));
+    terminate(&sink);
+    let out = sink.wait_with_output().unwrap();
+    let (_, stderr) = text(&out);
+    assert!(
+        out.status.success(),
+        "the sink rode the outage out: {stderr}"
+    );
+    assert!(
+        stderr.contains("waiting for the catalog"),
+        "it said what it waited for: {stderr}"
+    );
+    env.ok(&[&glue[..], &["-q", "sink", "--once"]].concat());
+    let (stdout, _) = env.ok(&[
+        &glue[..],
+        &[
+            "query",
+            "--format",
+            "csv",
+            "SELECT count(*) AS n FROM stock_topic",
+        ],
+    ]
+    .concat());
+    assert_eq!(stdout.trim(), format!("n\n{count}"));
+    // Every folder of the lake is a registered partition.
+    let (stdout, _) = env.ok(&[
+        &glue[..],
+        &["query", "--format", "csv", "SHOW PARTITIONS stock_topic"],
+    ]
+    .concat());
+    let mut folders: Vec<String> = env
+        .lake_files("stock_topic")
+        .iter()
+        .map(|f| f.split('/').skip(1).take(2).collect::<Vec<_>>().join("/"))
+        .collect();
+    folders.dedup();
+    assert_eq!(stdout.lines().count() - 1, folders.len(), "{stdout}");
+}
