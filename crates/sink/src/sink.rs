@@ -510,17 +510,36 @@ impl Sink {
         } = plan;
         let lake = self.lake.clone();
         let format = cfg.format;
-        let written: Vec<u64> = self.runtime.block_on(
+        let topic = cfg.topic.clone();
+        let written: Vec<(u64, u64)> = self.runtime.block_on(
             futures::stream::iter(jobs)
                 .map(|(rel, job)| {
                     let lake = lake.clone();
+                    let topic = topic.clone();
                     async move {
-                        let bytes = match job {
-                            Job::Raw(b) => b,
+                        let (rel, bytes, unwritable) = match job {
+                            Job::Raw(b) => (rel, b, 0),
                             Job::Data(batch) => {
-                                tokio::task::spawn_blocking(move || encode(&batch, format))
-                                    .await
-                                    .map_err(|e| SinkError::Encode(e.to_string()))??
+                                let rows = batch.num_rows() as u64;
+                                let encoded = {
+                                    let batch = batch.clone();
+                                    tokio::task::spawn_blocking(move || encode(&batch, format))
+                                        .await
+                                        .map_err(|e| SinkError::Encode(e.to_string()))?
+                                };
+                                match encoded {
+                                    Ok(bytes) => (rel, bytes, 0),
+                                    // Checked at decode time, so this is a bug, not the data: the
+                                    // group's records become dead letters instead of a crash loop.
+                                    Err(e) => {
+                                        tracing::error!(
+                                            "{rel}: {e}; its {rows} records go to the dead letters"
+                                        );
+                                        let (dlq, lines) =
+                                            unwritable_group(&topic, &rel, &batch, &e);
+                                        (dlq, lines, rows)
+                                    }
+                                }
                             }
                         };
                         let n = bytes.len() as u64;
@@ -531,12 +550,15 @@ impl Sink {
                                 return Err(e);
                             }
                         }
-                        Ok::<u64, SinkError>(n)
+                        Ok::<(u64, u64), SinkError>((n, unwritable))
                     }
                 })
                 .buffer_unordered(WRITE_CONCURRENCY)
                 .try_collect(),
         )?;
+        let unwritable: u64 = written.iter().map(|(_, u)| u).sum();
+        let written: Vec<u64> = written.into_iter().map(|(n, _)| n).collect();
+        let (records, dead) = (records - unwritable, dead + unwritable);
         // The dead-letter topic gets the dead letters before the offsets move (at least once: a replay
         // after a crash sends them again), keyed by the partition they came from, so they stay in order.
         if let Some(producer) = &mut self.dlq {
@@ -625,13 +647,14 @@ impl Sink {
         }
         let bytes: u64 = written.iter().sum();
         let s = &mut self.stats;
-        s.records += records - rewritten;
+        s.records += records.saturating_sub(rewritten);
         s.rewritten += rewritten;
         s.dead_letters += dead;
         s.files += written.len() as u64;
         s.bytes += bytes;
         s.flushes += 1;
-        metrics::counter!("ticklake_sink_records_total").increment(records - rewritten);
+        metrics::counter!("ticklake_sink_records_total")
+            .increment(records.saturating_sub(rewritten));
         metrics::counter!("ticklake_sink_dead_letters_total").increment(dead);
         metrics::counter!("ticklake_sink_files_total").increment(written.len() as u64);
         metrics::counter!("ticklake_sink_bytes_total").increment(bytes);
@@ -649,4 +672,71 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The dead-letter file for a group of records that could not be encoded: one line per record (the
+/// record as a message, or its row number when even that fails) with the reason, at
+/// `_ticklake/dlq/<topic>/<the group's file name>.unwritable.jsonl`.
+fn unwritable_group(
+    topic: &str,
+    rel: &str,
+    batch: &arrow::array::RecordBatch,
+    error: &SinkError,
+) -> (String, bytes::Bytes) {
+    let name = rel.rsplit('/').next().unwrap_or(rel);
+    let path = format!("_ticklake/dlq/{topic}/{name}.unwritable.jsonl");
+    let messages = ticklake_model::arrow::batch_to_messages(batch).ok();
+    let mut out = Vec::new();
+    for row in 0..batch.num_rows() {
+        let value = messages
+            .as_ref()
+            .map(|m| String::from_utf8_lossy(&m[row]).into_owned());
+        let line = serde_json::json!({
+            "topic": topic,
+            "file": rel,
+            "row": row,
+            "reason": format!("the file of its group could not be written: {error}"),
+            "value": value,
+        });
+        let _ = serde_json::to_writer(&mut out, &line);
+        out.push(b'\n');
+    }
+    (path, bytes::Bytes::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unwritable_group_becomes_dead_letters() {
+        let mut r = ticklake_model::Record::new("A", 0);
+        r.close = Some(1.5);
+        let batch = ticklake_model::arrow::records_to_batch(&[r.clone(), r]).unwrap();
+        let (path, bytes) = unwritable_group(
+            "t",
+            "tbl/date=1970-01-01/symbol=A/t+0+00000000000000000007.parquet",
+            &batch,
+            &SinkError::Encode("boom".into()),
+        );
+        assert_eq!(
+            path,
+            "_ticklake/dlq/t/t+0+00000000000000000007.parquet.unwritable.jsonl"
+        );
+        let lines: Vec<serde_json::Value> = std::str::from_utf8(&bytes)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1]["row"], 1);
+        assert!(lines[0]["reason"].as_str().unwrap().ends_with("boom"));
+        let value = lines[0]["value"].as_str().unwrap();
+        assert_eq!(
+            ticklake_model::json::decode(value.as_bytes())
+                .unwrap()
+                .close,
+            Some(1.5)
+        );
+    }
 }
