@@ -14,11 +14,12 @@ use common::{multiset, terminate, text, Env};
 use ticklake_feed::sim::{SimOptions, Simulator};
 use ticklake_model::Record;
 
-/// A TCP proxy on 127.0.0.1 to `upstream` that can be switched off: then it resets every open
-/// connection and every new one.
+/// A TCP proxy on 127.0.0.1 to `upstream` that can be switched off: then it closes every open
+/// connection and resets every new one, or (`answer_503`) answers every request with an HTTP 503.
 struct Proxy {
     port: u16,
     down: Arc<AtomicBool>,
+    answer_503: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
 }
 
@@ -27,12 +28,35 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let down = Arc::new(AtomicBool::new(false));
+        let answer_503 = Arc::new(AtomicBool::new(false));
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (d, o) = (down.clone(), open.clone());
+        let (d, a, o) = (down.clone(), answer_503.clone(), open.clone());
         std::thread::spawn(move || {
-            for client in listener.incoming().map_while(Result::ok) {
+            for mut client in listener.incoming().map_while(Result::ok) {
                 if d.load(Ordering::SeqCst) {
-                    let _ = client.shutdown(Shutdown::Both);
+                    if a.load(Ordering::SeqCst) {
+                        std::thread::spawn(move || {
+                            // Read the request head, then refuse it as an overloaded service does.
+                            let mut buf = [0u8; 64 * 1024];
+                            let mut head = Vec::new();
+                            while let Ok(n) = client.read(&mut buf) {
+                                if n == 0 {
+                                    break;
+                                }
+                                head.extend_from_slice(&buf[..n]);
+                                if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                                    break;
+                                }
+                            }
+                            let _ = client.write_all(
+                                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\
+                                  Connection: close\r\n\r\n",
+                            );
+                            let _ = client.shutdown(Shutdown::Both);
+                        });
+                    } else {
+                        let _ = client.shutdown(Shutdown::Both);
+                    }
                     continue;
                 }
                 let Ok(server) = TcpStream::connect(&upstream) else {
@@ -57,7 +81,12 @@ impl Proxy {
                 }
             }
         });
-        Proxy { port, down, open }
+        Proxy {
+            port,
+            down,
+            answer_503,
+            open,
+        }
     }
 
     fn set_down(&self, down: bool) {
@@ -367,8 +396,8 @@ fn full_and_read_only_disk() {
     drop(disk);
 }
 
-/// The catalog (AWS Glue on moto) goes away for 20 s during registration: the sink waits, says so, and
-/// afterwards every partition is registered and queries through Glue see every record.
+/// The catalog (AWS Glue on moto) answers 503 for 20 s during registration: the sink waits, says so,
+/// and afterwards every partition is registered and queries through Glue see every record.
 #[test]
 fn glue_outage_during_registration() {
     let moto = common::moto_url();
@@ -407,6 +436,7 @@ fn glue_outage_during_registration() {
     ]);
     let sink = env.spawn(&[&glue[..], &["sink", "--flush-interval", "1s"]].concat());
     std::thread::sleep(Duration::from_secs(3));
+    proxy.answer_503.store(true, Ordering::SeqCst);
     proxy.set_down(true);
     std::thread::sleep(Duration::from_secs(20));
     proxy.set_down(false);
