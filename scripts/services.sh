@@ -50,8 +50,10 @@ await_service() {
 # Starts a single-node Apache Kafka broker (KRaft: broker and controller in one JVM) on 127.0.0.1 with its
 # log in $1; sets KAFKA_PID and KAFKA_ADDR. A folder that already holds a stopped broker restarts it with
 # its data and ports (tests restart the broker mid-stream that way). Settings a test broker needs: one
-# replica for internal topics, no initial rebalance delay (groups form at once), and short group session
-# bounds so tests can use them.
+# replica for internal topics, no initial rebalance delay (groups form at once), short group session
+# bounds so tests can use them, and no time-based retention or segment rolling: ticklake's message
+# timestamps are event times, years old for the simulator's and the samples' data, and Kafka's 7-day
+# default would delete such messages within minutes of the broker's start.
 start_kafka() {
   local dir=$1 port cport cluster restart=
   if [ -f "$dir/server.properties" ] && [ -f "$dir/data/meta.properties" ]; then
@@ -83,6 +85,8 @@ group.initial.rebalance.delay.ms=0
 group.min.session.timeout.ms=1000
 auto.create.topics.enable=false
 message.max.bytes=16777216
+log.retention.ms=-1
+log.roll.ms=9223372036854775807
 PROPS
   fi
   local java=(java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true
