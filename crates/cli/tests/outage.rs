@@ -10,8 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{multiset, terminate, text, Env};
-use ticklake_feed::sim::{SimOptions, Simulator};
+use common::{multiset, simulated_records, terminate, text, Env};
 use ticklake_model::Record;
 
 /// A TCP proxy on 127.0.0.1 to `upstream` that can be switched off: then it closes every open
@@ -149,13 +148,7 @@ fn s3_outage_mid_stream_is_waited_out() {
     );
     env.ok(&["--log-dir", "log", "-q", "sink", "--once"]);
     let lake: Vec<Record> = env.lake_records().into_iter().map(|(_, r)| r).collect();
-    let want: Vec<Record> = Simulator::new(&SimOptions {
-        symbols: 20,
-        seed: 5,
-        ..Default::default()
-    })
-    .take(count)
-    .collect();
+    let want = simulated_records(20, 5, count);
     assert_eq!(lake.len(), count, "every record exactly once");
     assert_eq!(multiset(&lake), multiset(&want));
 }
@@ -257,13 +250,7 @@ fn broker_restart_mid_stream() {
     );
     env.ok(&["-q", "sink", "--once"]);
     let lake: Vec<Record> = env.lake_records().into_iter().map(|(_, r)| r).collect();
-    let want: Vec<Record> = Simulator::new(&SimOptions {
-        symbols: 20,
-        seed: 6,
-        ..Default::default()
-    })
-    .take(count)
-    .collect();
+    let want = simulated_records(20, 6, count);
     assert_eq!(lake.len(), count, "every record exactly once");
     assert_eq!(multiset(&lake), multiset(&want));
     drop(broker);
@@ -380,17 +367,8 @@ fn full_and_read_only_disk() {
     assert!(out.status.success(), "{:?}", text(&out));
 
     let lake: Vec<Record> = env.lake_records().into_iter().map(|(_, r)| r).collect();
-    let mut want: Vec<Record> = Vec::new();
-    for (seed, n) in [(1, 20_000), (2, 5_000)] {
-        want.extend(
-            Simulator::new(&SimOptions {
-                symbols: 5,
-                seed,
-                ..Default::default()
-            })
-            .take(n),
-        );
-    }
+    let mut want = simulated_records(5, 1, 20_000);
+    want.extend(simulated_records(5, 2, 5_000));
     assert_eq!(lake.len(), want.len(), "every record exactly once");
     assert_eq!(multiset(&lake), multiset(&want));
     drop(disk);

@@ -192,13 +192,7 @@ fn hostile_symbols_stay_in_the_table_and_poison_goes_to_dead_letters() {
 
 /// The simulator stream the crash tests produce (the same seed gives the same records).
 fn simulated(count: usize) -> Vec<Record> {
-    Simulator::new(&SimOptions {
-        symbols: 50,
-        seed: 9,
-        ..Default::default()
-    })
-    .take(count)
-    .collect()
+    simulated_records(50, 9, count)
 }
 
 /// Starts a sink and returns once it reports a partition assignment (its `-v` log), so that a kill

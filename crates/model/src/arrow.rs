@@ -143,11 +143,12 @@ impl BatchBuilder {
                     "extra column `{name}` has the name of a core column"
                 )));
             }
-            let (dt, array) = match type_of(&name) {
-                Some(dt) => (dt.clone(), typed_array(values, &dt)?),
+            let dt = match type_of(&name) {
+                Some(dt) => dt,
                 None if values.iter().all(|v| matches!(v, Value::Null)) => continue,
-                None => extra_array(values),
+                None => inferred_type(&values),
             };
+            let array = typed_array(values, &dt)?;
             fields.push(Field::new(name.as_ref(), dt, true));
             columns.push(array);
         }
@@ -196,37 +197,16 @@ fn typed_array(values: Vec<Value>, dt: &DataType) -> Result<ArrayRef, ArrowError
     })
 }
 
-fn extra_array(values: Vec<Value>) -> (DataType, ArrayRef) {
+/// The type of an extra column from its values: Float64 when all are numbers, Boolean when all are
+/// booleans, else Utf8 (numbers then keep their JSON text).
+fn inferred_type(values: &[Value]) -> DataType {
     let all = |f: fn(&Value) -> bool| values.iter().all(|v| matches!(v, Value::Null) || f(v));
     if all(|v| matches!(v, Value::Number(_))) {
-        let a: Float64Array = values
-            .iter()
-            .map(|v| match v {
-                Value::Number(n) => Some(*n),
-                _ => None,
-            })
-            .collect();
-        (DataType::Float64, Arc::new(a))
+        DataType::Float64
     } else if all(|v| matches!(v, Value::Bool(_))) {
-        let a: BooleanArray = values
-            .iter()
-            .map(|v| match v {
-                Value::Bool(b) => Some(*b),
-                _ => None,
-            })
-            .collect();
-        (DataType::Boolean, Arc::new(a))
+        DataType::Boolean
     } else {
-        let a: StringArray = values
-            .into_iter()
-            .map(|v| match v {
-                Value::Null => None,
-                Value::Number(n) => Some(serde_json::to_string(&n).unwrap_or_default()),
-                Value::Bool(b) => Some(b.to_string()),
-                Value::Text(t) => Some(t),
-            })
-            .collect();
-        (DataType::Utf8, Arc::new(a))
+        DataType::Utf8
     }
 }
 

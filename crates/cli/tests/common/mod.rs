@@ -217,6 +217,18 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// The first `count` records of the simulator with `symbols` symbols and `seed`, from its default start
+/// (what `produce --simulate --symbols N --seed S --count C` sends).
+pub fn simulated_records(symbols: usize, seed: u64, count: usize) -> Vec<Record> {
+    ticklake_feed::sim::Simulator::new(&ticklake_feed::sim::SimOptions {
+        symbols,
+        seed,
+        ..Default::default()
+    })
+    .take(count)
+    .collect()
+}
+
 /// A record as a comparable key: (symbol, ts, open, high, low, close, volume) with floats as bits.
 pub fn key(r: &Record) -> (String, i64, [u64; 5]) {
     let f = |v: Option<f64>| v.map_or(u64::MAX, f64::to_bits);
