@@ -350,11 +350,24 @@ impl Sink {
     fn resume_assigned(&mut self) -> Result<(), SinkError> {
         let assigned = std::mem::take(&mut lock(&self.buffer).assigned);
         for p in assigned {
-            let entries = self.runtime.block_on(self.ledger.entries(p))?;
-            let last = match entries.last() {
-                Some(&from) => Some(self.runtime.block_on(self.ledger.read(p, from))?),
-                None => None,
-            };
+            let ledger = &self.ledger;
+            let (entries, last) = self.runtime.block_on(async {
+                let mut patience = Patience::new("the lake's ledger");
+                loop {
+                    let read = async {
+                        let entries = ledger.entries(p).await?;
+                        let last = match entries.last() {
+                            Some(&from) => Some(ledger.read(p, from).await?),
+                            None => None,
+                        };
+                        Ok::<_, SinkError>((entries, last))
+                    };
+                    match read.await {
+                        Err(e) if patience.wait(&e).await => continue,
+                        other => break other,
+                    }
+                }
+            })?;
             let mut position = Position {
                 from: last.map(|e| e.from),
                 replay_to: last.map(|e| e.to),
