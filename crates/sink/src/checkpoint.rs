@@ -233,7 +233,15 @@ impl Checkpoint {
             return;
         }
         for m in batch {
-            let pos = self.positions.entry(m.partition).or_default();
+            // Only a partition resumed from the ledger may take messages: one the sink has not
+            // resumed (its assignment not seen yet, or taken back after a lost claim) is resumed
+            // first, and its messages are fetched again from where the ledger says.
+            let Some(pos) = self.positions.get_mut(&m.partition) else {
+                if !self.assigned.contains(&m.partition) {
+                    self.assigned.push(m.partition);
+                }
+                continue;
+            };
             let expected = self
                 .parts
                 .get(&m.partition)
@@ -451,6 +459,9 @@ mod tests {
         let partitioning = Partitioning::default();
         let mut types = ColumnTypes::default();
         let mut cp = Checkpoint::default();
+        for p in 0..3 {
+            cp.positions.insert(p, Position::default());
+        }
         let n = payloads.len();
         let batch = payloads
             .into_iter()
