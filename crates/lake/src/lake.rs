@@ -208,13 +208,7 @@ impl Lake {
         match self {
             Lake::Local { root } => {
                 let path = root.join(rel);
-                let root = root.clone();
-                tokio::task::spawn_blocking(move || write_local(&path, &data))
-                    .await
-                    .map_err(|e| LakeError::Storage {
-                        location: root.display().to_string(),
-                        message: e.to_string(),
-                    })?
+                on_blocking_pool(root, move || write_local(&path, &data)).await
             }
             Lake::Object { store, prefix, url } => {
                 let key = Self::key(prefix, rel)?;
@@ -237,13 +231,7 @@ impl Lake {
         match self {
             Lake::Local { root } => {
                 let path = root.join(rel);
-                let root = root.clone();
-                tokio::task::spawn_blocking(move || create_local(&path, &data))
-                    .await
-                    .map_err(|e| LakeError::Storage {
-                        location: root.display().to_string(),
-                        message: e.to_string(),
-                    })?
+                on_blocking_pool(root, move || create_local(&path, &data)).await
             }
             Lake::Object { store, prefix, url } => {
                 let key = Self::key(prefix, rel)?;
@@ -403,6 +391,19 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<FileInfo>) -> std::io::Result<()>
         }
     }
     Ok(())
+}
+
+/// Runs a blocking file-system job of the lake at `root` on tokio's blocking pool.
+async fn on_blocking_pool<T: Send + 'static>(
+    root: &Path,
+    job: impl FnOnce() -> Result<T, LakeError> + Send + 'static,
+) -> Result<T, LakeError> {
+    tokio::task::spawn_blocking(job)
+        .await
+        .map_err(|e| LakeError::Storage {
+            location: root.display().to_string(),
+            message: e.to_string(),
+        })?
 }
 
 /// Writes `data` to a hidden temporary file beside `path` (creating and syncing the folders on the way:
