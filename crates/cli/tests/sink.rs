@@ -199,6 +199,8 @@ fn simulated(count: usize) -> Vec<Record> {
 /// lands on a sink that is really consuming.
 fn start_consuming_sink(env: &Env, args: &[&str]) -> std::process::Child {
     let mut cmd = env.command(args);
+    // The ledger's claims and deletions too, for a failure's diagnosis.
+    cmd.env("RUST_LOG", "info,ticklake_sink::ledger=debug");
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -66,7 +66,8 @@ pub(crate) struct Position {
     pub from: Option<i64>,
     /// The end of a range claimed before (a replay): the next checkpoint ends exactly there.
     pub replay_to: Option<i64>,
-    /// Starts of the partition's ledger entries this writer knows, oldest first.
+    /// Starts of the partition's ledger entries as listed at its last claim (or its resumption), oldest
+    /// first: what the next trim deletes from.
     pub entries: Vec<i64>,
     /// Resumed from the ledger: the first message taken must be the one at `from`. A consumer that
     /// delivers later offsets first (it started elsewhere, or a seek was overtaken by the group's

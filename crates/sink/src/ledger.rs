@@ -13,9 +13,10 @@
 //! offset of their records, so the rewrite reproduces the same files with the same records, whether
 //! the first attempt finished, crashed half-way, or is still running in a stalled process that will
 //! wake up later: all of them write the same files. A stalled writer that wakes up after others moved
-//! on finds its next range claimed (or, if that entry was already cleaned up, finds its previous entry
-//! gone) and drops the partition before writing anything. A new consumer group or expired group
-//! offsets change nothing: the lake says where to resume.
+//! on finds that the chain no longer ends with its range (an entry starts after it), whether its
+//! range's entry is there or was trimmed away, and drops the partition before writing anything. Only
+//! old entries are ever deleted (all but the last few), never one just claimed. A new consumer group or
+//! expired group offsets change nothing: the lake says where to resume.
 
 use bytes::Bytes;
 use ticklake_lake::Lake;
@@ -85,39 +86,80 @@ impl Ledger {
 
     /// The last entry of a partition, if any.
     pub(crate) async fn last(&self, partition: i32) -> Result<Option<Entry>, SinkError> {
-        match self.entries(partition).await?.last() {
-            Some(&from) => Ok(Some(self.read(partition, from).await?)),
-            None => Ok(None),
+        Ok(self.tail(partition).await?.1)
+    }
+
+    /// The partition's entries (oldest first) and the last one read. An entry trimmed between the
+    /// listing and the read (the chain moved on meanwhile) means listing again.
+    pub(crate) async fn tail(
+        &self,
+        partition: i32,
+    ) -> Result<(Vec<i64>, Option<Entry>), SinkError> {
+        let mut attempts = 0;
+        loop {
+            let froms = self.entries(partition).await?;
+            let Some(&from) = froms.last() else {
+                return Ok((froms, None));
+            };
+            match self.read(partition, from).await {
+                Ok(last) => return Ok((froms, Some(last))),
+                Err(e) => {
+                    attempts += 1;
+                    if attempts >= 5 || self.lake.exists(&self.path(partition, from)).await? {
+                        return Err(e);
+                    }
+                }
+            }
         }
     }
 
-    /// Claims `entry` for `partition`. `previous` is the start of this writer's previous entry of the
-    /// partition: if it is gone, the chain moved on without us (the entry just created is stale and is
-    /// removed again), which is reported as taken.
+    /// Claims `entry` for `partition` and returns what the claim found, with the partition's entries
+    /// as they stood right after it (oldest first, for [`Ledger::trim`]).
+    ///
+    /// A range is ours to write only while the chain ends with it: if any entry starts after
+    /// `entry.from`, the chain moved on without us (we were stalled, or resumed from a listing that is
+    /// out of date now) and the claim is reported as taken, whether the entry at `entry.from` was
+    /// created just now (its old entry was trimmed) or found equal. Nothing is deleted on the way: an
+    /// entry once visible may be relied on by another writer that found it [`Claim::Same`]; a stale
+    /// one left below the chain's end is harmless (resuming reads only the last) and is trimmed later.
     pub(crate) async fn claim(
         &self,
         partition: i32,
         entry: Entry,
-        previous: Option<i64>,
-    ) -> Result<Claim, SinkError> {
+    ) -> Result<(Claim, Vec<i64>), SinkError> {
         let path = self.path(partition, entry.from);
         let body = serde_json::to_vec(&entry).map_err(|e| SinkError::Ledger(e.to_string()))?;
-        if self.lake.put_if_absent(&path, Bytes::from(body)).await? {
-            if let Some(prev) = previous {
-                if !self.lake.exists(&self.path(partition, prev)).await? {
-                    self.lake.delete(&path).await?;
-                    let last = self.last(partition).await?.unwrap_or(entry);
-                    return Ok(Claim::Taken(last));
-                }
-            }
-            return Ok(Claim::Won);
-        }
-        let existing = self.read(partition, entry.from).await?;
-        Ok(if existing == entry {
-            Claim::Same
+        let claim = if self.lake.put_if_absent(&path, Bytes::from(body)).await? {
+            Claim::Won
         } else {
-            Claim::Taken(existing)
-        })
+            let existing = self.read(partition, entry.from).await?;
+            if existing != entry {
+                tracing::debug!(
+                    "ledger: partition {partition}: {}..{}: taken as {}..{}",
+                    entry.from,
+                    entry.to,
+                    existing.from,
+                    existing.to
+                );
+                return Ok((Claim::Taken(existing), Vec::new()));
+            }
+            Claim::Same
+        };
+        let froms = self.entries(partition).await?;
+        tracing::debug!(
+            "ledger: partition {partition}: {}..{}: {claim:?}, entries {froms:?}",
+            entry.from,
+            entry.to
+        );
+        if let Some(&last) = froms.last().filter(|last| **last > entry.from) {
+            // (Trimmed meanwhile by the writer that moved on: its start is all the log needs.)
+            let last = self.read(partition, last).await.unwrap_or(Entry {
+                from: last,
+                to: last,
+            });
+            return Ok((Claim::Taken(last), froms));
+        }
+        Ok((claim, froms))
     }
 
     /// Deletes the partition's entries older than the last few (best effort: a failure only leaves
@@ -125,6 +167,7 @@ impl Ledger {
     pub(crate) async fn trim(&self, partition: i32, froms: &mut Vec<i64>) {
         while froms.len() > KEEP {
             let from = froms.remove(0);
+            tracing::debug!("ledger: partition {partition}: deleting the old entry {from}");
             if let Err(e) = self.lake.delete(&self.path(partition, from)).await {
                 tracing::warn!("ledger: cannot delete an old entry: {e}");
                 froms.insert(0, from);
@@ -145,37 +188,36 @@ mod tests {
         let ledger = Ledger::new(lake, "t", "topic");
         assert_eq!(ledger.last(0).await.unwrap(), None);
         let e = |from, to| Entry { from, to };
-        assert_eq!(ledger.claim(0, e(0, 10), None).await.unwrap(), Claim::Won);
-        assert_eq!(ledger.claim(0, e(0, 10), None).await.unwrap(), Claim::Same);
-        assert_eq!(
-            ledger.claim(0, e(0, 12), None).await.unwrap(),
-            Claim::Taken(e(0, 10))
-        );
-        assert_eq!(
-            ledger.claim(0, e(10, 20), Some(0)).await.unwrap(),
-            Claim::Won
-        );
+        let claim = |from, to| {
+            let ledger = &ledger;
+            async move { ledger.claim(0, e(from, to)).await.unwrap() }
+        };
+        assert_eq!(claim(0, 10).await, (Claim::Won, vec![0]));
+        assert_eq!(claim(0, 10).await, (Claim::Same, vec![0]));
+        assert_eq!(claim(0, 12).await.0, Claim::Taken(e(0, 10)));
+        assert_eq!(claim(10, 20).await, (Claim::Won, vec![0, 10]));
         assert_eq!(ledger.last(0).await.unwrap(), Some(e(10, 20)));
-        // Another writer moves on and cleans up; the stalled one claims 20.. from 10, long gone.
+        // A writer that resumed at 10 (replaying 10..20) stalls; another one moves on and trims.
         let mut froms = vec![0, 10];
         for (from, to) in [(20, 30), (30, 40), (40, 50)] {
-            assert_eq!(
-                ledger
-                    .claim(0, e(from, to), froms.last().copied())
-                    .await
-                    .unwrap(),
-                Claim::Won
-            );
-            froms.push(from);
+            let (won, listed) = claim(from, to).await;
+            assert_eq!(won, Claim::Won);
+            froms = listed;
             ledger.trim(0, &mut froms).await;
         }
         assert_eq!(ledger.entries(0).await.unwrap(), [20, 30, 40]);
-        assert_eq!(
-            ledger.claim(0, e(10, 25), Some(0)).await.unwrap(),
-            Claim::Taken(e(40, 50)),
-            "a writer whose previous entry is gone is stale"
-        );
-        assert_eq!(ledger.entries(0).await.unwrap(), [20, 30, 40]);
+        // The stalled writer wakes up: its replay of 10..20 creates the trimmed entry again, but the
+        // chain ends later, so it is not its to write; and so is a claim found equal to a stale one.
+        assert_eq!(claim(10, 20).await.0, Claim::Taken(e(40, 50)));
+        assert_eq!(claim(10, 20).await.0, Claim::Taken(e(40, 50)));
+        assert_eq!(claim(20, 30).await.0, Claim::Taken(e(40, 50)));
+        assert_eq!(claim(40, 50).await.0, Claim::Same, "the chain's end is rewritten");
+        assert_eq!(claim(50, 55).await.0, Claim::Won);
+        // What a stale claim left behind goes with the next trim.
+        let (_, mut froms) = claim(55, 60).await;
+        assert_eq!(froms, [10, 20, 30, 40, 50, 55]);
+        ledger.trim(0, &mut froms).await;
+        assert_eq!(ledger.entries(0).await.unwrap(), [40, 50, 55]);
         assert_eq!(ledger.entries(1).await.unwrap(), Vec::<i64>::new());
     }
 }

@@ -354,15 +354,7 @@ impl Sink {
             let (entries, last) = self.runtime.block_on(async {
                 let mut patience = Patience::new("the lake's ledger");
                 loop {
-                    let read = async {
-                        let entries = ledger.entries(p).await?;
-                        let last = match entries.last() {
-                            Some(&from) => Some(ledger.read(p, from).await?),
-                            None => None,
-                        };
-                        Ok::<_, SinkError>((entries, last))
-                    };
-                    match read.await {
+                    match ledger.tail(p).await {
                         Err(e) if patience.wait(&e).await => continue,
                         other => break other,
                     }
@@ -461,22 +453,18 @@ impl Sink {
         // Step 0: claim each partition's range in the ledger before writing any of its files.
         let mut replayed = Vec::new();
         for (p, entry) in taken.ranges() {
-            let previous = {
-                let b = lock(&self.buffer);
-                b.positions
-                    .get(&p)
-                    .and_then(|pos| pos.entries.last().copied())
-                    .filter(|prev| *prev != entry.from)
-            };
-            let claim = self.runtime.block_on(async {
+            let (claim, listed) = self.runtime.block_on(async {
                 let mut patience = Patience::new("the lake's ledger");
                 loop {
-                    match self.ledger.claim(p, entry, previous).await {
+                    match self.ledger.claim(p, entry).await {
                         Err(e) if patience.wait(&e).await => continue,
                         other => break other,
                     }
                 }
             })?;
+            if let Some(pos) = lock(&self.buffer).positions.get_mut(&p) {
+                pos.entries = listed;
+            }
             match claim {
                 Claim::Won => {}
                 Claim::Same => replayed.push(p),
@@ -484,8 +472,8 @@ impl Sink {
                     // Another writer decided this range (we were stalled, or it took the partition
                     // over): drop ours and write what the lake says, if the partition is still ours.
                     tracing::warn!(
-                        "partition {p}: offsets {}..{} were claimed by another writer as {}..{}; \
-                         dropping this sink's copy",
+                        "partition {p}: offsets {}..{} are another writer's (the lake's ledger goes \
+                         on with {}..{}); dropping this sink's copy and resuming from the ledger",
                         entry.from,
                         entry.to,
                         other.from,
