@@ -84,11 +84,6 @@ impl Ledger {
             .map_err(|e| SinkError::Ledger(format!("{path}: unreadable entry: {e}")))
     }
 
-    /// The last entry of a partition, if any.
-    pub(crate) async fn last(&self, partition: i32) -> Result<Option<Entry>, SinkError> {
-        Ok(self.tail(partition).await?.1)
-    }
-
     /// The partition's entries (oldest first) and the last one read. An entry trimmed between the
     /// listing and the read (the chain moved on meanwhile) means listing again.
     pub(crate) async fn tail(
@@ -186,7 +181,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
         let ledger = Ledger::new(lake, "t", "topic");
-        assert_eq!(ledger.last(0).await.unwrap(), None);
+        assert_eq!(ledger.tail(0).await.unwrap().1, None);
         let e = |from, to| Entry { from, to };
         let claim = |from, to| {
             let ledger = &ledger;
@@ -196,7 +191,7 @@ mod tests {
         assert_eq!(claim(0, 10).await, (Claim::Same, vec![0]));
         assert_eq!(claim(0, 12).await.0, Claim::Taken(e(0, 10)));
         assert_eq!(claim(10, 20).await, (Claim::Won, vec![0, 10]));
-        assert_eq!(ledger.last(0).await.unwrap(), Some(e(10, 20)));
+        assert_eq!(ledger.tail(0).await.unwrap().1, Some(e(10, 20)));
         // A writer that resumed at 10 (replaying 10..20) stalls; another one moves on and trims.
         let mut froms = vec![0, 10];
         for (from, to) in [(20, 30), (30, 40), (40, 50)] {
@@ -211,7 +206,11 @@ mod tests {
         assert_eq!(claim(10, 20).await.0, Claim::Taken(e(40, 50)));
         assert_eq!(claim(10, 20).await.0, Claim::Taken(e(40, 50)));
         assert_eq!(claim(20, 30).await.0, Claim::Taken(e(40, 50)));
-        assert_eq!(claim(40, 50).await.0, Claim::Same, "the chain's end is rewritten");
+        assert_eq!(
+            claim(40, 50).await.0,
+            Claim::Same,
+            "the chain's end is rewritten"
+        );
         assert_eq!(claim(50, 55).await.0, Claim::Won);
         // What a stale claim left behind goes with the next trim.
         let (_, mut froms) = claim(55, 60).await;
