@@ -1,0 +1,56 @@
+//! Batch encoding: frames of `[ts i64][key len i32 (-1 = none)][key][value len u32][value]`, lz4.
+
+use std::collections::VecDeque;
+
+use crate::Message;
+
+/// Appends one record's frame to a batch being built.
+pub(super) fn encode_frame(out: &mut Vec<u8>, key: &[u8], payload: &[u8], ts: i64) {
+    out.extend_from_slice(&ts.to_le_bytes());
+    out.extend_from_slice(&(key.len() as i32).to_le_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Decodes a batch stored at `base`, keeping the records at `skip_below` and after.
+pub(super) fn decode_batch(
+    partition: i32,
+    base: i64,
+    blob: &[u8],
+    skip_below: i64,
+    out: &mut VecDeque<Message>,
+) -> Result<(), String> {
+    let raw = lz4_flex::decompress_size_prepended(blob).map_err(|e| e.to_string())?;
+    let mut at = 0usize;
+    let mut offset = base;
+    let take = |at: &mut usize, n: usize| -> Result<&[u8], String> {
+        let s = raw.get(*at..*at + n).ok_or_else(|| {
+            format!("batch at offset {base} of partition {partition} is truncated")
+        })?;
+        *at += n;
+        Ok(s)
+    };
+    while at < raw.len() {
+        let ts = i64::from_le_bytes(take(&mut at, 8)?.try_into().unwrap_or_default());
+        let klen = i32::from_le_bytes(take(&mut at, 4)?.try_into().unwrap_or_default());
+        let key = if klen >= 0 {
+            Some(take(&mut at, klen as usize)?.to_vec())
+        } else {
+            None
+        };
+        let vlen = u32::from_le_bytes(take(&mut at, 4)?.try_into().unwrap_or_default());
+        let value = take(&mut at, vlen as usize)?;
+        if offset >= skip_below {
+            out.push_back(Message {
+                partition,
+                offset,
+                key,
+                payload: Some(value.to_vec()),
+                timestamp_ms: Some(ts),
+            });
+        }
+        offset += 1;
+    }
+    Ok(())
+}
