@@ -41,10 +41,10 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
         .block_on(crawl(&lake, catalog.as_ref(), &options))
         .with_context(|| format!("crawling {location}"))?;
     if report.tables.is_empty() {
-        println!("no data files found in {location}");
+        outln!("no data files found in {location}");
     }
     for t in &report.tables {
-        println!(
+        outln!(
             "table {} ({}): {}, {} files read, {} new partitions{}{}{}",
             t.name,
             if t.format.is_empty() {
@@ -84,11 +84,11 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
     if report.skipped.len() > 20 {
         eprintln!("  … and {} more files skipped", report.skipped.len() - 20);
     }
-    println!("catalog: {}", catalog.describe());
+    outln!("catalog: {}", catalog.describe());
     if let (Lake::Local { .. }, Lake::Local { .. }) = (&lake, Lake::open(&g.lake)?) {
         let (here, home) = (lake.url_of(""), Lake::open(&g.lake)?.url_of(""));
         if !report.tables.is_empty() && !here.starts_with(&home) {
-            println!(
+            outln!(
                 "{location} is outside the lake ({home}): queries read it with --allow-location {location}"
             );
         }

@@ -66,7 +66,7 @@ LIMIT 5",
 
 /// Runs one `ticklake` command line as the user would type it, and shows it.
 fn step(g: &Global, words: &[&str]) -> Result<()> {
-    println!("\n$ ticklake {}", words.join(" "));
+    outln!("\n$ ticklake {}", words.join(" "));
     let mut argv = vec![
         "ticklake",
         "--lake",
@@ -104,14 +104,14 @@ pub fn run(g: &Global, _args: Args) -> Result<ExitCode> {
         .with_context(|| format!("cannot write the sample to {}", sample.display()))?;
     let sample = sample.to_string_lossy().into_owned();
     let rejects = meta.join("rejects.csv").to_string_lossy().into_owned();
-    println!(
+    outln!(
         "ticklake demo: {SAMPLE_NAME} (the Hang Seng index, daily, {} KiB) -> embedded log -> lake {} -> embedded catalog -> SQL",
         SAMPLE.len() / 1024,
         g.lake
     );
     let bus = g.bus()?;
     if ticklake_bus::partition_count(&bus, TOPIC)?.is_some() {
-        println!("\n(topic {TOPIC} already holds the sample from an earlier demo: not producing it again)");
+        outln!("\n(topic {TOPIC} already holds the sample from an earlier demo: not producing it again)");
     } else {
         step(
             g,
@@ -154,13 +154,13 @@ pub fn run(g: &Global, _args: Args) -> Result<ExitCode> {
     )?;
     let mut out = std::io::stdout().lock();
     for (title, sql) in QUERIES {
-        println!("\n-- {title}\n{sql};");
+        outln!("\n-- {title}\n{sql};");
         let result = io
             .block_on(engine.execute(sql))
             .map_err(|e| anyhow::anyhow!(e.render(sql)))?;
         write_output(&result, OutputFormat::Table, &mut out)?;
     }
-    println!(
+    outln!(
         "\nYour turn (the lake is in {lake}, its catalog in {lake}/_ticklake/catalog.sqlite):
   ticklake query \"SELECT * FROM ohlcv('{TABLE}', '1 month') ORDER BY bar DESC LIMIT 12\"
   ticklake query \"SHOW PARTITIONS {TABLE}\"

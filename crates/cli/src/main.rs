@@ -2,6 +2,17 @@
 //!
 //! This crate only parses commands and wires the library crates together.
 
+/// `println!` for the command's output that ends the process quietly when stdout is a closed pipe
+/// (`ticklake … | head`), as a Unix tool does, instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            crate::stdout_failed(e)
+        }
+    }};
+}
+
 mod consume;
 mod crawl;
 mod demo;
@@ -72,9 +83,27 @@ fn main() -> std::process::ExitCode {
     options::init_logging(&cli.global);
     match dispatch(cli) {
         Ok(code) => code,
+        Err(e) if is_closed_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// True when the error is a write to a closed pipe (the reader of our output went away).
+fn is_closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Ends the process after a failed write to stdout: quietly for a closed pipe.
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: writing the output: {e}");
+    std::process::exit(1)
 }

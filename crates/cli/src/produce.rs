@@ -277,14 +277,14 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
             line.push_str(&format!(": {}", r.summary()));
         }
     }
-    println!("{line}");
+    outln!("{line}");
     if let Some(p) = rejects.as_ref().and_then(|r| r.written_path()) {
-        println!(
+        outln!(
             "rejected rows with line numbers and reasons: {}",
             p.display()
         );
     }
-    println!(
+    outln!(
         "{} acknowledged by {} (topic {}, {} partitions) in {:.2}s, {:.0} records/s",
         delivery.acked,
         g.describe_bus(),

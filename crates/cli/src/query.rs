@@ -191,7 +191,7 @@ pub fn shell(g: &Global, args: ShellArgs) -> Result<ExitCode> {
     }
     let interactive = std::io::stdin().is_terminal();
     if interactive {
-        println!(
+        outln!(
             "ticklake sql — {}. End statements with ';'. \\help for help, \\quit to leave.",
             engine.catalog().describe()
         );
@@ -219,9 +219,9 @@ pub fn shell(g: &Global, args: ShellArgs) -> Result<ExitCode> {
             let mut words = trimmed.split_whitespace();
             match (words.next(), words.next()) {
                 (Some("\\q" | "\\quit"), _) => break,
-                (Some("\\help" | "\\h" | "\\?"), _) => println!("{HELP}"),
+                (Some("\\help" | "\\h" | "\\?"), _) => outln!("{HELP}"),
                 (Some("\\refresh"), _) => match io.block_on(engine.refresh()) {
-                    Ok(()) => println!("catalog re-read"),
+                    Ok(()) => outln!("catalog re-read"),
                     Err(e) => eprintln!("error: {e}"),
                 },
                 (Some("\\format"), Some(f)) => match f.parse::<OutputFormat>() {

@@ -139,7 +139,7 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
         last = (s.records, s.elapsed);
     })?;
     let secs = stats.elapsed.as_secs_f64().max(1e-9);
-    println!(
+    outln!(
         "{} records written to {}/{} in {} files ({}), {} dead-lettered, in {:.2}s ({:.0} records/s)",
         stats.records,
         lake.describe().trim_end_matches('/'),
@@ -151,20 +151,20 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
         stats.records as f64 / secs
     );
     if stats.rewritten > 0 {
-        println!(
+        outln!(
             "{} records of the lake's last checkpoint written again into the same files (resuming \
              from the lake's ledger)",
             stats.rewritten
         );
     }
-    println!(
+    outln!(
         "table {} registered with its partitions in the {}",
         table,
         catalog.describe()
     );
     // A replay of history has ages of years: the figure only means something for a live feed.
     if !stats.freshness.is_empty() && stats.freshness.value_at_quantile(0.5) < 86_400_000 {
-        println!(
+        outln!(
             "record age when committed (record timestamp -> its file committed): p50 {:.3}s, p99 {:.3}s, max {:.3}s",
             stats.freshness.value_at_quantile(0.5) as f64 / 1000.0,
             stats.freshness.value_at_quantile(0.99) as f64 / 1000.0,
@@ -172,7 +172,7 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
         );
     }
     if let Some(kb) = peak_rss_kib() {
-        println!("peak memory (RSS): {}", ByteSize(kb * 1024));
+        outln!("peak memory (RSS): {}", ByteSize(kb * 1024));
     }
     Ok(ExitCode::SUCCESS)
 }
