@@ -454,3 +454,36 @@ fn demo_prints_answers_computed_from_the_sample() {
     };
     assert_eq!(answers(&stdout), answers(&stdout2));
 }
+
+/// `ticklake … | head -1`: the reader goes away after one line; the command ends quietly and well,
+/// without a panic or an error (as a Unix tool does).
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::io::BufRead;
+    let env = simulated_lake(50_000);
+    let table = env.table();
+    let all = format!("SELECT * FROM {table}");
+    for args in [
+        vec!["query", all.as_str()],
+        vec!["query", "--format", "csv", all.as_str()],
+        vec!["query", "--format", "json", all.as_str()],
+        vec!["consume", "--values"],
+    ] {
+        let mut child = env
+            .command(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(!first.is_empty(), "{args:?}");
+        let out = child.wait_with_output().unwrap();
+        let (_, stderr) = text(&out);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("error"), "{args:?}: {stderr}");
+    }
+}

@@ -45,7 +45,7 @@ pub enum QueryError {
     Timeout(std::time::Duration),
     /// Writing the result failed.
     #[error("writing the result: {0}")]
-    Output(String),
+    Output(#[source] std::io::Error),
 }
 
 impl From<DataFusionError> for QueryError {

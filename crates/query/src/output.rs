@@ -42,7 +42,13 @@ pub fn write_output(
     format: OutputFormat,
     w: &mut dyn Write,
 ) -> Result<(), QueryError> {
-    let err = |e: &dyn std::fmt::Display| QueryError::Output(e.to_string());
+    // The I/O error itself is kept (a closed pipe is not a failure to the CLI).
+    let err = |e: &dyn std::fmt::Display| QueryError::Output(std::io::Error::other(e.to_string()));
+    let io = QueryError::Output;
+    let arrow = |e: arrow::error::ArrowError| match e {
+        arrow::error::ArrowError::IoError(_, e) => QueryError::Output(e),
+        other => err(&other),
+    };
     match format {
         OutputFormat::Table => {
             let text =
@@ -54,31 +60,38 @@ pub fn write_output(
                     .iter()
                     .map(|f| f.name().as_str())
                     .collect();
-                writeln!(w, "{}\n(0 rows)", names.join(" | ")).map_err(|e| err(&e))?;
+                writeln!(w, "{}\n(0 rows)", names.join(" | ")).map_err(io)?;
             } else {
-                writeln!(w, "{text}").map_err(|e| err(&e))?;
+                writeln!(w, "{text}").map_err(io)?;
                 let n = out.rows();
-                writeln!(w, "({n} row{})", if n == 1 { "" } else { "s" }).map_err(|e| err(&e))?;
+                writeln!(w, "({n} row{})", if n == 1 { "" } else { "s" }).map_err(io)?;
             }
         }
         OutputFormat::Csv => {
-            let mut writer = arrow_csv::WriterBuilder::new()
-                .with_header(true)
-                .build(&mut *w);
-            if out.batches.is_empty() {
-                let empty = arrow::array::RecordBatch::new_empty(out.schema.clone());
-                writer.write(&empty).map_err(|e| err(&e))?;
-            }
-            for b in &out.batches {
-                writer.write(b).map_err(|e| err(&e))?;
+            // Batch by batch through a buffer: the CSV writer turns I/O errors into text.
+            let empty = [arrow::array::RecordBatch::new_empty(out.schema.clone())];
+            let batches = if out.batches.is_empty() {
+                &empty[..]
+            } else {
+                &out.batches[..]
+            };
+            let mut buf = Vec::new();
+            for (i, b) in batches.iter().enumerate() {
+                buf.clear();
+                arrow_csv::WriterBuilder::new()
+                    .with_header(i == 0)
+                    .build(&mut buf)
+                    .write(b)
+                    .map_err(|e| err(&e))?;
+                w.write_all(&buf).map_err(io)?;
             }
         }
         OutputFormat::Json => {
             let mut writer = arrow_json::LineDelimitedWriter::new(&mut *w);
             for b in &out.batches {
-                writer.write(b).map_err(|e| err(&e))?;
+                writer.write(b).map_err(arrow)?;
             }
-            writer.finish().map_err(|e| err(&e))?;
+            writer.finish().map_err(arrow)?;
         }
         OutputFormat::Parquet => {
             let mut buf = Vec::new();
@@ -88,8 +101,8 @@ pub fn write_output(
                 writer.write(b).map_err(|e| err(&e))?;
             }
             writer.close().map_err(|e| err(&e))?;
-            w.write_all(&buf).map_err(|e| err(&e))?;
+            w.write_all(&buf).map_err(io)?;
         }
     }
-    w.flush().map_err(|e| err(&e))
+    w.flush().map_err(io)
 }
