@@ -1,0 +1,434 @@
+//! The lake's Iceberg tables: where they are cataloged, how a checkpoint is appended.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::compute::{cast, concat_batches};
+use arrow_array::{new_null_array, ArrayRef, RecordBatch};
+use arrow_schema::{Schema as ArrowSchema, SchemaRef as ArrowSchemaRef};
+use iceberg::arrow::{
+    arrow_schema_to_schema_auto_assign_ids, arrow_type_to_type, schema_to_arrow_schema,
+    RecordBatchPartitionSplitter,
+};
+use iceberg::io::LocalFsStorageFactory;
+use iceberg::spec::{
+    DataFileFormat, NullOrder, SortDirection, SortField, SortOrder, TableMetadataRef, Transform,
+    UnboundPartitionSpec,
+};
+use iceberg::table::Table;
+use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
+use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
+use iceberg::writer::file_writer::location_generator::{
+    DefaultFileNameGenerator, DefaultLocationGenerator,
+};
+use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
+use iceberg::writer::file_writer::ParquetWriterBuilder;
+use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
+use iceberg::writer::partitioning::PartitioningWriter;
+use iceberg::{Catalog, CatalogBuilder, ErrorKind, NamespaceIdent, TableCreation, TableIdent};
+use iceberg_catalog_sql::{
+    SqlBindStyle, SqlCatalogBuilder, SQL_CATALOG_PROP_BIND_STYLE, SQL_CATALOG_PROP_URI,
+    SQL_CATALOG_PROP_WAREHOUSE,
+};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use crate::fenced::FencedCatalog;
+use crate::IcebergError;
+
+/// The namespace (database) of ticklake's tables in the catalog.
+const NAMESPACE: &str = "ticklake";
+
+/// The offset range of one Kafka partition in an append: `from` (inclusive) to `to` (exclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetRange {
+    /// The topic's partition.
+    pub partition: i32,
+    /// The first offset.
+    pub from: i64,
+    /// One past the last offset.
+    pub to: i64,
+}
+
+/// What an append did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// The checkpoint is in the table, as the snapshot `snapshot_id`.
+    Committed {
+        /// The new current snapshot.
+        snapshot_id: i64,
+        /// Data files added.
+        files: usize,
+    },
+    /// Refused: the table holds `partition` up to `recorded`, not up to the range's start (another
+    /// writer committed it, or this one is stale). Nothing was added.
+    Taken {
+        /// The partition whose range does not follow on.
+        partition: i32,
+        /// Where the table says the partition ends.
+        recorded: Option<i64>,
+    },
+}
+
+/// The Iceberg tables of one lake and their catalog.
+pub struct IcebergLake {
+    catalog: Arc<dyn Catalog>,
+    namespace: NamespaceIdent,
+    /// The lake's root, as a `file://` URL.
+    root: String,
+}
+
+impl IcebergLake {
+    /// The embedded catalog of a lake on local disk: Iceberg's SQL catalog in the SQLite file
+    /// `<lake>/_ticklake/iceberg.sqlite`; each table's data and metadata in `<lake>/<table>/`.
+    pub async fn embedded(lake: &Path) -> Result<IcebergLake, IcebergError> {
+        let err = |source| IcebergError::Iceberg {
+            table: format!("catalog {}", lake.display()),
+            source: Box::new(source),
+        };
+        let meta_dir = lake.join("_ticklake");
+        std::fs::create_dir_all(&meta_dir).map_err(|e| IcebergError::Invalid {
+            table: format!("catalog {}", meta_dir.display()),
+            message: format!("cannot create the folder: {e}"),
+        })?;
+        let root = format!("file://{}", lake.display());
+        let db = meta_dir.join("iceberg.sqlite");
+        let props = HashMap::from([
+            (
+                SQL_CATALOG_PROP_URI.to_owned(),
+                format!("sqlite:{}?mode=rwc", db.display()),
+            ),
+            (SQL_CATALOG_PROP_WAREHOUSE.to_owned(), root.clone()),
+            (
+                SQL_CATALOG_PROP_BIND_STYLE.to_owned(),
+                SqlBindStyle::QMark.to_string(),
+            ),
+        ]);
+        let catalog = SqlCatalogBuilder::default()
+            .with_storage_factory(Arc::new(LocalFsStorageFactory))
+            .load("ticklake", props)
+            .await
+            .map_err(err)?;
+        let namespace = NamespaceIdent::new(NAMESPACE.to_owned());
+        if !catalog.namespace_exists(&namespace).await.map_err(err)? {
+            match catalog.create_namespace(&namespace, HashMap::new()).await {
+                Ok(_) => {}
+                // Another process made it meanwhile.
+                Err(e) if catalog.namespace_exists(&namespace).await.unwrap_or(false) => {
+                    tracing::debug!("namespace created meanwhile: {e}");
+                }
+                Err(e) => return Err(err(e)),
+            }
+        }
+        Ok(IcebergLake {
+            catalog: Arc::new(catalog),
+            namespace,
+            root,
+        })
+    }
+
+    fn ident(&self, table: &str) -> TableIdent {
+        TableIdent::new(self.namespace.clone(), table.to_owned())
+    }
+
+    fn error(table: &str) -> impl Fn(iceberg::Error) -> IcebergError + '_ {
+        move |source| IcebergError::Iceberg {
+            table: table.to_owned(),
+            source: Box::new(source),
+        }
+    }
+
+    /// The table, if it exists.
+    pub async fn load(&self, table: &str) -> Result<Option<Table>, IcebergError> {
+        match self.catalog.load_table(&self.ident(table)).await {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.kind() == ErrorKind::TableNotFound => Ok(None),
+            Err(e) => Err(Self::error(table)(e)),
+        }
+    }
+
+    /// Per partition of `topic`, where the table's records of it end (`None` for a table that does
+    /// not exist yet: nothing is held).
+    pub async fn offsets(
+        &self,
+        table: &str,
+        topic: &str,
+    ) -> Result<BTreeMap<i32, i64>, IcebergError> {
+        Ok(match self.load(table).await? {
+            Some(t) => recorded_offsets(t.metadata_ref(), topic),
+            None => BTreeMap::new(),
+        })
+    }
+
+    /// Creates the table for batches shaped like `schema` unless it exists: partitioned by day of
+    /// `ts`, sorted by `symbol, ts`.
+    async fn create(&self, table: &str, schema: &ArrowSchema) -> Result<Table, IcebergError> {
+        let err = Self::error(table);
+        let iceberg_schema = arrow_schema_to_schema_auto_assign_ids(schema).map_err(&err)?;
+        let field = |name: &str| {
+            iceberg_schema
+                .field_by_name(name)
+                .map(|f| f.id)
+                .ok_or_else(|| IcebergError::Invalid {
+                    table: table.to_owned(),
+                    message: format!("the records have no {name:?} column"),
+                })
+        };
+        let (ts, symbol) = (field("ts")?, field("symbol")?);
+        let spec = UnboundPartitionSpec::builder()
+            .add_partition_field(ts, "ts_day", Transform::Day)
+            .map_err(&err)?
+            .build();
+        let sort_field = |id| {
+            SortField::builder()
+                .source_id(id)
+                .transform(Transform::Identity)
+                .direction(SortDirection::Ascending)
+                .null_order(NullOrder::First)
+                .build()
+        };
+        let sort = SortOrder::builder()
+            .with_order_id(1)
+            .with_sort_field(sort_field(symbol))
+            .with_sort_field(sort_field(ts))
+            .build_unbound()
+            .map_err(&err)?;
+        let creation = TableCreation::builder()
+            .name(table.to_owned())
+            .location(format!("{}/{table}", self.root))
+            .schema(iceberg_schema)
+            .partition_spec(spec)
+            .sort_order(sort)
+            .properties(HashMap::from([(
+                "write.parquet.compression-codec".to_owned(),
+                "zstd".to_owned(),
+            )]))
+            .build();
+        match self.catalog.create_table(&self.namespace, creation).await {
+            Ok(t) => Ok(t),
+            // Another sink created it meanwhile.
+            Err(e) => match self.load(table).await? {
+                Some(t) => Ok(t),
+                None => Err(err(e)),
+            },
+        }
+    }
+
+    /// Adds the columns of `schema` the table lacks (as optional columns), in a commit of its own.
+    async fn evolve(&self, table: Table, schema: &ArrowSchema) -> Result<Table, IcebergError> {
+        let name = table.identifier().name().to_owned();
+        let err = Self::error(&name);
+        let current = table.metadata().current_schema().clone();
+        let missing: Vec<_> = schema
+            .fields()
+            .iter()
+            .filter(|f| current.field_by_name(f.name()).is_none())
+            .collect();
+        if missing.is_empty() {
+            return Ok(table);
+        }
+        let tx = Transaction::new(&table);
+        let mut update = tx.update_schema();
+        for f in &missing {
+            let ty = arrow_type_to_type(f.data_type()).map_err(&err)?;
+            update = update.add_column(AddColumn::optional(f.name(), ty));
+        }
+        let tx = update.apply(tx).map_err(&err)?;
+        tx.commit(self.catalog.as_ref()).await.map_err(&err)
+    }
+
+    /// Appends `batches` (all of one Arrow schema: `symbol`, `ts`, …) as one snapshot covering
+    /// `ranges` of `topic`, unless a range does not start where the table says its partition ends.
+    /// The table is created on the first append; new columns are added to its schema first.
+    pub async fn append(
+        &self,
+        table: &str,
+        topic: &str,
+        ranges: &[OffsetRange],
+        batches: &[RecordBatch],
+    ) -> Result<Appended, IcebergError> {
+        let err = Self::error(table);
+        let Some(first) = batches.first() else {
+            return Err(IcebergError::Invalid {
+                table: table.to_owned(),
+                message: "an append needs records".into(),
+            });
+        };
+        let schema = first.schema();
+        let current = match self.load(table).await? {
+            Some(t) => t,
+            None => self.create(table, &schema).await?,
+        };
+        let current = self.evolve(current, &schema).await?;
+        let files = self
+            .write_files(&current, topic, ranges, &schema, batches)
+            .await?;
+        let count = files.len();
+        let properties: HashMap<String, String> = ranges
+            .iter()
+            .map(|r| {
+                (
+                    offsets_key(topic, r.partition),
+                    format!("{}..{}", r.from, r.to),
+                )
+            })
+            .collect();
+        let fenced = FencedCatalog::new(self.catalog.clone(), self.ident(table), topic, ranges);
+        let tx = Transaction::new(&current);
+        let tx = tx
+            .fast_append()
+            .add_data_files(files)
+            .set_snapshot_properties(properties)
+            .with_check_duplicate(false)
+            .apply(tx)
+            .map_err(&err)?;
+        match tx.commit(&fenced).await {
+            Ok(t) => Ok(Appended::Committed {
+                snapshot_id: t.metadata().current_snapshot_id().unwrap_or_default(),
+                files: count,
+            }),
+            Err(e) => match fenced.refused() {
+                // The files written for it are referenced by no snapshot (orphans, for cleanup).
+                Some(r) => Ok(Appended::Taken {
+                    partition: r.partition,
+                    recorded: r.recorded,
+                }),
+                None => Err(err(e)),
+            },
+        }
+    }
+
+    /// Writes the batches as Parquet data files of the table, sorted by `symbol, ts`, one or more per
+    /// day; returns them for the commit.
+    async fn write_files(
+        &self,
+        table: &Table,
+        topic: &str,
+        ranges: &[OffsetRange],
+        schema: &ArrowSchemaRef,
+        batches: &[RecordBatch],
+    ) -> Result<Vec<iceberg::spec::DataFile>, IcebergError> {
+        let name = table.identifier().name().to_owned();
+        let err = Self::error(&name);
+        let metadata = table.metadata();
+        let iceberg_schema = metadata.current_schema().clone();
+        let target = Arc::new(schema_to_arrow_schema(&iceberg_schema).map_err(&err)?);
+        let all = concat_batches(schema, batches).map_err(|e| IcebergError::Invalid {
+            table: name.clone(),
+            message: e.to_string(),
+        })?;
+        let sorted = sort_by_symbol_ts(&all).map_err(|e| IcebergError::Invalid {
+            table: name.clone(),
+            message: e.to_string(),
+        })?;
+        let batch = project(&sorted, &target).map_err(|message| IcebergError::Invalid {
+            table: name.clone(),
+            message,
+        })?;
+        let properties = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .build();
+        let parquet = ParquetWriterBuilder::new(properties, iceberg_schema.clone());
+        let first = ranges.first().map_or(0, |r| r.from);
+        let prefix = format!(
+            "{topic}+{}+{first:020}",
+            ranges.first().map_or(0, |r| r.partition)
+        );
+        let rolling = RollingFileWriterBuilder::new(
+            parquet,
+            512 << 20,
+            table.file_io().clone(),
+            DefaultLocationGenerator::new(metadata).map_err(&err)?,
+            DefaultFileNameGenerator::new(
+                prefix,
+                Some(uuid::Uuid::now_v7().to_string()),
+                DataFileFormat::Parquet,
+            ),
+        );
+        let mut writer = FanoutWriter::new(DataFileWriterBuilder::new(rolling));
+        let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(
+            iceberg_schema.clone(),
+            metadata.default_partition_spec().clone(),
+        )
+        .map_err(&err)?;
+        for (key, part) in splitter.split(&batch).map_err(&err)? {
+            writer.write(key, part).await.map_err(&err)?;
+        }
+        writer.close().await.map_err(&err)
+    }
+}
+
+/// The summary key of a partition's offset range.
+fn offsets_key(topic: &str, partition: i32) -> String {
+    format!("ticklake.kafka.{topic}.{partition}")
+}
+
+/// Per partition of `topic`: the largest range end recorded by the current snapshot and its
+/// ancestors. (Appends only ever move a partition forward, so the largest end is the last one.)
+pub(crate) fn recorded_offsets(metadata: TableMetadataRef, topic: &str) -> BTreeMap<i32, i64> {
+    let mut ends = BTreeMap::new();
+    let Some(current) = metadata.current_snapshot_id() else {
+        return ends;
+    };
+    let prefix = format!("ticklake.kafka.{topic}.");
+    for snapshot in iceberg::util::snapshot::ancestors_of(&metadata, current) {
+        for (key, value) in &snapshot.summary().additional_properties {
+            let Some(partition) = key
+                .strip_prefix(&prefix)
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Some(to) = value
+                .split_once("..")
+                .and_then(|(_, to)| to.parse::<i64>().ok())
+            else {
+                continue;
+            };
+            let end = ends.entry(partition).or_insert(to);
+            *end = (*end).max(to);
+        }
+    }
+    ends
+}
+
+/// The batch sorted by `symbol`, then `ts`.
+fn sort_by_symbol_ts(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
+    use arrow::compute::{lexsort_to_indices, take_record_batch, SortColumn};
+    let column = |name: &str| {
+        batch
+            .column_by_name(name)
+            .cloned()
+            .ok_or_else(|| arrow::error::ArrowError::SchemaError(format!("no {name:?} column")))
+    };
+    let indices = lexsort_to_indices(
+        &[
+            SortColumn {
+                values: column("symbol")?,
+                options: None,
+            },
+            SortColumn {
+                values: column("ts")?,
+                options: None,
+            },
+        ],
+        None,
+    )?;
+    take_record_batch(batch, &indices)
+}
+
+/// The batch in the table's shape: its columns by name, in the table's order and types (with the
+/// field ids Iceberg's writer needs); columns the batch lacks are null.
+fn project(batch: &RecordBatch, target: &ArrowSchemaRef) -> Result<RecordBatch, String> {
+    let columns: Vec<ArrayRef> = target
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) => cast(c, f.data_type()).map_err(|e| format!("column {:?}: {e}", f.name())),
+            None => Ok(new_null_array(f.data_type(), batch.num_rows())),
+        })
+        .collect::<Result<_, _>>()?;
+    RecordBatch::try_new(target.clone(), columns).map_err(|e| e.to_string())
+}

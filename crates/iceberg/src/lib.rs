@@ -1,0 +1,39 @@
+//! Apache Iceberg tables in the lake.
+//!
+//! The sink writes a checkpoint as **one atomic append**: its data files become visible to readers
+//! all at once, and the snapshot's summary carries the Kafka offset range of every partition it
+//! covers (`ticklake.kafka.<topic>.<partition>` = `"<from>..<to>"`, as the Iceberg Kafka Connect sink
+//! keeps its offsets in the table). The table is then the source of truth for what it holds:
+//!
+//! * [`IcebergLake::offsets`] reads, per partition, the end of the last range the table holds (the
+//!   largest `to` among the current snapshot and its ancestors), where a sink resumes;
+//! * [`IcebergLake::append`] is refused ([`Appended::Taken`]) unless every range starts where the
+//!   table says its partition ends, so a late, stalled or duplicated writer can never add data twice.
+//!   The check is made inside the catalog's compare-and-set of the commit (see [`fenced`]).
+
+mod fenced;
+mod lake;
+
+pub use lake::{Appended, IcebergLake, OffsetRange};
+
+/// What can go wrong with an Iceberg table.
+#[derive(Debug, thiserror::Error)]
+pub enum IcebergError {
+    /// The Iceberg library, the catalog or the store failed.
+    #[error("Iceberg table {table}: {source}")]
+    Iceberg {
+        /// The table (or catalog) concerned.
+        table: String,
+        /// What failed.
+        #[source]
+        source: Box<iceberg::Error>,
+    },
+    /// The data does not fit the table.
+    #[error("Iceberg table {table}: {message}")]
+    Invalid {
+        /// The table concerned.
+        table: String,
+        /// What is wrong.
+        message: String,
+    },
+}
