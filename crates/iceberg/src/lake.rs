@@ -255,15 +255,23 @@ impl IcebergLake {
                 message: "an append needs records".into(),
             });
         };
-        let schema = first.schema();
+        // The batches of one checkpoint may differ in their extra columns: the union of them all.
+        let mut fields: Vec<arrow_schema::FieldRef> =
+            first.schema().fields().iter().cloned().collect();
+        for b in &batches[1..] {
+            for f in b.schema().fields() {
+                if !fields.iter().any(|have| have.name() == f.name()) {
+                    fields.push(f.clone());
+                }
+            }
+        }
+        let schema = ArrowSchema::new(fields);
         let current = match self.load(table).await? {
             Some(t) => t,
             None => self.create(table, &schema).await?,
         };
         let current = self.evolve(current, &schema).await?;
-        let files = self
-            .write_files(&current, topic, ranges, &schema, batches)
-            .await?;
+        let files = self.write_files(&current, topic, ranges, batches).await?;
         let count = files.len();
         let properties: HashMap<String, String> = ranges
             .iter()
@@ -306,26 +314,24 @@ impl IcebergLake {
         table: &Table,
         topic: &str,
         ranges: &[OffsetRange],
-        schema: &ArrowSchemaRef,
         batches: &[RecordBatch],
     ) -> Result<Vec<iceberg::spec::DataFile>, IcebergError> {
         let name = table.identifier().name().to_owned();
         let err = Self::error(&name);
+        let invalid = |message: String| IcebergError::Invalid {
+            table: name.clone(),
+            message,
+        };
         let metadata = table.metadata();
         let iceberg_schema = metadata.current_schema().clone();
         let target = Arc::new(schema_to_arrow_schema(&iceberg_schema).map_err(&err)?);
-        let all = concat_batches(schema, batches).map_err(|e| IcebergError::Invalid {
-            table: name.clone(),
-            message: e.to_string(),
-        })?;
-        let sorted = sort_by_symbol_ts(&all).map_err(|e| IcebergError::Invalid {
-            table: name.clone(),
-            message: e.to_string(),
-        })?;
-        let batch = project(&sorted, &target).map_err(|message| IcebergError::Invalid {
-            table: name.clone(),
-            message,
-        })?;
+        let projected: Vec<RecordBatch> = batches
+            .iter()
+            .map(|b| project(b, &target))
+            .collect::<Result<_, _>>()
+            .map_err(&invalid)?;
+        let all = concat_batches(&target, &projected).map_err(|e| invalid(e.to_string()))?;
+        let batch = sort_by_symbol_ts(&all).map_err(|e| invalid(e.to_string()))?;
         let properties = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
             .build();

@@ -21,7 +21,7 @@ mod register;
 mod sink;
 
 pub use format::FileFormat;
-pub use sink::{FlushPolicy, Sink, SinkConfig, Stats, DEFAULT_MAX_MESSAGE_BYTES};
+pub use sink::{FlushPolicy, Sink, SinkConfig, Stats, TableFormat, DEFAULT_MAX_MESSAGE_BYTES};
 pub use ticklake_lake::{Lake, PartitionKey, Partitioning};
 
 /// Errors of the sink.
@@ -39,6 +39,9 @@ pub enum SinkError {
     /// Registering partitions in the catalog failed.
     #[error(transparent)]
     Catalog(#[from] ticklake_catalog::CatalogError),
+    /// An Iceberg table or its catalog failed.
+    #[error(transparent)]
+    Iceberg(#[from] ticklake_iceberg::IcebergError),
     /// The lake's ledger of offsets is unreadable.
     #[error("ledger: {0}")]
     Ledger(String),

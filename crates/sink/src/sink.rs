@@ -21,6 +21,8 @@ use crate::register::Registrar;
 use crate::SinkError;
 use ticklake_lake::{Lake, Partitioning};
 
+mod iceberg;
+
 /// When to flush.
 #[derive(Debug, Clone, Copy)]
 pub struct FlushPolicy {
@@ -66,6 +68,33 @@ pub struct SinkConfig {
     /// A topic that also receives every dead letter (besides the lake's dead-letter files), as Kafka
     /// Connect's `errors.deadletterqueue.topic.name`.
     pub dlq_topic: Option<String>,
+    /// How the table is kept: Hive folders (files and a catalog) or an Iceberg table.
+    pub table_format: TableFormat,
+}
+
+/// How a table is kept in the lake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TableFormat {
+    /// Hive-style folders of files, registered in the catalog; the lake's ledger holds the offsets.
+    #[default]
+    Hive,
+    /// An Apache Iceberg table (embedded SQL catalog): one atomic append per checkpoint, carrying the
+    /// offsets (see `ticklake_iceberg`).
+    Iceberg,
+}
+
+impl std::str::FromStr for TableFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "hive" => Ok(TableFormat::Hive),
+            "iceberg" => Ok(TableFormat::Iceberg),
+            other => Err(format!(
+                "unknown table format {other:?}: use hive or iceberg"
+            )),
+        }
+    }
 }
 
 /// The default limit on a message's size: 1 MiB, Kafka's own default for a message.
@@ -135,6 +164,9 @@ pub struct Sink {
     dlq: Option<Box<dyn Producer>>,
     /// The lake's record of the offsets it holds.
     ledger: Ledger,
+    /// With `--table-format iceberg`: the table's catalog, and where the table says each assigned
+    /// partition ends.
+    iceberg: Option<iceberg::IcebergState>,
     stats: Stats,
     started: Instant,
 }
@@ -217,7 +249,16 @@ impl Sink {
             .build()
             .map_err(|e| SinkError::Config(format!("cannot start the I/O runtime: {e}")))?;
         let ledger = Ledger::new(lake.clone(), &config.table, &config.topic);
-        let registrar = config.catalog.clone().map(Registrar::new);
+        let iceberg = match config.table_format {
+            TableFormat::Hive => None,
+            TableFormat::Iceberg => Some(runtime.block_on(iceberg::IcebergState::open(&lake))?),
+        };
+        // An Iceberg table is its own catalog entry (the Hive registration is for folders).
+        let registrar = config
+            .catalog
+            .clone()
+            .filter(|_| config.table_format == TableFormat::Hive)
+            .map(Registrar::new);
         let mut types = ColumnTypes::default();
         if let Some(r) = &registrar {
             if let Some(table) = runtime.block_on(r.current(&config.table))? {
@@ -234,6 +275,7 @@ impl Sink {
             registrar,
             dlq,
             ledger,
+            iceberg,
             stats: Stats {
                 records: 0,
                 rewritten: 0,
@@ -349,6 +391,9 @@ impl Sink {
     /// first message it takes is the one at that offset (see [`Position::resync`]).
     fn resume_assigned(&mut self) -> Result<(), SinkError> {
         let assigned = std::mem::take(&mut lock(&self.buffer).assigned);
+        if self.iceberg.is_some() {
+            return self.resume_from_table(assigned);
+        }
         for p in assigned {
             let ledger = &self.ledger;
             let (entries, last) = self.runtime.block_on(async {
@@ -449,6 +494,9 @@ impl Sink {
         let mut taken = lock(&self.buffer).take_ready();
         if taken.is_empty() {
             return Ok(());
+        }
+        if self.iceberg.is_some() {
+            return self.flush_to_table(taken);
         }
         // Step 0: claim each partition's range in the ledger before writing any of its files.
         let mut replayed = Vec::new();

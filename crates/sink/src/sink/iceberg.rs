@@ -1,0 +1,229 @@
+//! The sink's path into an Iceberg table: resume where the table's snapshots say each partition ends,
+//! flush a checkpoint as one atomic append that carries its offset ranges (refused if another writer
+//! got there first). The lake's ledger is not used: the table is the source of truth.
+
+use std::collections::HashMap;
+
+use ticklake_iceberg::{Appended, IcebergLake, OffsetRange};
+use ticklake_lake::Lake;
+
+use super::{lock, now_ms, Sink};
+use crate::checkpoint::{Checkpoint, Job, Plan, Position};
+use crate::format::FileFormat;
+use crate::patience::Patience;
+use crate::SinkError;
+
+/// The Iceberg side of a sink.
+pub(super) struct IcebergState {
+    tables: IcebergLake,
+    /// Per assigned partition, the end of its records in the table (none: the table holds none).
+    /// A checkpoint of dead letters only commits nothing, so the next append starts here, not at the
+    /// checkpoint's own start.
+    ends: HashMap<i32, i64>,
+}
+
+impl IcebergState {
+    /// The lake's embedded Iceberg catalog (local lakes only, for now).
+    pub(super) async fn open(lake: &Lake) -> Result<IcebergState, SinkError> {
+        let Lake::Local { root } = lake else {
+            return Err(SinkError::Config(
+                "--table-format iceberg needs a local lake for now (its catalog is a SQLite file \
+                 in the lake); S3 lakes with Glue or REST catalogs are not supported yet"
+                    .into(),
+            ));
+        };
+        Ok(IcebergState {
+            tables: IcebergLake::embedded(root).await?,
+            ends: HashMap::new(),
+        })
+    }
+}
+
+impl Sink {
+    /// Resumes newly assigned partitions where the table says they end; the first message taken must
+    /// be the one at that offset (see [`Position::resync`]).
+    pub(super) fn resume_from_table(&mut self, assigned: Vec<i32>) -> Result<(), SinkError> {
+        if assigned.is_empty() {
+            return Ok(());
+        }
+        let Some(state) = &mut self.iceberg else {
+            return Ok(());
+        };
+        let (table, topic) = (&self.config.table, &self.config.topic);
+        let ends = self.runtime.block_on(async {
+            let mut patience = Patience::new("the Iceberg catalog");
+            loop {
+                match state.tables.offsets(table, topic).await {
+                    Ok(ends) => break Ok(ends),
+                    Err(e) => {
+                        let e = SinkError::from(e);
+                        if !patience.wait(&e).await {
+                            break Err(e);
+                        }
+                    }
+                }
+            }
+        })?;
+        for p in assigned {
+            let end = ends.get(&p).copied();
+            match end {
+                Some(end) => {
+                    state.ends.insert(p, end);
+                    let committed = self.consumer.committed(p).unwrap_or_else(|e| {
+                        tracing::warn!("partition {p}: cannot read the group's offset: {e}");
+                        None
+                    });
+                    if committed != Some(end) {
+                        if let Err(e) = self.consumer.seek(p, end) {
+                            tracing::warn!("partition {p}: {e}; moving it on its first message");
+                        }
+                    }
+                }
+                None => {
+                    state.ends.remove(&p);
+                }
+            }
+            lock(&self.buffer).positions.insert(
+                p,
+                Position {
+                    from: end,
+                    replay_to: None,
+                    entries: Vec::new(),
+                    resync: end.is_some(),
+                    after_seek: None,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes the checkpoint as one append to the table (dead letters as files beside it first: named
+    /// by their range, a replay writes the same ones), then mirrors the offsets to the group.
+    pub(super) fn flush_to_table(&mut self, taken: Checkpoint) -> Result<(), SinkError> {
+        let cfg = &self.config;
+        let Plan {
+            files,
+            ranges,
+            stamps,
+            records,
+            dead,
+            ..
+        } = taken.plan(
+            &cfg.topic,
+            &cfg.table,
+            &cfg.partitioning,
+            // Iceberg data files are Parquet whatever --format says (the CLI refuses other formats).
+            FileFormat::Parquet,
+            &self.types,
+        )?;
+        let mut batches = Vec::new();
+        let mut dead_files = Vec::new();
+        for (rel, job) in files {
+            match job {
+                Job::Data(batch) => batches.push(batch),
+                Job::Raw(bytes) => dead_files.push((rel, bytes)),
+            }
+        }
+        let lake = &self.lake;
+        let mut bytes_written = 0u64;
+        for (rel, bytes) in &dead_files {
+            bytes_written += bytes.len() as u64;
+            self.runtime.block_on(async {
+                let mut patience = Patience::new("the lake");
+                loop {
+                    match lake.put(rel, bytes.clone()).await {
+                        Ok(()) => break Ok(()),
+                        Err(e) => {
+                            let e = SinkError::from(e);
+                            if !patience.wait(&e).await {
+                                break Err(e);
+                            }
+                        }
+                    }
+                }
+            })?;
+        }
+        let Some(state) = &mut self.iceberg else {
+            return Ok(());
+        };
+        let mut data_files = 0;
+        if !batches.is_empty() {
+            let append: Vec<OffsetRange> = ranges
+                .iter()
+                .map(|(p, e, _)| OffsetRange {
+                    partition: *p,
+                    from: state.ends.get(p).copied().unwrap_or(e.from),
+                    to: e.to,
+                })
+                .collect();
+            let (table, topic) = (&cfg.table, &cfg.topic);
+            let outcome = self.runtime.block_on(async {
+                let mut patience = Patience::new("the Iceberg table");
+                loop {
+                    match state.tables.append(table, topic, &append, &batches).await {
+                        Ok(outcome) => break Ok(outcome),
+                        Err(e) => {
+                            let e = SinkError::from(e);
+                            if !patience.wait(&e).await {
+                                break Err(e);
+                            }
+                        }
+                    }
+                }
+            })?;
+            match outcome {
+                Appended::Committed { files, .. } => {
+                    data_files = files;
+                    for r in &append {
+                        state.ends.insert(r.partition, r.to);
+                    }
+                }
+                Appended::Taken {
+                    partition,
+                    recorded,
+                } => {
+                    tracing::warn!(
+                        "partition {partition}: the table already holds its offsets up to {}; \
+                         another writer committed this checkpoint's range: dropping this sink's \
+                         copy and resuming from the table",
+                        recorded.unwrap_or_default()
+                    );
+                    let parts: Vec<i32> = ranges.iter().map(|(p, ..)| *p).collect();
+                    let assigned = self.consumer.assignment();
+                    let mut b = lock(&self.buffer);
+                    b.revoke(&parts);
+                    b.assigned
+                        .extend(parts.into_iter().filter(|p| assigned.contains(p)));
+                    return Ok(());
+                }
+            }
+        }
+        let offsets: Vec<(i32, i64)> = ranges.iter().map(|(p, e, _)| (*p, e.to)).collect();
+        if let Err(e) = self.consumer.commit(&offsets) {
+            tracing::warn!("committing offsets to the consumer group: {e} (the table has them)");
+        }
+        {
+            let mut b = lock(&self.buffer);
+            for (p, e, _) in &ranges {
+                if let Some(pos) = b.positions.get_mut(p) {
+                    pos.from = Some(e.to);
+                    pos.replay_to = None;
+                }
+            }
+        }
+        let held = std::mem::take(&mut lock(&self.buffer).held);
+        self.absorb(held);
+        let now_ms = now_ms();
+        for s in stamps {
+            let _ = self.stats.freshness.record((now_ms - s).max(0) as u64);
+        }
+        let s = &mut self.stats;
+        s.records += records;
+        s.dead_letters += dead;
+        s.files += (data_files + dead_files.len()) as u64;
+        s.bytes += bytes_written;
+        s.flushes += 1;
+        metrics::counter!("ticklake_sink_records_total").increment(records);
+        Ok(())
+    }
+}
