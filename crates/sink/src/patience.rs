@@ -82,3 +82,24 @@ fn is_outage(e: &SinkError) -> bool {
         _ => false,
     }
 }
+
+/// Runs `op` until it succeeds, waiting out outages of `what` (see [`Patience`]).
+pub(crate) async fn patiently<T, E, F, Fut>(what: &'static str, mut op: F) -> Result<T, SinkError>
+where
+    E: Into<SinkError>,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut patience = Patience::new(what);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                let e = e.into();
+                if !patience.wait(&e).await {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}

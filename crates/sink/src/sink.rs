@@ -687,36 +687,65 @@ impl Sink {
                 pos.entries = entries;
             }
         }
-        // Messages held past replayed ranges start the next checkpoint.
-        let held = std::mem::take(&mut lock(&self.buffer).held);
-        self.absorb(held);
-        let now_ms = now_ms();
-        for s in stamps {
-            let _ = self.stats.freshness.record((now_ms - s).max(0) as u64);
-        }
         let bytes: u64 = written.iter().sum();
-        let s = &mut self.stats;
-        s.records += records.saturating_sub(rewritten);
-        s.rewritten += rewritten;
-        s.dead_letters += dead;
-        s.files += written.len() as u64;
-        s.bytes += bytes;
-        s.flushes += 1;
-        metrics::counter!("ticklake_sink_records_total")
-            .increment(records.saturating_sub(rewritten));
-        metrics::counter!("ticklake_sink_dead_letters_total").increment(dead);
-        metrics::counter!("ticklake_sink_files_total").increment(written.len() as u64);
-        metrics::counter!("ticklake_sink_bytes_total").increment(bytes);
-        metrics::counter!("ticklake_sink_flushes_total").increment(1);
-        tracing::debug!(
-            "flushed {records} records, {dead} dead letters, {} files, {bytes} bytes",
-            written.len()
+        self.finish_flush(
+            &stamps,
+            Flushed {
+                records: records.saturating_sub(rewritten),
+                rewritten,
+                dead,
+                files: written.len() as u64,
+                bytes,
+            },
         );
         Ok(())
     }
 }
 
 /// The wall clock in ms since the epoch.
+/// What a flush added to the lake, for the statistics and metrics.
+struct Flushed {
+    /// Records committed for the first time.
+    records: u64,
+    /// Records of replayed ranges written again.
+    rewritten: u64,
+    dead: u64,
+    files: u64,
+    bytes: u64,
+}
+
+impl Sink {
+    /// After a flush: messages held past replayed ranges start the next checkpoint, and the flush is
+    /// counted (statistics, freshness, metrics).
+    fn finish_flush(&mut self, stamps: &[i64], f: Flushed) {
+        let held = std::mem::take(&mut lock(&self.buffer).held);
+        self.absorb(held);
+        let now_ms = now_ms();
+        for s in stamps {
+            let _ = self.stats.freshness.record((now_ms - s).max(0) as u64);
+        }
+        let s = &mut self.stats;
+        s.records += f.records;
+        s.rewritten += f.rewritten;
+        s.dead_letters += f.dead;
+        s.files += f.files;
+        s.bytes += f.bytes;
+        s.flushes += 1;
+        metrics::counter!("ticklake_sink_records_total").increment(f.records);
+        metrics::counter!("ticklake_sink_dead_letters_total").increment(f.dead);
+        metrics::counter!("ticklake_sink_files_total").increment(f.files);
+        metrics::counter!("ticklake_sink_bytes_total").increment(f.bytes);
+        metrics::counter!("ticklake_sink_flushes_total").increment(1);
+        tracing::debug!(
+            "flushed {} records, {} dead letters, {} files, {} bytes",
+            f.records + f.rewritten,
+            f.dead,
+            f.files,
+            f.bytes
+        );
+    }
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use ticklake_iceberg::{Appended, IcebergLake, OffsetRange};
 use ticklake_lake::Lake;
 
-use super::{lock, now_ms, Sink};
+use super::{lock, Flushed, Sink};
 use crate::checkpoint::{Checkpoint, Job, Plan, Position};
 use crate::format::FileFormat;
-use crate::patience::Patience;
+use crate::patience::patiently;
 use crate::SinkError;
 
 /// The Iceberg side of a sink.
@@ -50,20 +50,10 @@ impl Sink {
             return Ok(());
         };
         let (table, topic) = (&self.config.table, &self.config.topic);
-        let ends = self.runtime.block_on(async {
-            let mut patience = Patience::new("the Iceberg catalog");
-            loop {
-                match state.tables.offsets(table, topic).await {
-                    Ok(ends) => break Ok(ends),
-                    Err(e) => {
-                        let e = SinkError::from(e);
-                        if !patience.wait(&e).await {
-                            break Err(e);
-                        }
-                    }
-                }
-            }
-        })?;
+        let tables = &state.tables;
+        let ends = self.runtime.block_on(patiently("the Iceberg catalog", || {
+            tables.offsets(table, topic)
+        }))?;
         for p in assigned {
             let end = ends.get(&p).copied();
             match end {
@@ -128,20 +118,8 @@ impl Sink {
         let mut bytes_written = 0u64;
         for (rel, bytes) in &dead_files {
             bytes_written += bytes.len() as u64;
-            self.runtime.block_on(async {
-                let mut patience = Patience::new("the lake");
-                loop {
-                    match lake.put(rel, bytes.clone()).await {
-                        Ok(()) => break Ok(()),
-                        Err(e) => {
-                            let e = SinkError::from(e);
-                            if !patience.wait(&e).await {
-                                break Err(e);
-                            }
-                        }
-                    }
-                }
-            })?;
+            self.runtime
+                .block_on(patiently("the lake", || lake.put(rel, bytes.clone())))?;
         }
         let Some(state) = &mut self.iceberg else {
             return Ok(());
@@ -157,20 +135,10 @@ impl Sink {
                 })
                 .collect();
             let (table, topic) = (&cfg.table, &cfg.topic);
-            let outcome = self.runtime.block_on(async {
-                let mut patience = Patience::new("the Iceberg table");
-                loop {
-                    match state.tables.append(table, topic, &append, &batches).await {
-                        Ok(outcome) => break Ok(outcome),
-                        Err(e) => {
-                            let e = SinkError::from(e);
-                            if !patience.wait(&e).await {
-                                break Err(e);
-                            }
-                        }
-                    }
-                }
-            })?;
+            let tables = &state.tables;
+            let outcome = self.runtime.block_on(patiently("the Iceberg table", || {
+                tables.append(table, topic, &append, &batches)
+            }))?;
             match outcome {
                 Appended::Committed { files, .. } => {
                     data_files = files;
@@ -211,19 +179,16 @@ impl Sink {
                 }
             }
         }
-        let held = std::mem::take(&mut lock(&self.buffer).held);
-        self.absorb(held);
-        let now_ms = now_ms();
-        for s in stamps {
-            let _ = self.stats.freshness.record((now_ms - s).max(0) as u64);
-        }
-        let s = &mut self.stats;
-        s.records += records;
-        s.dead_letters += dead;
-        s.files += (data_files + dead_files.len()) as u64;
-        s.bytes += bytes_written;
-        s.flushes += 1;
-        metrics::counter!("ticklake_sink_records_total").increment(records);
+        self.finish_flush(
+            &stamps,
+            Flushed {
+                records,
+                rewritten: 0,
+                dead,
+                files: (data_files + dead_files.len()) as u64,
+                bytes: bytes_written,
+            },
+        );
         Ok(())
     }
 }
