@@ -148,6 +148,25 @@ impl IcebergLake {
         }
     }
 
+    /// Every row of the table's current snapshot (none for a table that does not exist yet).
+    pub async fn read(&self, table: &str) -> Result<Vec<RecordBatch>, IcebergError> {
+        use futures::TryStreamExt;
+        let Some(t) = self.load(table).await? else {
+            return Ok(Vec::new());
+        };
+        let err = Self::error(table);
+        t.scan()
+            .select_all()
+            .build()
+            .map_err(&err)?
+            .to_arrow()
+            .await
+            .map_err(&err)?
+            .try_collect()
+            .await
+            .map_err(&err)
+    }
+
     /// Per partition of `topic`, where the table's records of it end (`None` for a table that does
     /// not exist yet: nothing is held).
     pub async fn offsets(

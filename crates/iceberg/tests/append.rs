@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use arrow_array::{Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
-use futures::TryStreamExt;
 use ticklake_iceberg::{Appended, IcebergLake, OffsetRange};
 
 const DAY_US: i64 = 86_400_000_000;
@@ -44,18 +43,7 @@ fn batch(n: usize, day: i64, extra: Option<&str>) -> RecordBatch {
 }
 
 async fn rows(lake: &IcebergLake, table: &str) -> usize {
-    let t = lake.load(table).await.unwrap().unwrap();
-    let batches: Vec<RecordBatch> = t
-        .scan()
-        .select_all()
-        .build()
-        .unwrap()
-        .to_arrow()
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let batches = lake.read(table).await.unwrap();
     batches.iter().map(RecordBatch::num_rows).sum()
 }
 
