@@ -170,11 +170,16 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
             stats.rewritten
         );
     }
-    outln!(
-        "table {} registered with its partitions in the {}",
-        table,
-        catalog.describe()
-    );
+    match args.table_format {
+        TableFormat::Hive => outln!(
+            "table {} registered with its partitions in the {}",
+            table,
+            catalog.describe()
+        ),
+        TableFormat::Iceberg => outln!(
+            "Iceberg table ticklake.{table} in the lake's Iceberg catalog (_ticklake/iceberg.sqlite)"
+        ),
+    }
     // A replay of history has ages of years: the figure only means something for a live feed.
     if !stats.freshness.is_empty() && stats.freshness.value_at_quantile(0.5) < 86_400_000 {
         outln!(
