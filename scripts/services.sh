@@ -128,13 +128,14 @@ stop_service() {
 
 stop_kafka() { stop_service KAFKA_PID; }
 
-# Python tools in their own venv in the cache: moto (an S3 and Glue API server; boto3 comes with it) and
-# DuckDB (the reference engine the query tests compare answers with).
+# Python tools in their own venv in the cache: moto (an S3 and Glue API server; boto3 comes with it),
+# DuckDB (the reference engine the query tests compare answers with) and pyiceberg (an Iceberg reader
+# nobody here wrote, for the Iceberg tables).
 MOTO_VENV=$TICKLAKE_CACHE/moto-venv
-PYTHON_TOOLS=(moto[server] duckdb)
+PYTHON_TOOLS=(moto[server] duckdb "pyiceberg[sql-sqlite,pyarrow]")
 
 ensure_moto() {
-  if [ -x "$MOTO_VENV/bin/moto_server" ] && "$MOTO_VENV/bin/python" -c 'import duckdb, boto3' 2>/dev/null; then
+  if [ -x "$MOTO_VENV/bin/moto_server" ] && "$MOTO_VENV/bin/python" -c 'import duckdb, boto3, pyiceberg.catalog.sql, pyarrow' 2>/dev/null; then
     return 0
   fi
   echo "== installing ${PYTHON_TOOLS[*]} into $MOTO_VENV"

@@ -60,6 +60,8 @@ pub enum Appended {
         snapshot_id: i64,
         /// Data files added.
         files: usize,
+        /// Their size in bytes.
+        bytes: u64,
     },
     /// Refused: the table holds `partition` up to `recorded`, not up to the range's start (another
     /// writer committed it, or this one is stale). Nothing was added.
@@ -69,6 +71,19 @@ pub enum Appended {
         /// Where the table says the partition ends.
         recorded: Option<i64>,
     },
+}
+
+/// The live data files of one partition of a table's current snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionFiles {
+    /// The partition as a path, e.g. `ts_day=2024-01-02`.
+    pub partition: String,
+    /// How many data files it has.
+    pub files: usize,
+    /// Rows in them.
+    pub records: u64,
+    /// Their size in bytes.
+    pub bytes: u64,
 }
 
 /// The Iceberg tables of one lake and their catalog.
@@ -92,8 +107,13 @@ impl IcebergLake {
             table: format!("catalog {}", meta_dir.display()),
             message: format!("cannot create the folder: {e}"),
         })?;
+        // Table locations are absolute URLs: a relative lake path must not end up in them.
+        let lake = &lake.canonicalize().map_err(|e| IcebergError::Invalid {
+            table: format!("catalog {}", lake.display()),
+            message: format!("cannot resolve the lake's folder: {e}"),
+        })?;
         let root = format!("file://{}", lake.display());
-        let db = meta_dir.join("iceberg.sqlite");
+        let db = lake.join("_ticklake").join("iceberg.sqlite");
         let props = HashMap::from([
             (
                 SQL_CATALOG_PROP_URI.to_owned(),
@@ -126,6 +146,61 @@ impl IcebergLake {
             namespace,
             root,
         })
+    }
+
+    /// The embedded catalog of a lake on local disk if one was ever made there (by an Iceberg sink),
+    /// without creating it otherwise.
+    pub async fn embedded_if_present(lake: &Path) -> Result<Option<IcebergLake>, IcebergError> {
+        if lake.join("_ticklake").join("iceberg.sqlite").is_file() {
+            Ok(Some(IcebergLake::embedded(lake).await?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Where the catalog is, for messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "Iceberg catalog of {} (namespace {})",
+            self.root,
+            self.namespace.as_ref().join(".")
+        )
+    }
+
+    /// The names of the tables, sorted.
+    pub async fn tables(&self) -> Result<Vec<String>, IcebergError> {
+        let mut names: Vec<String> = self
+            .catalog
+            .list_tables(&self.namespace)
+            .await
+            .map_err(Self::error("catalog"))?
+            .into_iter()
+            .map(|t| t.name().to_owned())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The live data files of the table's current snapshot, per partition, sorted by partition.
+    pub async fn partitions(&self, table: &str) -> Result<Vec<PartitionFiles>, IcebergError> {
+        let Some(t) = self.load(table).await? else {
+            return Ok(Vec::new());
+        };
+        let mut by_partition: BTreeMap<String, PartitionFiles> = BTreeMap::new();
+        for file in live_files(&t).await? {
+            let p = by_partition
+                .entry(file.partition.clone())
+                .or_insert_with(|| PartitionFiles {
+                    partition: file.partition.clone(),
+                    files: 0,
+                    records: 0,
+                    bytes: 0,
+                });
+            p.files += 1;
+            p.records += file.records;
+            p.bytes += file.bytes;
+        }
+        Ok(by_partition.into_values().collect())
     }
 
     fn ident(&self, table: &str) -> TableIdent {
@@ -292,6 +367,7 @@ impl IcebergLake {
         let current = self.evolve(current, &schema).await?;
         let files = self.write_files(&current, topic, ranges, batches).await?;
         let count = files.len();
+        let bytes = files.iter().map(|f| f.file_size_in_bytes()).sum();
         let properties: HashMap<String, String> = ranges
             .iter()
             .map(|r| {
@@ -314,6 +390,7 @@ impl IcebergLake {
             Ok(t) => Ok(Appended::Committed {
                 snapshot_id: t.metadata().current_snapshot_id().unwrap_or_default(),
                 files: count,
+                bytes,
             }),
             Err(e) => match fenced.refused() {
                 // The files written for it are referenced by no snapshot (orphans, for cleanup).
@@ -382,6 +459,54 @@ impl IcebergLake {
         }
         writer.close().await.map_err(&err)
     }
+}
+
+/// A data file of a table's current snapshot.
+#[derive(Debug, Clone)]
+pub(crate) struct LiveFile {
+    /// Its partition as a path (`ts_day=2024-01-02`).
+    pub partition: String,
+    pub records: u64,
+    pub bytes: u64,
+}
+
+/// The data files of the table's current snapshot, read from its manifests.
+pub(crate) async fn live_files(table: &Table) -> Result<Vec<LiveFile>, IcebergError> {
+    let name = table.identifier().name().to_owned();
+    let err = IcebergLake::error(&name);
+    let metadata = table.metadata();
+    let Some(snapshot) = metadata.current_snapshot() else {
+        return Ok(Vec::new());
+    };
+    let schema = snapshot.schema(metadata).map_err(&err)?;
+    let list = table
+        .manifest_list_reader(snapshot)
+        .load()
+        .await
+        .map_err(&err)?;
+    let mut files = Vec::new();
+    for manifest_file in list.entries() {
+        let manifest = manifest_file
+            .load_manifest(table.file_io())
+            .await
+            .map_err(&err)?;
+        let spec = manifest.metadata().partition_spec();
+        // `partition_to_path` panics on a spec that does not fit the schema: check first.
+        let named = spec.partition_type(&schema).is_ok();
+        for entry in manifest.entries().iter().filter(|e| e.is_alive()) {
+            let file = entry.data_file();
+            files.push(LiveFile {
+                partition: if named {
+                    spec.partition_to_path(file.partition(), schema.clone())
+                } else {
+                    format!("{:?}", file.partition())
+                },
+                records: file.record_count(),
+                bytes: file.file_size_in_bytes(),
+            });
+        }
+    }
+    Ok(files)
 }
 
 /// The summary key of a partition's offset range.

@@ -14,7 +14,10 @@
 mod fenced;
 mod lake;
 
-pub use lake::{Appended, IcebergLake, OffsetRange};
+pub use lake::{Appended, IcebergLake, OffsetRange, PartitionFiles};
+
+/// The Iceberg library, for callers that read tables themselves (the query engine).
+pub use iceberg;
 
 /// What can go wrong with an Iceberg table.
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,11 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::AggregateUDF;
 use ticklake_catalog::Catalog;
 
+use datafusion::catalog::TableProvider;
+use ticklake_iceberg::IcebergLake;
+
 use crate::helpers::{vwap_udaf, Ohlcv, Tables};
+use crate::iceberg::{AsOf, IcebergTable, IcebergTables, Snapshots};
 use crate::provider::{LakeTable, Storage};
 use crate::QueryError;
 
@@ -73,9 +77,11 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 pub struct Engine {
     ctx: SessionContext,
     catalog: Arc<dyn Catalog>,
+    iceberg: Option<Arc<IcebergLake>>,
     database: String,
     options: EngineOptions,
     tables: Tables,
+    iceberg_tables: IcebergTables,
 }
 
 impl std::fmt::Debug for Engine {
@@ -93,6 +99,17 @@ impl Engine {
         database: &str,
         options: EngineOptions,
     ) -> Result<Engine, QueryError> {
+        Engine::with_iceberg(catalog, None, database, options).await
+    }
+
+    /// A session over every table of `catalog` and every Iceberg table of `iceberg` (an Iceberg
+    /// table hides a catalog table of the same name).
+    pub async fn with_iceberg(
+        catalog: Arc<dyn Catalog>,
+        iceberg: Option<Arc<IcebergLake>>,
+        database: &str,
+        options: EngineOptions,
+    ) -> Result<Engine, QueryError> {
         let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG_NAME, database)
             .with_create_default_catalog_and_schema(true)
@@ -104,6 +121,7 @@ impl Engine {
         }
         let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
         let tables: Tables = Arc::new(RwLock::new(HashMap::new()));
+        let iceberg_tables: IcebergTables = Arc::new(RwLock::new(HashMap::new()));
         ctx.register_udaf(vwap_udaf());
         ctx.register_udtf(
             "ohlcv",
@@ -111,22 +129,37 @@ impl Engine {
                 tables: tables.clone(),
             }),
         );
+        ctx.register_udtf(
+            "snapshots",
+            Arc::new(Snapshots {
+                tables: iceberg_tables.clone(),
+            }),
+        );
+        ctx.register_udtf(
+            "as_of",
+            Arc::new(AsOf {
+                tables: iceberg_tables.clone(),
+            }),
+        );
         let engine = Engine {
             ctx,
             catalog,
+            iceberg,
             database: database.to_owned(),
             options,
             tables,
+            iceberg_tables,
         };
         engine.refresh().await?;
         Ok(engine)
     }
 
-    /// Re-reads the table definitions from the catalog (partitions are read at every query anyway).
+    /// Re-reads the table definitions from the catalogs (partitions, and Iceberg tables' current
+    /// snapshots, are read at every query anyway).
     pub async fn refresh(&self) -> Result<(), QueryError> {
         let defs = self.catalog.list_tables().await?;
         let mut stores: HashSet<String> = HashSet::new();
-        let mut tables = HashMap::new();
+        let mut tables: HashMap<String, Arc<dyn TableProvider>> = HashMap::new();
         for def in defs {
             if let Err(why) = self.check_location(&def.location) {
                 // The table stays unknown to queries; naming it says why.
@@ -144,6 +177,32 @@ impl Engine {
                 .map_err(|e| QueryError::Table(name.clone(), e.to_string()))?;
             tables.insert(name, Arc::new(table));
         }
+        let mut iceberg_tables = HashMap::new();
+        if let Some(lake) = &self.iceberg {
+            for name in lake.tables().await.map_err(iceberg_error)? {
+                let table = IcebergTable::open(lake.clone(), &name, &self.options.s3_options)
+                    .await
+                    .map_err(|e| QueryError::Table(name.clone(), e.to_string()))?;
+                if let Err(why) = self.check_location(table.location()) {
+                    tracing::warn!("table {name}: {why}");
+                    continue;
+                }
+                let storage = table.storage();
+                if stores.insert(storage.url.as_str().to_owned()) {
+                    self.ctx
+                        .register_object_store(storage.url.as_ref(), storage.store.clone());
+                }
+                if tables.contains_key(&name) {
+                    tracing::warn!(
+                        "table {name} is both an Iceberg table and a table of {}: queries read the Iceberg table",
+                        self.catalog.describe()
+                    );
+                }
+                let table = Arc::new(table);
+                iceberg_tables.insert(name.clone(), table.clone());
+                tables.insert(name, table);
+            }
+        }
         let old: Vec<String> = self
             .tables
             .read()
@@ -158,7 +217,20 @@ impl Engine {
             self.ctx.register_table(name.as_str(), t.clone())?;
         }
         *self.tables.write().unwrap_or_else(|p| p.into_inner()) = tables;
+        *self
+            .iceberg_tables
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = iceberg_tables;
         Ok(())
+    }
+
+    /// The Iceberg table of that name, if there is one.
+    fn iceberg_table(&self, name: &str) -> Option<Arc<IcebergTable>> {
+        self.iceberg_tables
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
     }
 
     /// Refuses local tables outside the allowed folders.
@@ -235,17 +307,25 @@ impl Engine {
         let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
         match lower.as_slice() {
             ["show", "tables"] => {
-                let names: Vec<String> = self
+                let mut names: Vec<String> = self
                     .catalog
                     .list_tables()
                     .await?
                     .into_iter()
                     .map(|t| t.name)
                     .collect();
+                if let Some(lake) = &self.iceberg {
+                    names.extend(lake.tables().await.map_err(iceberg_error)?);
+                }
+                names.sort();
+                names.dedup();
                 Ok(Some(strings(&[("tab_name", names)])))
             }
             ["describe" | "desc", _] | ["describe" | "desc", "table", _] => {
                 let name = self.table_name(words[words.len() - 1])?;
+                if let Some(t) = self.iceberg_table(&name) {
+                    return Ok(Some(describe_iceberg(&t)));
+                }
                 self.check_table(&name).await?;
                 let t = self
                     .catalog
@@ -273,6 +353,10 @@ impl Engine {
             }
             ["show", "partitions", _] => {
                 let name = self.table_name(words[2])?;
+                if let (Some(_), Some(lake)) = (self.iceberg_table(&name), &self.iceberg) {
+                    let parts = lake.partitions(&name).await.map_err(iceberg_error)?;
+                    return Ok(Some(iceberg_partitions(&parts)));
+                }
                 self.check_table(&name).await?;
                 let t = self
                     .catalog
@@ -331,6 +415,69 @@ impl Engine {
     /// Registers an extra aggregate function (for embedding programs).
     pub fn register_udaf(&self, f: AggregateUDF) {
         self.ctx.register_udaf(f);
+    }
+}
+
+fn iceberg_error(e: ticklake_iceberg::IcebergError) -> QueryError {
+    QueryError::Execution(e.to_string())
+}
+
+/// `DESCRIBE` of an Iceberg table: its columns, then its partition fields (hidden partitioning: they
+/// are derived from columns, and filters on those columns prune by them).
+fn describe_iceberg(t: &IcebergTable) -> Output {
+    let metadata = t.metadata();
+    let schema = metadata.current_schema();
+    let mut cols = Vec::new();
+    let mut types = Vec::new();
+    let mut comments = Vec::new();
+    for f in schema.as_struct().fields() {
+        cols.push(f.name.clone());
+        types.push(f.field_type.to_string());
+        comments.push(f.doc.clone().unwrap_or_default());
+    }
+    for p in metadata.default_partition_spec().fields() {
+        let source = schema
+            .field_by_id(p.source_id)
+            .map_or_else(|| p.source_id.to_string(), |f| f.name.clone());
+        cols.push(p.name.clone());
+        types.push(format!("{}({source})", p.transform));
+        comments.push("partition field (hidden: filter on the source column)".into());
+    }
+    strings(&[
+        ("col_name", cols),
+        ("data_type", types),
+        ("comment", comments),
+    ])
+}
+
+/// `SHOW PARTITIONS` of an Iceberg table: each partition of the current snapshot with its files.
+fn iceberg_partitions(parts: &[ticklake_iceberg::PartitionFiles]) -> Output {
+    use arrow::array::{ArrayRef, Int64Array};
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("partition", DataType::Utf8, false),
+        Field::new("files", DataType::Int64, false),
+        Field::new("records", DataType::Int64, false),
+        Field::new("bytes", DataType::Int64, false),
+    ]));
+    let int = |f: &dyn Fn(&ticklake_iceberg::PartitionFiles) -> u64| -> ArrayRef {
+        Arc::new(Int64Array::from_iter_values(
+            parts
+                .iter()
+                .map(|p| i64::try_from(f(p)).unwrap_or(i64::MAX)),
+        ))
+    };
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            parts.iter().map(|p| p.partition.as_str()),
+        )),
+        int(&|p| p.files as u64),
+        int(&|p| p.records),
+        int(&|p| p.bytes),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), columns).expect("columns of equal length");
+    Output {
+        schema,
+        batches: vec![batch],
     }
 }
 

@@ -26,10 +26,8 @@ use datafusion::logical_expr::{
     col, create_udaf, lit, Accumulator, AggregateUDF, Expr, LogicalPlanBuilder, Volatility,
 };
 
-use crate::provider::LakeTable;
-
 /// The tables the `ohlcv` function can read, by name (kept up to date by the engine).
-pub(crate) type Tables = Arc<RwLock<HashMap<String, Arc<LakeTable>>>>;
+pub(crate) type Tables = Arc<RwLock<HashMap<String, Arc<dyn TableProvider>>>>;
 
 /// The `vwap(price, volume)` aggregate.
 pub(crate) fn vwap_udaf() -> AggregateUDF {
@@ -195,7 +193,7 @@ impl TableFunctionImpl for Ohlcv {
                 "ohlcv: the interval must be positive, and either days/hours/minutes/seconds or months/years".into(),
             ));
         };
-        let source = provider_as_source(table as Arc<dyn TableProvider>);
+        let source = provider_as_source(table);
         let mut plan = LogicalPlanBuilder::scan(name.as_str(), source, None)?;
         if let Some(symbol) = string_arg(args, 2, "symbol")? {
             plan = plan.filter(col("symbol").eq(lit(symbol)))?;

@@ -1,10 +1,12 @@
 //! SQL over the lake: a DataFusion session whose tables are the catalog's (partitions pruned from the
-//! catalog by `date`/`symbol` filters), Athena's `SHOW TABLES`, `DESCRIBE` and `SHOW PARTITIONS`,
+//! catalog by `date`/`symbol` filters) and the lake's Iceberg tables (files pruned by their manifests;
+//! time travel with `as_of(…)` and `snapshots(…)`), Athena's `SHOW TABLES`, `DESCRIBE` and `SHOW PARTITIONS`,
 //! market helpers (`ohlcv(...)` bars and the `vwap(...)` aggregate), read-only enforcement, and result
 //! formatting as a table, CSV, JSON lines or Parquet.
 
 mod engine;
 mod helpers;
+mod iceberg;
 mod output;
 mod provider;
 
@@ -12,6 +14,7 @@ pub use engine::{
     split_statements, Engine, EngineOptions, Output, CATALOG_NAME, DEFAULT_MEMORY_LIMIT,
     DEFAULT_TIMEOUT,
 };
+pub use iceberg::IcebergTable;
 pub use output::{write_output, OutputFormat};
 pub use provider::LakeTable;
 

@@ -3,6 +3,11 @@
   reference.py duckdb GLOB        stdin: a JSON list of SQL texts over the view `t`, which DuckDB builds
                                   from the Parquet files GLOB with Hive partitioning;
                                   stdout: a JSON list with each query's rows (lists of values).
+  reference.py pyiceberg LAKE TABLE
+                                  stdin: a JSON list of SQL texts over the view `t`: the Iceberg table
+                                  TABLE of the lake's embedded catalog (LAKE/_ticklake/iceberg.sqlite)
+                                  as pyiceberg reads it (its current snapshot), queried with DuckDB;
+                                  stdout: {"answers": [rows of each query], "snapshots": [summaries]}.
   reference.py glue DATABASE      the tables and partitions of a Glue database as the Glue API returns
                                   them (endpoint and credentials from the AWS_* variables), as JSON.
 """
@@ -34,6 +39,37 @@ def duckdb_answers(glob):
         rows = con.execute(sql).fetchall()
         out.append([[cell(v) for v in row] for row in rows])
     json.dump(out, sys.stdout)
+
+
+def run_queries(con):
+    out = []
+    for sql in json.load(sys.stdin):
+        rows = con.execute(sql).fetchall()
+        out.append([[cell(v) for v in row] for row in rows])
+    return out
+
+
+def pyiceberg_answers(lake, table):
+    import duckdb
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    lake = os.path.abspath(lake)
+    catalog = SqlCatalog(
+        "ticklake",
+        uri=f"sqlite:///{lake}/_ticklake/iceberg.sqlite",
+        warehouse=f"file://{lake}",
+    )
+    t = catalog.load_table(("ticklake", table))
+    rows = t.scan().to_arrow()
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.register("t", rows)
+    snapshots = [
+        {"snapshot_id": s.snapshot_id, "summary": dict(s.summary.additional_properties)
+         | {"operation": s.summary.operation.value}}
+        for s in t.snapshots()
+    ]
+    json.dump({"answers": run_queries(con), "snapshots": snapshots}, sys.stdout)
 
 
 def glue_dump(database):
@@ -73,6 +109,8 @@ def glue_dump(database):
 if __name__ == "__main__":
     if sys.argv[1] == "duckdb":
         duckdb_answers(sys.argv[2])
+    elif sys.argv[1] == "pyiceberg":
+        pyiceberg_answers(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "glue":
         glue_dump(sys.argv[2])
     else:

@@ -140,8 +140,9 @@ impl Sink {
                 tables.append(table, topic, &append, &batches)
             }))?;
             match outcome {
-                Appended::Committed { files, .. } => {
+                Appended::Committed { files, bytes, .. } => {
                     data_files = files;
+                    bytes_written += bytes;
                     for r in &append {
                         state.ends.insert(r.partition, r.to);
                     }
