@@ -37,6 +37,10 @@ use parquet::file::properties::WriterProperties;
 use crate::fenced::FencedCatalog;
 use crate::IcebergError;
 
+/// The catalog's name in its SQL tables (`iceberg_tables.catalog_name`); pyiceberg's `SqlCatalog`
+/// must be given the same name to see the tables.
+pub(crate) const CATALOG_NAME: &str = "ticklake";
+
 /// The namespace (database) of ticklake's tables in the catalog.
 const NAMESPACE: &str = "ticklake";
 
@@ -88,10 +92,12 @@ pub struct PartitionFiles {
 
 /// The Iceberg tables of one lake and their catalog.
 pub struct IcebergLake {
-    catalog: Arc<dyn Catalog>,
-    namespace: NamespaceIdent,
+    pub(crate) catalog: Arc<dyn Catalog>,
+    pub(crate) namespace: NamespaceIdent,
     /// The lake's root, as a `file://` URL.
     root: String,
+    /// The SQL catalog's database (`sqlite:…`), for commits the Iceberg library cannot make.
+    pub(crate) catalog_uri: String,
 }
 
 impl IcebergLake {
@@ -114,11 +120,9 @@ impl IcebergLake {
         })?;
         let root = format!("file://{}", lake.display());
         let db = lake.join("_ticklake").join("iceberg.sqlite");
+        let catalog_uri = format!("sqlite:{}?mode=rwc", db.display());
         let props = HashMap::from([
-            (
-                SQL_CATALOG_PROP_URI.to_owned(),
-                format!("sqlite:{}?mode=rwc", db.display()),
-            ),
+            (SQL_CATALOG_PROP_URI.to_owned(), catalog_uri.clone()),
             (SQL_CATALOG_PROP_WAREHOUSE.to_owned(), root.clone()),
             (
                 SQL_CATALOG_PROP_BIND_STYLE.to_owned(),
@@ -127,7 +131,7 @@ impl IcebergLake {
         ]);
         let catalog = SqlCatalogBuilder::default()
             .with_storage_factory(Arc::new(LocalFsStorageFactory))
-            .load("ticklake", props)
+            .load(CATALOG_NAME, props)
             .await
             .map_err(err)?;
         let namespace = NamespaceIdent::new(NAMESPACE.to_owned());
@@ -145,6 +149,7 @@ impl IcebergLake {
             catalog: Arc::new(catalog),
             namespace,
             root,
+            catalog_uri,
         })
     }
 
@@ -187,7 +192,7 @@ impl IcebergLake {
             return Ok(Vec::new());
         };
         let mut by_partition: BTreeMap<String, PartitionFiles> = BTreeMap::new();
-        for file in live_files(&t).await? {
+        for file in live_files_summary(&t).await? {
             let p = by_partition
                 .entry(file.partition.clone())
                 .or_insert_with(|| PartitionFiles {
@@ -203,11 +208,11 @@ impl IcebergLake {
         Ok(by_partition.into_values().collect())
     }
 
-    fn ident(&self, table: &str) -> TableIdent {
+    pub(crate) fn ident(&self, table: &str) -> TableIdent {
         TableIdent::new(self.namespace.clone(), table.to_owned())
     }
 
-    fn error(table: &str) -> impl Fn(iceberg::Error) -> IcebergError + '_ {
+    pub(crate) fn error(table: &str) -> impl Fn(iceberg::Error) -> IcebergError + '_ {
         move |source| IcebergError::Iceberg {
             table: table.to_owned(),
             source: Box::new(source),
@@ -412,53 +417,65 @@ impl IcebergLake {
         ranges: &[OffsetRange],
         batches: &[RecordBatch],
     ) -> Result<Vec<iceberg::spec::DataFile>, IcebergError> {
-        let name = table.identifier().name().to_owned();
-        let err = Self::error(&name);
-        let invalid = |message: String| IcebergError::Invalid {
-            table: name.clone(),
-            message,
-        };
-        let metadata = table.metadata();
-        let iceberg_schema = metadata.current_schema().clone();
-        let target = Arc::new(schema_to_arrow_schema(&iceberg_schema).map_err(&err)?);
-        let projected: Vec<RecordBatch> = batches
-            .iter()
-            .map(|b| project(b, &target))
-            .collect::<Result<_, _>>()
-            .map_err(&invalid)?;
-        let all = concat_batches(&target, &projected).map_err(|e| invalid(e.to_string()))?;
-        let batch = sort_by_symbol_ts(&all).map_err(|e| invalid(e.to_string()))?;
-        let properties = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::default()))
-            .build();
-        let parquet = ParquetWriterBuilder::new(properties, iceberg_schema.clone());
         let first = ranges.first().map_or(0, |r| r.from);
         let prefix = format!(
             "{topic}+{}+{first:020}",
             ranges.first().map_or(0, |r| r.partition)
         );
-        let rolling = RollingFileWriterBuilder::new(
-            parquet,
-            512 << 20,
-            table.file_io().clone(),
-            DefaultLocationGenerator::new(metadata).map_err(&err)?,
-            DefaultFileNameGenerator::new(
-                prefix,
-                Some(uuid::Uuid::now_v7().to_string()),
-                DataFileFormat::Parquet,
-            ),
-        );
-        let mut writer = FanoutWriter::new(DataFileWriterBuilder::new(rolling));
-        let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(
-            iceberg_schema.clone(),
-            metadata.default_partition_spec().clone(),
-        )
-        .map_err(&err)?;
-        for (key, part) in splitter.split(&batch).map_err(&err)? {
-            writer.write(key, part).await.map_err(&err)?;
-        }
-        writer.close().await.map_err(&err)
+        write_sorted(table, &prefix, batches, 512 << 20).await
     }
+}
+
+/// Writes `batches` (of any schemas the table's current schema covers) as Parquet data files of the
+/// table, sorted by `symbol, ts`, split by partition and rolled at about `target_size` bytes; returns
+/// them for a commit. Names start with `prefix`.
+pub(crate) async fn write_sorted(
+    table: &Table,
+    prefix: &str,
+    batches: &[RecordBatch],
+    target_size: usize,
+) -> Result<Vec<iceberg::spec::DataFile>, IcebergError> {
+    let name = table.identifier().name().to_owned();
+    let err = IcebergLake::error(&name);
+    let invalid = |message: String| IcebergError::Invalid {
+        table: name.clone(),
+        message,
+    };
+    let metadata = table.metadata();
+    let iceberg_schema = metadata.current_schema().clone();
+    let target = Arc::new(schema_to_arrow_schema(&iceberg_schema).map_err(&err)?);
+    let projected: Vec<RecordBatch> = batches
+        .iter()
+        .map(|b| project(b, &target))
+        .collect::<Result<_, _>>()
+        .map_err(&invalid)?;
+    let all = concat_batches(&target, &projected).map_err(|e| invalid(e.to_string()))?;
+    let batch = sort_by_symbol_ts(&all).map_err(|e| invalid(e.to_string()))?;
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .build();
+    let parquet = ParquetWriterBuilder::new(properties, iceberg_schema.clone());
+    let rolling = RollingFileWriterBuilder::new(
+        parquet,
+        target_size,
+        table.file_io().clone(),
+        DefaultLocationGenerator::new(metadata).map_err(&err)?,
+        DefaultFileNameGenerator::new(
+            prefix.to_owned(),
+            Some(uuid::Uuid::now_v7().to_string()),
+            DataFileFormat::Parquet,
+        ),
+    );
+    let mut writer = FanoutWriter::new(DataFileWriterBuilder::new(rolling));
+    let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(
+        iceberg_schema.clone(),
+        metadata.default_partition_spec().clone(),
+    )
+    .map_err(&err)?;
+    for (key, part) in splitter.split(&batch).map_err(&err)? {
+        writer.write(key, part).await.map_err(&err)?;
+    }
+    writer.close().await.map_err(&err)
 }
 
 /// A data file of a table's current snapshot.
@@ -471,7 +488,7 @@ pub(crate) struct LiveFile {
 }
 
 /// The data files of the table's current snapshot, read from its manifests.
-pub(crate) async fn live_files(table: &Table) -> Result<Vec<LiveFile>, IcebergError> {
+pub(crate) async fn live_files_summary(table: &Table) -> Result<Vec<LiveFile>, IcebergError> {
     let name = table.identifier().name().to_owned();
     let err = IcebergLake::error(&name);
     let metadata = table.metadata();
@@ -514,19 +531,36 @@ fn offsets_key(topic: &str, partition: i32) -> String {
     format!("ticklake.kafka.{topic}.{partition}")
 }
 
+/// The summary key of a snapshot that records the end of every partition of every topic the table
+/// holds (compaction's snapshots do), so that older snapshots are not needed to know them and may be
+/// expired.
+pub(crate) const COMPLETE_OFFSETS: &str = "ticklake.offsets-complete";
+
 /// Per partition of `topic`: the largest range end recorded by the current snapshot and its
 /// ancestors. (Appends only ever move a partition forward, so the largest end is the last one.)
 pub(crate) fn recorded_offsets(metadata: TableMetadataRef, topic: &str) -> BTreeMap<i32, i64> {
+    all_recorded_offsets(metadata)
+        .into_iter()
+        .filter(|((t, _), _)| t == topic)
+        .map(|((_, p), end)| (p, end))
+        .collect()
+}
+
+/// Per topic and partition: the largest range end recorded by the current snapshot and its
+/// ancestors, back to the newest snapshot that records them all.
+pub(crate) fn all_recorded_offsets(metadata: TableMetadataRef) -> BTreeMap<(String, i32), i64> {
     let mut ends = BTreeMap::new();
     let Some(current) = metadata.current_snapshot_id() else {
         return ends;
     };
-    let prefix = format!("ticklake.kafka.{topic}.");
     for snapshot in iceberg::util::snapshot::ancestors_of(&metadata, current) {
-        for (key, value) in &snapshot.summary().additional_properties {
-            let Some(partition) = key
-                .strip_prefix(&prefix)
-                .and_then(|p| p.parse::<i32>().ok())
+        let properties = &snapshot.summary().additional_properties;
+        for (key, value) in properties {
+            // Topic names may contain dots; the partition follows the last one.
+            let Some((topic, partition)) = key
+                .strip_prefix("ticklake.kafka.")
+                .and_then(|rest| rest.rsplit_once('.'))
+                .and_then(|(t, p)| Some((t, p.parse::<i32>().ok()?)))
             else {
                 continue;
             };
@@ -536,15 +570,20 @@ pub(crate) fn recorded_offsets(metadata: TableMetadataRef, topic: &str) -> BTree
             else {
                 continue;
             };
-            let end = ends.entry(partition).or_insert(to);
+            let end = ends.entry((topic.to_owned(), partition)).or_insert(to);
             *end = (*end).max(to);
+        }
+        if properties.contains_key(COMPLETE_OFFSETS) {
+            break;
         }
     }
     ends
 }
 
 /// The batch sorted by `symbol`, then `ts`.
-fn sort_by_symbol_ts(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
+pub(crate) fn sort_by_symbol_ts(
+    batch: &RecordBatch,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
     use arrow::compute::{lexsort_to_indices, take_record_batch, SortColumn};
     let column = |name: &str| {
         batch
@@ -570,7 +609,7 @@ fn sort_by_symbol_ts(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::A
 
 /// The batch in the table's shape: its columns by name, in the table's order and types (with the
 /// field ids Iceberg's writer needs); columns the batch lacks are null.
-fn project(batch: &RecordBatch, target: &ArrowSchemaRef) -> Result<RecordBatch, String> {
+pub(crate) fn project(batch: &RecordBatch, target: &ArrowSchemaRef) -> Result<RecordBatch, String> {
     let columns: Vec<ArrayRef> = target
         .fields()
         .iter()

@@ -11,9 +11,11 @@
 //!   table says its partition ends, so a late, stalled or duplicated writer can never add data twice.
 //!   The check is made inside the catalog's compare-and-set of the commit (see [`fenced`]).
 
+mod compact;
 mod fenced;
 mod lake;
 
+pub use compact::{CompactOptions, Compacted};
 pub use lake::{Appended, IcebergLake, OffsetRange, PartitionFiles};
 
 /// The Iceberg library, for callers that read tables themselves (the query engine).
