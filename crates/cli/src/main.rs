@@ -13,6 +13,7 @@ macro_rules! outln {
     }};
 }
 
+mod compact;
 mod consume;
 mod crawl;
 mod demo;
@@ -56,6 +57,9 @@ enum Command {
     Sink(sink::Args),
     /// Catalog the tables and partitions of a lake from its files, like a Glue crawler.
     Crawl(crawl::Args),
+    /// Merge the small files of the lake's Iceberg tables into large sorted ones, expire old
+    /// snapshots and delete the files nothing references any more.
+    Compact(compact::Args),
     /// Run SQL over the catalog's tables and print the result.
     Query(query::QueryArgs),
     /// An SQL shell over the catalog's tables, with history.
@@ -72,6 +76,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Consume(args) => consume::run(g, args),
         Command::Sink(args) => sink::run(g, args),
         Command::Crawl(args) => crawl::run(g, args),
+        Command::Compact(args) => compact::run(g, args),
         Command::Query(args) => query::query(g, args),
         Command::Sql(args) => query::shell(g, args),
         Command::Demo(args) => demo::run(g, args),

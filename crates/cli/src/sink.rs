@@ -40,9 +40,14 @@ pub struct Args {
     /// Table format: hive (Parquet/JSON/CSV files in Hive folders, registered in the catalog) or
     /// iceberg (an Apache Iceberg table in the lake's embedded Iceberg catalog,
     /// _ticklake/iceberg.sqlite; one atomic commit per flush carrying the Kafka offsets; local lakes
-    /// only for now, not readable by `ticklake query` yet).
+    /// only for now).
     #[arg(long, default_value = "hive", value_name = "FORMAT")]
     pub table_format: TableFormat,
+
+    /// Iceberg tables: compact the table in the background this often (as `ticklake compact` with
+    /// its defaults), e.g. 10m, so no cron is needed.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub compact_every: Option<Duration>,
 
     /// Flush once this many records are buffered.
     #[arg(long, default_value_t = 1_000_000, value_name = "N")]
@@ -107,6 +112,30 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
     if args.table_format == TableFormat::Iceberg && args.format != FileFormat::Parquet {
         anyhow::bail!("--table-format iceberg writes Parquet data files: drop --format");
     }
+    let compaction = match (args.compact_every, args.table_format, &lake) {
+        (None, ..) => None,
+        (Some(every), TableFormat::Iceberg, Lake::Local { root }) => {
+            // The table is created by the first append; the compactor finds nothing to do until then.
+            std::fs::create_dir_all(root)
+                .with_context(|| format!("cannot create the lake {}", root.display()))?;
+            Some(
+                ticklake_iceberg::BackgroundCompaction::spawn(
+                    root.clone(),
+                    table.clone(),
+                    every,
+                    ticklake_iceberg::CompactOptions::default(),
+                )
+                .context("cannot start the background compaction")?,
+            )
+        }
+        (Some(_), TableFormat::Iceberg, _) => {
+            anyhow::bail!("--compact-every: Iceberg tables are on local lakes only for now")
+        }
+        (Some(_), TableFormat::Hive, _) => anyhow::bail!(
+            "--compact-every compacts Iceberg tables (--table-format iceberg); Hive tables are not \
+             compacted yet"
+        ),
+    };
     let stop = stop_flag()?;
     // A long-running sink may start before anything was produced: wait for the topic to appear.
     if !args.once {
@@ -151,6 +180,9 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
         }
         last = (s.records, s.elapsed);
     })?;
+    if let Some(c) = compaction {
+        c.stop();
+    }
     let secs = stats.elapsed.as_secs_f64().max(1e-9);
     outln!(
         "{} records written to {}/{} in {} files ({}), {} dead-lettered, in {:.2}s ({:.0} records/s)",

@@ -331,6 +331,67 @@ fn crash_loop_iceberg() {
     );
 }
 
+/// The crash loop into an Iceberg table compacted all the while: by the sinks themselves
+/// (`--compact-every`) and by `ticklake compact` runs that expire every older snapshot and delete the
+/// files only they referenced. Still every record exactly once; at the end a last compaction leaves
+/// one file per partition, and the lake still reads exactly.
+#[test]
+fn crash_loop_iceberg_with_compaction() {
+    let env = Env::embedded();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let compactions = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = env.run(&["compact", "--retention", "0s"]);
+                // Before the sink's first commit there is no Iceberg catalog yet.
+                if out.status.success() {
+                    if text(&out).0.contains("merged into") {
+                        compactions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                } else {
+                    assert!(
+                        text(&out).1.contains("has no Iceberg tables"),
+                        "{:?}",
+                        text(&out)
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        });
+        crash_loop(
+            &env,
+            400_000,
+            "100000",
+            8,
+            &["--table-format", "iceberg", "--compact-every", "500ms"],
+            iceberg_records,
+        );
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    assert!(
+        compactions.into_inner() >= 2,
+        "compactions merged files while the sinks ran"
+    );
+    let (out, _) = env.ok(&["compact", "--retention", "0s"]);
+    let (partitions, _) = env.ok(&[
+        "query",
+        "--format",
+        "csv",
+        &format!("SHOW PARTITIONS {}", env.table()),
+    ]);
+    for line in partitions.lines().skip(1) {
+        let files: usize = line.split(',').nth(1).unwrap().parse().unwrap();
+        assert_eq!(
+            files, 1,
+            "one file per partition after compaction: {line}\n{out}"
+        );
+    }
+    let lake = iceberg_records(&env);
+    assert_eq!(lake.len(), 400_000);
+    assert_eq!(multiset(&lake), multiset(&simulated(400_000)));
+}
+
 /// An Iceberg table's records, read with the Iceberg library's scan of its current snapshot.
 fn iceberg_records(env: &Env) -> Vec<Record> {
     let rt = tokio::runtime::Builder::new_current_thread()

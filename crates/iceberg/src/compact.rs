@@ -80,6 +80,9 @@ pub struct Compacted {
     pub snapshots_expired: usize,
     /// Files deleted because no snapshot references them any more.
     pub files_deleted: usize,
+    /// Another compaction merged some of the same files first: this one committed nothing (and
+    /// deleted what it had written).
+    pub superseded: bool,
 }
 
 /// A live entry of a manifest, with what rewriting the manifest needs.
@@ -139,10 +142,23 @@ impl IcebergLake {
                 }
             }
             if !removed.is_empty() {
-                done.partitions = groups.len();
-                done.files_removed = removed.len();
-                done.files_added = added.len();
-                done.snapshot_id = Some(self.replace(table, &removed, &added).await?);
+                match self.replace(table, &removed, &added).await? {
+                    Some(id) => {
+                        done.partitions = groups.len();
+                        done.files_removed = removed.len();
+                        done.files_added = added.len();
+                        done.snapshot_id = Some(id);
+                    }
+                    None => {
+                        done.superseded = true;
+                        done.records = 0;
+                        done.bytes_read = 0;
+                        done.bytes_written = 0;
+                        for f in &added {
+                            let _ = t.file_io().delete(f.file_path()).await;
+                        }
+                    }
+                }
             }
         }
         let (expired, deleted) = self
@@ -154,13 +170,14 @@ impl IcebergLake {
     }
 
     /// Commits a `replace` snapshot: `removed` (paths of live files) out, `added` in. Retried on the
-    /// fresh table when another commit lands first.
+    /// fresh table when another commit lands first; `None` when another compaction replaced some of
+    /// the files first (nothing is committed then).
     async fn replace(
         &self,
         table: &str,
         removed: &[String],
         added: &[DataFile],
-    ) -> Result<i64, IcebergError> {
+    ) -> Result<Option<i64>, IcebergError> {
         let err = Self::error(table);
         let removed: HashSet<&str> = removed.iter().map(String::as_str).collect();
         let mut attempt = 0;
@@ -192,13 +209,10 @@ impl IcebergLake {
             let entries = live_entries(&t).await?;
             let live: HashSet<&str> = entries.iter().map(|e| e.file.file_path()).collect();
             if let Some(gone) = removed.iter().find(|p| !live.contains(**p)) {
-                // Another compaction replaced it first: this one's files are left for cleanup.
-                return Err(IcebergError::Invalid {
-                    table: table.to_owned(),
-                    message: format!(
-                        "another compaction rewrote {gone} meanwhile; nothing was changed (run it again)"
-                    ),
-                });
+                tracing::info!(
+                    "table {table}: another compaction merged {gone} meanwhile; this one commits nothing"
+                );
+                return Ok(None);
             }
             let snapshot_id = new_snapshot_id(&t);
             let sequence_number = metadata.next_sequence_number();
@@ -331,7 +345,7 @@ impl IcebergLake {
                 .swap_metadata(table, &old_location, &new_location.to_string())
                 .await?
             {
-                return Ok(snapshot_id);
+                return Ok(Some(snapshot_id));
             }
             // Another commit landed first: the files written for this attempt are orphans.
             for path in [manifest_path, new_location.to_string()] {
@@ -643,4 +657,93 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Compaction in the background of a sink: a thread that compacts a table every so often until it
+/// is stopped. Failures are logged and retried at the next round (the sink goes on regardless).
+pub struct BackgroundCompaction {
+    stop: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BackgroundCompaction {
+    /// Compacts `table` of the lake at `lake` (a local folder) every `every`.
+    pub fn spawn(
+        lake: PathBuf,
+        table: String,
+        every: Duration,
+        options: CompactOptions,
+    ) -> std::io::Result<BackgroundCompaction> {
+        let stop = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("compaction".into())
+            .spawn(move || {
+                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    tracing::warn!("compaction: cannot start its runtime");
+                    return;
+                };
+                let (lock, wake) = &*flag;
+                loop {
+                    let stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+                    let (stopped, _) = wake
+                        .wait_timeout_while(stopped, every, |s| !*s)
+                        .unwrap_or_else(|e| e.into_inner());
+                    if *stopped {
+                        return;
+                    }
+                    drop(stopped);
+                    let started = std::time::Instant::now();
+                    let result = runtime.block_on(async {
+                        IcebergLake::embedded(&lake)
+                            .await?
+                            .compact(&table, &options)
+                            .await
+                    });
+                    match result {
+                        Ok(done) if done.files_removed > 0 || done.files_deleted > 0 => {
+                            tracing::info!(
+                                "compaction of {table}: {} files merged into {} in {} partitions, \
+                                 {} snapshots expired, {} files deleted, in {:.1}s",
+                                done.files_removed,
+                                done.files_added,
+                                done.partitions,
+                                done.snapshots_expired,
+                                done.files_deleted,
+                                started.elapsed().as_secs_f64()
+                            )
+                        }
+                        Ok(_) => tracing::debug!("compaction of {table}: nothing to do"),
+                        Err(e) => tracing::warn!("compaction of {table}: {e} (retried later)"),
+                    }
+                }
+            })?;
+        Ok(BackgroundCompaction {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread, after the round in progress if any.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        let (lock, wake) = &*self.stop;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for BackgroundCompaction {
+    fn drop(&mut self) {
+        self.halt();
+    }
 }
