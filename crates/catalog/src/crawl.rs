@@ -13,6 +13,9 @@
 //!   type and never coerced: the partitions holding files of the other type are not registered.
 //! * **Incremental.** Only partitions not yet in the catalog are read; `full` re-reads everything and
 //!   drops partitions whose folders are gone.
+//! * **Iceberg tables.** A table folder with `metadata/*.metadata.json` files is an Apache Iceberg
+//!   table: its files are not Hive partitions. It is reported ([`CrawlReport::iceberg`], with its
+//!   newest metadata file) for registration in an Iceberg catalog, and left out of this one.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -41,6 +44,43 @@ pub struct CrawlReport {
     pub tables: Vec<TableReport>,
     /// Files that could not be read or did not fit, with the reason.
     pub skipped: Vec<(String, String)>,
+    /// Iceberg tables found (not cataloged as Hive tables).
+    pub iceberg: Vec<IcebergFound>,
+}
+
+/// An Apache Iceberg table found by a crawl.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IcebergFound {
+    /// The table name (its folder's, normalized, or [`CrawlOptions::table`]).
+    pub name: String,
+    /// The table's folder (URL).
+    pub location: String,
+    /// Its newest metadata file (URL): the highest version number.
+    pub metadata: String,
+}
+
+/// The version number of an Iceberg metadata file name (`00003-<uuid>.metadata.json` or
+/// `v3.metadata.json`), if it is one.
+fn metadata_version(file: &str) -> Option<u64> {
+    let stem = file.strip_suffix(".metadata.json")?;
+    let digits: String = stem
+        .trim_start_matches('v')
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// The newest metadata file among a table folder's files (paths relative to the folder).
+fn newest_metadata<'a>(files: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    files
+        .filter_map(|p| {
+            let file = p.strip_prefix("metadata/")?;
+            (!file.contains('/')).then_some(())?;
+            Some((metadata_version(file)?, p))
+        })
+        .max()
+        .map(|(_, p)| p)
 }
 
 impl CrawlReport {
@@ -115,6 +155,20 @@ pub async fn crawl(
         .filter(|f| !f.path.split('/').any(|s| s.starts_with(['_', '.'])))
         .collect();
     let mut report = CrawlReport::default();
+    // The location itself may be one Iceberg table.
+    if let Some(meta) = newest_metadata(files.iter().map(|f| f.path.as_str())) {
+        let name = options
+            .table
+            .clone()
+            .unwrap_or_else(|| default_table_name(lake));
+        validate_name("table", &name)?;
+        report.iceberg.push(IcebergFound {
+            name,
+            location: lake.url_of("").trim_end_matches('/').to_owned(),
+            metadata: lake.url_of(meta).trim_end_matches('/').to_owned(),
+        });
+        return Ok(report);
+    }
     // Group the files by table folder.
     let mut tables: BTreeMap<String, Vec<FileInfo>> = BTreeMap::new();
     let single = files.iter().any(|f| !f.path.contains('/'));
@@ -136,6 +190,18 @@ pub async fn crawl(
             (_, true) => default_table_name(lake),
             (_, false) => normalize_column_name(&folder),
         };
+        if let Some(meta) = newest_metadata(files.iter().map(|f| f.path.as_str())) {
+            validate_name("table", &name)?;
+            report.iceberg.push(IcebergFound {
+                name,
+                location: lake.url_of(&folder).trim_end_matches('/').to_owned(),
+                metadata: lake
+                    .url_of(&format!("{folder}/{meta}"))
+                    .trim_end_matches('/')
+                    .to_owned(),
+            });
+            continue;
+        }
         validate_name("table", &name).map_err(|e| {
             CatalogError::Invalid(format!(
                 "{e}; the folder {:?} gives it (use --table to name a single-table location)",
@@ -608,6 +674,32 @@ fn csv_schema(sample: &[u8], tsv: bool) -> Result<Found, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_newest_iceberg_metadata_file_is_found() {
+        let files = [
+            "metadata/00001-a.metadata.json",
+            "metadata/00012-b.metadata.json",
+            "metadata/00003-c.metadata.json",
+            "metadata/snap-1-x.avro",
+            "data/ts_day=2024-01-02/x.parquet",
+            "metadata/old/00099-z.metadata.json",
+        ];
+        assert_eq!(
+            newest_metadata(files.iter().copied()),
+            Some("metadata/00012-b.metadata.json")
+        );
+        assert_eq!(
+            newest_metadata(
+                ["metadata/v2.metadata.json", "metadata/v10.metadata.json"].into_iter()
+            ),
+            Some("metadata/v10.metadata.json")
+        );
+        assert_eq!(
+            newest_metadata(["date=2024-01-02/x.parquet"].into_iter()),
+            None
+        );
+    }
     use std::sync::Arc;
 
     fn infer(bytes: &[u8], name: &str) -> Result<(StorageFormat, Arc<Schema>), String> {

@@ -16,7 +16,7 @@ pub mod table;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use crawl::{crawl, CrawlOptions, CrawlReport};
+pub use crawl::{crawl, CrawlOptions, CrawlReport, IcebergFound};
 pub use embedded::EmbeddedCatalog;
 pub use glue::GlueCatalog;
 pub use table::{Column, Partition, StorageFormat, Table};

@@ -25,6 +25,45 @@ pub struct Args {
     pub table: Option<String>,
 }
 
+/// Registers an Iceberg table found by the crawl in the lake's embedded Iceberg catalog.
+fn register_iceberg(
+    g: &Global,
+    io: &tokio::runtime::Runtime,
+    found: &ticklake_catalog::IcebergFound,
+) -> Result<()> {
+    let Lake::Local { root } = Lake::open(&g.lake)? else {
+        anyhow::bail!(
+            "{} is an Iceberg table; registering Iceberg tables needs a local lake for now",
+            found.location
+        );
+    };
+    let lake = io
+        .block_on(ticklake_iceberg::IcebergLake::embedded(&root))
+        .context("cannot open the lake's Iceberg catalog")?;
+    let done = io
+        .block_on(lake.register(&found.name, &found.metadata))
+        .with_context(|| format!("registering the Iceberg table at {}", found.location))?;
+    match done {
+        ticklake_iceberg::Registered::New => outln!(
+            "table {} (Iceberg): registered in the lake's Iceberg catalog at {}",
+            found.name,
+            found.metadata
+        ),
+        ticklake_iceberg::Registered::Same => outln!(
+            "table {} (Iceberg): already registered at {}",
+            found.name,
+            found.metadata
+        ),
+        ticklake_iceberg::Registered::Other(current) => outln!(
+            "table {} (Iceberg): already registered at {current}; left as it is (the newest file \
+             found is {})",
+            found.name,
+            found.metadata
+        ),
+    }
+    Ok(())
+}
+
 /// Exit status when a type conflict was found (the rest was cataloged).
 const CONFLICT: u8 = 2;
 
@@ -40,8 +79,11 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
     let report = io
         .block_on(crawl(&lake, catalog.as_ref(), &options))
         .with_context(|| format!("crawling {location}"))?;
-    if report.tables.is_empty() {
+    if report.tables.is_empty() && report.iceberg.is_empty() {
         outln!("no data files found in {location}");
+    }
+    for t in &report.iceberg {
+        register_iceberg(g, &io, t)?;
     }
     for t in &report.tables {
         outln!(

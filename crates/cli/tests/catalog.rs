@@ -356,3 +356,67 @@ fn glue_catalog_on_moto_matches_the_embedded_catalog() {
         .join("_ticklake/catalog.sqlite")
         .exists());
 }
+
+/// An Iceberg table folder is registered by the crawler in the lake's Iceberg catalog (here after the
+/// catalog file was lost), not cataloged as Hive partitions; crawling again, or crawling the table's
+/// own folder, finds it registered.
+#[test]
+fn crawling_an_iceberg_table_registers_it() {
+    let env = Env::embedded();
+    env.ok(&[
+        "-q",
+        "produce",
+        "--simulate",
+        "--symbols",
+        "4",
+        "--count",
+        "5000",
+    ]);
+    env.ok(&["-q", "sink", "--once"]);
+    env.ok(&[
+        "-q",
+        "sink",
+        "--once",
+        "--table-format",
+        "iceberg",
+        "--table",
+        "ice",
+        "--group",
+        "iceberg",
+    ]);
+    let lake = env.dir.path().join("lake");
+    std::fs::remove_file(lake.join("_ticklake/iceberg.sqlite")).unwrap();
+    let gone = env.run(&["query", "SELECT count(*) FROM ice"]);
+    assert!(!gone.status.success());
+
+    let (out, _) = env.ok(&["crawl"]);
+    assert!(
+        out.contains("table ice (Iceberg): registered in the lake's Iceberg catalog at file://"),
+        "{out}"
+    );
+    assert!(out.contains("table stock_topic (parquet)"), "{out}");
+    assert!(!out.contains("table ice (parquet)"), "{out}");
+    assert_eq!(
+        query_csv(&env, &[], "SELECT count(*) FROM ice"),
+        "count(*)\n5000\n"
+    );
+    // Its history came back with it.
+    let (snapshots, _) = env.ok(&[
+        "query",
+        "--format",
+        "csv",
+        "SELECT max(total_records) AS n FROM snapshots('ice')",
+    ]);
+    assert_eq!(snapshots, "n\n5000\n");
+
+    let (again, _) = env.ok(&["crawl"]);
+    assert!(
+        again.contains("table ice (Iceberg): already registered"),
+        "{again}"
+    );
+    let (own, _) = env.ok(&["crawl", path_str(&lake.join("ice"))]);
+    assert!(
+        own.contains("table ice (Iceberg): already registered"),
+        "{own}"
+    );
+}

@@ -90,6 +90,17 @@ pub struct PartitionFiles {
     pub bytes: u64,
 }
 
+/// What registering a table's metadata file in the catalog did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registered {
+    /// The table is new to the catalog.
+    New,
+    /// The catalog already points at that metadata file.
+    Same,
+    /// The catalog has the table at another metadata file (left as it is: it may be newer).
+    Other(String),
+}
+
 /// The Iceberg tables of one lake and their catalog.
 pub struct IcebergLake {
     pub(crate) catalog: Arc<dyn Catalog>,
@@ -206,6 +217,26 @@ impl IcebergLake {
             p.bytes += file.bytes;
         }
         Ok(by_partition.into_values().collect())
+    }
+
+    /// Registers an existing table (written by another tool, or whose catalog was lost) by its
+    /// metadata file.
+    pub async fn register(
+        &self,
+        table: &str,
+        metadata_location: &str,
+    ) -> Result<Registered, IcebergError> {
+        if let Some(t) = self.load(table).await? {
+            return Ok(match t.metadata_location() {
+                Some(l) if l == metadata_location => Registered::Same,
+                other => Registered::Other(other.unwrap_or_default().to_owned()),
+            });
+        }
+        self.catalog
+            .register_table(&self.ident(table), metadata_location.to_owned())
+            .await
+            .map_err(Self::error(table))?;
+        Ok(Registered::New)
     }
 
     pub(crate) fn ident(&self, table: &str) -> TableIdent {

@@ -16,7 +16,7 @@ mod fenced;
 mod lake;
 
 pub use compact::{BackgroundCompaction, CompactOptions, Compacted};
-pub use lake::{Appended, IcebergLake, OffsetRange, PartitionFiles};
+pub use lake::{Appended, IcebergLake, OffsetRange, PartitionFiles, Registered};
 
 /// The Iceberg library, for callers that read tables themselves (the query engine).
 pub use iceberg;
