@@ -178,10 +178,10 @@ pub async fn crawl(
         } else {
             let (top, rest) = f.path.split_once('/').unwrap_or(("", &f.path));
             let rest = rest.to_owned();
-            tables.entry(top.to_owned()).or_default().push(FileInfo {
-                path: rest,
-                size: f.size,
-            });
+            tables
+                .entry(top.to_owned())
+                .or_default()
+                .push(FileInfo { path: rest, ..f });
         }
     }
     for (folder, files) in tables {
@@ -471,10 +471,16 @@ async fn crawl_table(
         if options.full {
             let present: BTreeSet<Vec<String>> =
                 by_dir.keys().map(|d| partition_values_of(d)).collect();
+            // A compacted partition's files are in its compaction folder (`_compacted/…`), which
+            // the walk of the table's folders leaves out.
             let gone: Vec<Vec<String>> = catalog
                 .list_partitions(name)
                 .await?
                 .into_iter()
+                .filter(|p| {
+                    !p.location
+                        .contains(crate::compact::COMPACTED_FOLDER_SEGMENT)
+                })
                 .map(|p| p.values)
                 .filter(|v| !present.contains(v))
                 .collect();

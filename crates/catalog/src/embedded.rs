@@ -183,6 +183,25 @@ impl Catalog for EmbeddedCatalog {
         }
         tx.commit().map_err(|e| self.err(e))
     }
+
+    async fn set_partition_location(
+        &self,
+        table: &str,
+        values: &[String],
+        expected: &str,
+        location: &str,
+    ) -> Result<bool, CatalogError> {
+        let v = serde_json::to_string(values).map_err(|e| self.err(e))?;
+        let changed = self
+            .conn()
+            .execute(
+                "UPDATE partitions SET location = ?1
+                 WHERE database = ?2 AND table_name = ?3 AND part_values = ?4 AND location = ?5",
+                params![location, self.database, table, v, expected],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(changed == 1)
+    }
 }
 
 #[cfg(test)]

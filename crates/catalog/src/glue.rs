@@ -418,4 +418,47 @@ impl Catalog for GlueCatalog {
         }
         Ok(())
     }
+
+    async fn set_partition_location(
+        &self,
+        table: &str,
+        values: &[String],
+        expected: &str,
+        location: &str,
+    ) -> Result<bool, CatalogError> {
+        let def = self
+            .get_table(table)
+            .await?
+            .ok_or_else(|| CatalogError::NoSuchTable(table.to_owned()))?;
+        let current = self
+            .client
+            .get_partition()
+            .database_name(&self.database)
+            .table_name(table)
+            .set_partition_values(Some(values.to_vec()))
+            .send()
+            .await
+            .map_err(|e| glue_err("GetPartition", e))?;
+        let at = current
+            .partition()
+            .and_then(|p| p.storage_descriptor())
+            .and_then(|s| s.location());
+        if at != Some(expected) {
+            return Ok(false);
+        }
+        let input = PartitionInput::builder()
+            .set_values(Some(values.to_vec()))
+            .storage_descriptor(self.storage(&def, location)?)
+            .build();
+        self.client
+            .update_partition()
+            .database_name(&self.database)
+            .table_name(table)
+            .set_partition_value_list(Some(values.to_vec()))
+            .partition_input(input)
+            .send()
+            .await
+            .map_err(|e| glue_err("UpdatePartition", e))?;
+        Ok(true)
+    }
 }

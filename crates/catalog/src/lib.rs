@@ -6,8 +6,10 @@
 //! * [`GlueCatalog`]: the AWS Glue Data Catalog through `aws-sdk-glue`; region, endpoint and
 //!   credentials come from the standard AWS settings (`AWS_REGION`, `AWS_ENDPOINT_URL`, profiles, …).
 //!
-//! The [`crawl`] module is a Glue-like crawler that builds tables and partitions from the files.
+//! The [`crawl`] module is a Glue-like crawler that builds tables and partitions from the files; the
+//! [`compact`] module merges a partition's small files and switches the partition to them.
 
+pub mod compact;
 pub mod crawl;
 mod embedded;
 mod glue;
@@ -16,6 +18,7 @@ pub mod table;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use compact::{compact_hive, HiveCompactOptions, HiveCompacted};
 pub use crawl::{crawl, CrawlOptions, CrawlReport, IcebergFound};
 pub use embedded::EmbeddedCatalog;
 pub use glue::GlueCatalog;
@@ -85,6 +88,18 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
         table: &str,
         values: &[Vec<String>],
     ) -> Result<(), CatalogError>;
+
+    /// Points a partition at another folder, if it is still at `expected` (compaction's switch to
+    /// the folder of merged files). Returns whether it was switched. The embedded catalog checks and
+    /// switches in one transaction; Glue has no conditional update of a partition, so its check and
+    /// switch are two calls (one compaction per table at a time keeps that safe).
+    async fn set_partition_location(
+        &self,
+        table: &str,
+        values: &[String],
+        expected: &str,
+        location: &str,
+    ) -> Result<bool, CatalogError>;
 }
 
 /// Which catalog to use.

@@ -1,4 +1,4 @@
-//! `ticklake compact`: merge the small files of the lake's Iceberg tables.
+//! `ticklake compact`: merge the small files of the lake's tables (Iceberg and Hive).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bytesize::ByteSize;
 use clap::Args as ClapArgs;
+use ticklake_catalog::{compact_hive, HiveCompactOptions, StorageFormat};
 use ticklake_iceberg::{CompactOptions, IcebergLake};
 use ticklake_lake::Lake;
 
@@ -14,7 +15,8 @@ use crate::options::{runtime, Global};
 /// Options of `ticklake compact`.
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// The table to compact [default: every Iceberg table of the lake].
+    /// The table to compact [default: every table of the lake: its Iceberg tables and the catalog's
+    /// partitioned Parquet tables].
     #[arg(long)]
     pub table: Option<String>,
 
@@ -22,86 +24,174 @@ pub struct Args {
     #[arg(long, default_value = "128MiB", value_name = "SIZE")]
     pub target_size: ByteSize,
 
-    /// Only merge files committed at least this long ago, e.g. 1h.
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    pub older_than: Duration,
+    /// Only merge files written at least this long ago [default: 0s for Iceberg tables, whose
+    /// commits are atomic; 1h for Hive tables, whose partitions are compacted once the sink has
+    /// stopped writing to them].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub older_than: Option<Duration>,
 
-    /// Expire snapshots older than this and delete the files only they referenced (time travel
-    /// reaches back this far; a query still reading an old snapshot has this long to finish).
+    /// How long the replaced state stays readable: Iceberg snapshots older than this are expired and
+    /// the files only they referenced deleted (time travel reaches back this far); a Hive
+    /// partition's replaced files are deleted this long after the switch.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub retention: Duration,
 
-    /// Delete files in a table's folder that no snapshot ever referenced (left by a writer that died
-    /// before its commit) once they are this old.
+    /// Iceberg: delete files in a table's folder that no snapshot ever referenced (left by a writer
+    /// that died before its commit) once they are this old.
     #[arg(long, default_value = "1d", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub orphan_age: Duration,
 }
 
 pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
-    let Lake::Local { root } = Lake::open(&g.lake)? else {
-        bail!("compaction works on Iceberg tables of local lakes for now (S3 lakes are not supported yet)");
-    };
+    let lake = Lake::open(&g.lake)?;
     let io = runtime()?;
-    let Some(lake) = io
-        .block_on(IcebergLake::embedded_if_present(&root))
-        .context("cannot open the lake's Iceberg catalog")?
-    else {
-        bail!(
-            "the lake {} has no Iceberg tables (write them with `ticklake sink --table-format iceberg`); \
-             Hive tables are not compacted yet",
-            root.display()
-        );
+    let iceberg = match &lake {
+        Lake::Local { root } => io
+            .block_on(IcebergLake::embedded_if_present(root))
+            .context("cannot open the lake's Iceberg catalog")?,
+        _ => None,
     };
-    let tables = match &args.table {
-        Some(t) => {
-            if io.block_on(lake.load(t))?.is_none() {
-                bail!(
-                    "no Iceberg table {t:?} in the lake (its Iceberg tables: {})",
-                    io.block_on(lake.tables())?.join(", ")
-                );
-            }
-            vec![t.clone()]
+    let catalog = g.open_catalog(&io)?;
+    let iceberg_tables = match &iceberg {
+        Some(l) => io.block_on(l.tables())?,
+        None => Vec::new(),
+    };
+    let hive_tables: Vec<_> = io
+        .block_on(catalog.list_tables())?
+        .into_iter()
+        .filter(|t| !iceberg_tables.contains(&t.name))
+        .collect();
+    let target_size = args.target_size.as_u64().max(1 << 20);
+    let mut found = false;
+    for table in &iceberg_tables {
+        if args.table.as_ref().is_some_and(|t| t != table) {
+            continue;
         }
-        None => io.block_on(lake.tables())?,
-    };
-    let options = CompactOptions {
-        target_size: args.target_size.as_u64().max(1 << 20),
-        older_than: args.older_than,
-        retention: args.retention,
-        orphan_age: args.orphan_age,
-    };
-    for table in tables {
+        found = true;
+        let lake = iceberg
+            .as_ref()
+            .expect("Iceberg tables come from the Iceberg catalog");
+        let options = CompactOptions {
+            target_size,
+            older_than: args.older_than.unwrap_or(Duration::ZERO),
+            retention: args.retention,
+            orphan_age: args.orphan_age,
+        };
         let started = Instant::now();
         let done = io
-            .block_on(lake.compact(&table, &options))
+            .block_on(lake.compact(table, &options))
             .with_context(|| format!("compacting {table}"))?;
-        let secs = started.elapsed().as_secs_f64().max(1e-9);
         if done.superseded {
-            outln!(
-                "table {table}: another compaction merged the same files meanwhile; nothing to add"
-            );
+            outln!("table {table} (Iceberg): another compaction merged the same files meanwhile");
         } else if done.files_removed == 0 {
-            outln!("table {table}: no small files to merge");
+            outln!("table {table} (Iceberg): no small files to merge");
         } else {
-            outln!(
-                "table {table}: {} files merged into {} in {} partitions ({} -> {}, {} records) in {:.2}s ({}/s)",
+            report(
+                table,
+                "Iceberg",
                 done.files_removed,
                 done.files_added,
                 done.partitions,
-                ByteSize(done.bytes_read),
-                ByteSize(done.bytes_written),
+                done.bytes_read,
+                done.bytes_written,
                 done.records,
-                secs,
-                ByteSize((done.bytes_read as f64 / secs) as u64)
+                started,
             );
         }
         if done.snapshots_expired > 0 || done.files_deleted > 0 {
             outln!(
-                "table {table}: {} snapshots expired, {} unreferenced files deleted",
+                "table {table} (Iceberg): {} snapshots expired, {} unreferenced files deleted",
                 done.snapshots_expired,
                 done.files_deleted
             );
         }
     }
+    for def in &hive_tables {
+        let table = &def.name;
+        let chosen = args.table.as_ref().is_some_and(|t| t == table);
+        if args.table.is_some() && !chosen {
+            continue;
+        }
+        found = true;
+        if def.format != StorageFormat::Parquet || def.partition_keys.is_empty() {
+            let why = format!(
+                "table {table}: not compacted (compaction merges partitioned Parquet tables; it is {}{})",
+                def.format.classification(),
+                if def.partition_keys.is_empty() { ", unpartitioned" } else { "" }
+            );
+            if chosen {
+                bail!(why);
+            }
+            outln!("{why}");
+            continue;
+        }
+        let options = HiveCompactOptions {
+            target_size,
+            older_than: args.older_than.unwrap_or(Duration::from_secs(3600)),
+            grace: args.retention,
+        };
+        let started = Instant::now();
+        let done = io
+            .block_on(compact_hive(&lake, catalog.as_ref(), table, &options))
+            .with_context(|| format!("compacting {table}"))?;
+        if done.files_removed == 0 {
+            outln!("table {table} (Hive): no partition to merge");
+        } else {
+            report(
+                table,
+                "Hive",
+                done.files_removed,
+                done.files_added,
+                done.partitions,
+                done.bytes_read,
+                done.bytes_written,
+                done.records,
+                started,
+            );
+        }
+        if done.hot > 0 {
+            outln!(
+                "table {table} (Hive): {} partitions written to in the last {} left as they are",
+                done.hot,
+                humantime::format_duration(options.older_than)
+            );
+        }
+        if done.files_deleted > 0 {
+            outln!(
+                "table {table} (Hive): {} replaced files deleted",
+                done.files_deleted
+            );
+        }
+    }
+    if !found {
+        match &args.table {
+            Some(t) => bail!(
+                "no table {t:?} in the lake's Iceberg catalog or in the {}",
+                catalog.describe()
+            ),
+            None => bail!("the lake has no tables to compact (write some with `ticklake sink`)"),
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report(
+    table: &str,
+    kind: &str,
+    removed: usize,
+    added: usize,
+    partitions: usize,
+    bytes_read: u64,
+    bytes_written: u64,
+    records: u64,
+    started: Instant,
+) {
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    outln!(
+        "table {table} ({kind}): {removed} files merged into {added} in {partitions} partitions ({} -> {}, {records} records) in {secs:.2}s ({}/s)",
+        ByteSize(bytes_read),
+        ByteSize(bytes_written),
+        ByteSize((bytes_read as f64 / secs) as u64)
+    );
 }

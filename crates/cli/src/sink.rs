@@ -9,7 +9,8 @@ use bytesize::ByteSize;
 use clap::Args as ClapArgs;
 use indicatif::HumanCount;
 use ticklake_sink::{
-    FileFormat, FlushPolicy, Lake, Partitioning, Sink, SinkConfig, Stats, TableFormat,
+    BackgroundCompaction, CompactionTarget, FileFormat, FlushPolicy, Lake, Partitioning, Sink,
+    SinkConfig, Stats, TableFormat,
 };
 
 use crate::options::{runtime, stop_flag, Global};
@@ -44,8 +45,9 @@ pub struct Args {
     #[arg(long, default_value = "hive", value_name = "FORMAT")]
     pub table_format: TableFormat,
 
-    /// Iceberg tables: compact the table in the background this often (as `ticklake compact` with
-    /// its defaults), e.g. 10m, so no cron is needed.
+    /// Compact the table in the background this often, as `ticklake compact` with its defaults
+    /// (Iceberg: merge small files; Hive: merge the files of partitions not written to for an hour),
+    /// e.g. 10m, so no cron is needed.
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub compact_every: Option<Duration>,
 
@@ -112,29 +114,38 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
     if args.table_format == TableFormat::Iceberg && args.format != FileFormat::Parquet {
         anyhow::bail!("--table-format iceberg writes Parquet data files: drop --format");
     }
-    let compaction = match (args.compact_every, args.table_format, &lake) {
-        (None, ..) => None,
-        (Some(every), TableFormat::Iceberg, Lake::Local { root }) => {
-            // The table is created by the first append; the compactor finds nothing to do until then.
-            std::fs::create_dir_all(root)
-                .with_context(|| format!("cannot create the lake {}", root.display()))?;
+    let compaction = match args.compact_every {
+        None => None,
+        Some(every) => {
+            let target = match (args.table_format, &lake) {
+                (TableFormat::Iceberg, Lake::Local { root }) => {
+                    // The table is made by the first append; until then there is nothing to do.
+                    std::fs::create_dir_all(root)
+                        .with_context(|| format!("cannot create the lake {}", root.display()))?;
+                    CompactionTarget::Iceberg {
+                        lake: root.clone(),
+                        options: ticklake_iceberg::CompactOptions::default(),
+                    }
+                }
+                (TableFormat::Iceberg, _) => {
+                    anyhow::bail!("--compact-every: Iceberg tables are on local lakes only for now")
+                }
+                (TableFormat::Hive, _) => {
+                    if args.format != FileFormat::Parquet {
+                        anyhow::bail!("--compact-every merges Parquet files: drop --format");
+                    }
+                    CompactionTarget::Hive {
+                        lake: lake.clone(),
+                        catalog: catalog.clone(),
+                        options: ticklake_catalog::HiveCompactOptions::default(),
+                    }
+                }
+            };
             Some(
-                ticklake_iceberg::BackgroundCompaction::spawn(
-                    root.clone(),
-                    table.clone(),
-                    every,
-                    ticklake_iceberg::CompactOptions::default(),
-                )
-                .context("cannot start the background compaction")?,
+                BackgroundCompaction::spawn(target, table.clone(), every)
+                    .context("cannot start the background compaction")?,
             )
         }
-        (Some(_), TableFormat::Iceberg, _) => {
-            anyhow::bail!("--compact-every: Iceberg tables are on local lakes only for now")
-        }
-        (Some(_), TableFormat::Hive, _) => anyhow::bail!(
-            "--compact-every compacts Iceberg tables (--table-format iceberg); Hive tables are not \
-             compacted yet"
-        ),
     };
     let stop = stop_flag()?;
     // A long-running sink may start before anything was produced: wait for the topic to appear.

@@ -355,6 +355,42 @@ fn glue_catalog_on_moto_matches_the_embedded_catalog() {
     assert!(Path::new(path_str(env.dir.path()))
         .join("_ticklake/catalog.sqlite")
         .exists());
+
+    // Compaction through Glue on the S3 lake: a second file per partition, merged; Glue's partitions
+    // move to the merged folders, and the answers stay those of the embedded catalog, whose
+    // partitions still point at the sink's folders (the replaced files stay for the grace period).
+    env.ok(&[
+        "produce",
+        "--simulate",
+        "--count",
+        "2400",
+        "--symbols",
+        "2",
+        "--interval",
+        "1m",
+        "-q",
+    ]);
+    env.ok(&[&glue[..], &["sink", "--once", "-q"]].concat());
+    let (out, _) = env.ok(&[&glue[..], &["compact", "--older-than", "0s"]].concat());
+    assert!(
+        out.contains("table stock_topic (Hive): 8 files merged into 4 in 4 partitions"),
+        "{out}"
+    );
+    let moved = glue_dump(&env, &db);
+    for p in moved["stock_topic"]["partitions"].as_array().unwrap() {
+        let at = p["location"].as_str().unwrap();
+        assert!(
+            at.starts_with(&format!("{lake}/stock_topic/_compacted/date=")),
+            "{at}"
+        );
+    }
+    for sql in [
+        "SELECT symbol, count(*), sum(volume), min(low), max(high) FROM stock_topic GROUP BY symbol ORDER BY symbol",
+        // (No vwap: its sums add up in another order over other files.)
+        "SELECT symbol, bar, open, high, low, close, volume, rows FROM ohlcv('stock_topic', '1 hour') ORDER BY symbol, bar",
+    ] {
+        assert_eq!(query_csv(&env, &glue, sql), query_csv(&env, &[], sql), "{sql}");
+    }
 }
 
 /// An Iceberg table folder is registered by the crawler in the lake's Iceberg catalog (here after the
@@ -418,5 +454,141 @@ fn crawling_an_iceberg_table_registers_it() {
     assert!(
         own.contains("table ice (Iceberg): already registered"),
         "{own}"
+    );
+}
+
+/// The parquet files under a folder, relative to it.
+fn parquet_files(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p.strip_prefix(base).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Hive compaction on the embedded catalog: each partition's files merged into one sorted file in a
+/// new folder, the partition switched to it, answers unchanged (no row twice, none lost); late
+/// records in a compacted partition are merged by the next compaction; replaced files are deleted
+/// after the grace period; partitions the sink wrote to recently are left alone; `crawl --full`
+/// keeps the compacted partitions.
+#[test]
+fn hive_compaction_switches_partitions_to_merged_files() {
+    let env = Env::embedded();
+    let produce = || {
+        env.ok(&[
+            "-q",
+            "produce",
+            "--simulate",
+            "--symbols",
+            "3",
+            "--count",
+            "30000",
+            "--interval",
+            "1m",
+            "--seed",
+            "5",
+        ]);
+    };
+    produce();
+    // Small flushes: each day's partitions get several files.
+    env.ok(&["-q", "sink", "--once", "--flush-records", "5000"]);
+    let answers = |env: &Env| {
+        query_csv(
+            env,
+            &[],
+            "SELECT date, symbol, count(*), sum(volume), min(low), max(high), \
+             CAST(extract(epoch FROM max(ts)) AS BIGINT) FROM stock_topic \
+             GROUP BY date, symbol ORDER BY date, symbol",
+        )
+    };
+    let before = answers(&env);
+    let table = env.dir.path().join("lake/stock_topic");
+    let files_before = parquet_files(&table);
+
+    // Written just now: too hot for the default of an hour.
+    let (out, _) = env.ok(&["compact"]);
+    assert!(
+        out.contains("partitions written to in the last 1h left as they are"),
+        "{out}"
+    );
+    assert_eq!(parquet_files(&table), files_before);
+
+    let (out, _) = env.ok(&["compact", "--older-than", "0s", "--retention", "0s"]);
+    let partitions = query_csv(&env, &[], "SHOW PARTITIONS stock_topic")
+        .lines()
+        .count()
+        - 1;
+    // The partitions with more than one file are merged.
+    let mut per_folder = std::collections::BTreeMap::<String, usize>::new();
+    for f in &files_before {
+        *per_folder
+            .entry(f.rsplit_once('/').unwrap().0.to_owned())
+            .or_default() += 1;
+    }
+    let several: Vec<usize> = per_folder.values().copied().filter(|n| *n > 1).collect();
+    assert!(!several.is_empty(), "{files_before:?}");
+    assert!(
+        out.contains(&format!(
+            "{} files merged into {} in {} partitions",
+            several.iter().sum::<usize>(),
+            several.len(),
+            several.len()
+        )),
+        "{out}"
+    );
+    assert_eq!(answers(&env), before);
+    let merged: Vec<String> = parquet_files(&table)
+        .into_iter()
+        .filter(|f| f.starts_with("_compacted/"))
+        .collect();
+    assert_eq!(merged.len(), several.len(), "{merged:?}");
+
+    // Late records: the same records produced again land in the sink's folders, hidden until the
+    // next compaction merges them in; that compaction also deletes the files the first one replaced.
+    produce();
+    env.ok(&["-q", "sink", "--once"]);
+    let visible = query_csv(&env, &[], "SELECT count(*) FROM stock_topic");
+    let visible: usize = visible.lines().nth(1).unwrap().parse().unwrap();
+    assert!(
+        visible > 30_000 && visible < 60_000,
+        "{visible}: the compacted partitions' late rows wait"
+    );
+    let (out, _) = env.ok(&["compact", "--older-than", "0s", "--retention", "0s"]);
+    assert!(out.contains("replaced files deleted"), "{out}");
+    let doubled = query_csv(&env, &[], "SELECT count(*) FROM stock_topic");
+    assert_eq!(doubled, "count(*)\n60000\n");
+    let (out, _) = env.ok(&["compact", "--older-than", "0s", "--retention", "0s"]);
+    assert!(out.contains("no partition to merge"), "{out}");
+    let left = parquet_files(&table);
+    assert_eq!(
+        left.len(),
+        partitions,
+        "only the newest generation is left: {left:?}"
+    );
+    assert!(left.iter().all(|f| f.starts_with("_compacted/")));
+
+    // Merged files are sorted by symbol and ts.
+    let sorted = query_csv(
+        &env,
+        &[],
+        "SELECT count(*) FROM (SELECT ts < lag(ts) OVER (PARTITION BY symbol ORDER BY ts) AS back \
+         FROM stock_topic) WHERE back",
+    );
+    assert_eq!(sorted, "count(*)\n0\n");
+
+    // A full crawl keeps the compacted partitions (their files are not in the sink's folders).
+    env.ok(&["crawl", "--full"]);
+    assert_eq!(
+        query_csv(&env, &[], "SELECT count(*) FROM stock_topic"),
+        doubled
     );
 }

@@ -15,7 +15,7 @@ mod compact;
 mod fenced;
 mod lake;
 
-pub use compact::{BackgroundCompaction, CompactOptions, Compacted};
+pub use compact::{CompactOptions, Compacted};
 pub use lake::{Appended, IcebergLake, OffsetRange, PartitionFiles, Registered};
 
 /// The Iceberg library, for callers that read tables themselves (the query engine).

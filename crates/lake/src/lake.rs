@@ -29,6 +29,8 @@ pub struct FileInfo {
     pub path: String,
     /// Its size in bytes.
     pub size: u64,
+    /// When it was last written, in milliseconds since 1970 (0 when unknown).
+    pub modified_ms: i64,
 }
 
 /// Where the lake lives.
@@ -365,6 +367,7 @@ impl Lake {
                         .map(|m| FileInfo {
                             path: m.location.as_ref()[strip..].to_owned(),
                             size: m.size,
+                            modified_ms: m.last_modified.timestamp_millis(),
                         })
                         .collect()
                 }
@@ -383,9 +386,15 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<FileInfo>) -> std::io::Result<()>
             walk(root, &path, out)?;
         } else if kind.is_file() && !entry.file_name().to_string_lossy().starts_with('.') {
             if let Ok(rel) = path.strip_prefix(root) {
+                let meta = entry.metadata()?;
                 out.push(FileInfo {
                     path: rel.to_string_lossy().replace('\\', "/"),
-                    size: entry.metadata()?.len(),
+                    size: meta.len(),
+                    modified_ms: meta
+                        .modified()
+                        .ok()
+                        .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_millis() as i64),
                 });
             }
         }

@@ -14,12 +14,14 @@
 
 mod checkpoint;
 mod columns;
+mod compaction;
 pub mod format;
 mod ledger;
 mod patience;
 mod register;
 mod sink;
 
+pub use compaction::{BackgroundCompaction, CompactionTarget};
 pub use format::FileFormat;
 pub use sink::{FlushPolicy, Sink, SinkConfig, Stats, TableFormat, DEFAULT_MAX_MESSAGE_BYTES};
 pub use ticklake_lake::{Lake, PartitionKey, Partitioning};

@@ -1,0 +1,160 @@
+//! Compaction in the background of a sink (`--compact-every`): a thread that compacts the sink's
+//! table every so often until it is stopped, so no cron job is needed. Failures are logged and the
+//! next round tries again; the sink goes on regardless.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ticklake_catalog::{compact_hive, Catalog, HiveCompactOptions};
+use ticklake_iceberg::{CompactOptions, IcebergLake};
+use ticklake_lake::Lake;
+
+/// Which table a background compaction keeps compact, and how.
+#[derive(Debug, Clone)]
+pub enum CompactionTarget {
+    /// A Hive table of the lake, registered in the catalog.
+    Hive {
+        /// The lake.
+        lake: Lake,
+        /// Its catalog.
+        catalog: Arc<dyn Catalog>,
+        /// How.
+        options: HiveCompactOptions,
+    },
+    /// An Iceberg table of the lake (a local folder) in its embedded Iceberg catalog.
+    Iceberg {
+        /// The lake's folder.
+        lake: PathBuf,
+        /// How.
+        options: CompactOptions,
+    },
+}
+
+/// A running background compaction; stopped when dropped.
+pub struct BackgroundCompaction {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl BackgroundCompaction {
+    /// Compacts `table` every `every`, on a thread of its own.
+    pub fn spawn(
+        target: CompactionTarget,
+        table: String,
+        every: Duration,
+    ) -> std::io::Result<BackgroundCompaction> {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("compaction".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!("compaction: cannot start its runtime: {e}");
+                        return;
+                    }
+                };
+                let (lock, wake) = &*flag;
+                loop {
+                    let stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+                    let (stopped, _) = wake
+                        .wait_timeout_while(stopped, every, |s| !*s)
+                        .unwrap_or_else(|e| e.into_inner());
+                    if *stopped {
+                        return;
+                    }
+                    drop(stopped);
+                    let started = Instant::now();
+                    match runtime.block_on(round(&target, &table)) {
+                        Ok(Some(what)) => tracing::info!(
+                            "compaction of {table}: {what} in {:.1}s",
+                            started.elapsed().as_secs_f64()
+                        ),
+                        Ok(None) => tracing::debug!("compaction of {table}: nothing to do"),
+                        Err(e) => tracing::warn!("compaction of {table}: {e} (tried again later)"),
+                    }
+                }
+            })?;
+        Ok(BackgroundCompaction {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread, after the round in progress if any.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        let (lock, wake) = &*self.stop;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for BackgroundCompaction {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// One compaction; what it did, if anything.
+async fn round(target: &CompactionTarget, table: &str) -> Result<Option<String>, String> {
+    match target {
+        CompactionTarget::Iceberg { lake, options } => {
+            let lake = IcebergLake::embedded(lake)
+                .await
+                .map_err(|e| e.to_string())?;
+            if lake.load(table).await.map_err(|e| e.to_string())?.is_none() {
+                return Ok(None);
+            }
+            let done = lake
+                .compact(table, options)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((done.files_removed > 0 || done.files_deleted > 0).then(|| {
+                format!(
+                    "{} files merged into {} in {} partitions, {} snapshots expired, {} files deleted",
+                    done.files_removed,
+                    done.files_added,
+                    done.partitions,
+                    done.snapshots_expired,
+                    done.files_deleted
+                )
+            }))
+        }
+        CompactionTarget::Hive {
+            lake,
+            catalog,
+            options,
+        } => {
+            if catalog
+                .get_table(table)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_none()
+            {
+                return Ok(None);
+            }
+            let done = compact_hive(lake, catalog.as_ref(), table, options)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((done.files_removed > 0 || done.files_deleted > 0).then(|| {
+                format!(
+                    "{} files merged into {} in {} partitions, {} replaced files deleted",
+                    done.files_removed, done.files_added, done.partitions, done.files_deleted
+                )
+            }))
+        }
+    }
+}
