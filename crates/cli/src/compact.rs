@@ -86,17 +86,7 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
         } else if done.files_removed == 0 {
             outln!("table {table} (Iceberg): no small files to merge");
         } else {
-            report(
-                table,
-                "Iceberg",
-                done.files_removed,
-                done.files_added,
-                done.partitions,
-                done.bytes_read,
-                done.bytes_written,
-                done.records,
-                started,
-            );
+            report(table, "Iceberg", (&done).into(), started);
         }
         if done.snapshots_expired > 0 || done.files_deleted > 0 {
             outln!(
@@ -137,17 +127,7 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
         if done.files_removed == 0 {
             outln!("table {table} (Hive): no partition to merge");
         } else {
-            report(
-                table,
-                "Hive",
-                done.files_removed,
-                done.files_added,
-                done.partitions,
-                done.bytes_read,
-                done.bytes_written,
-                done.records,
-                started,
-            );
+            report(table, "Hive", (&done).into(), started);
         }
         if done.hot > 0 {
             outln!(
@@ -175,23 +155,52 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn report(
-    table: &str,
-    kind: &str,
+/// What a compaction merged, in either format.
+struct Merged {
     removed: usize,
     added: usize,
     partitions: usize,
     bytes_read: u64,
     bytes_written: u64,
     records: u64,
-    started: Instant,
-) {
+}
+
+impl From<&ticklake_iceberg::Compacted> for Merged {
+    fn from(d: &ticklake_iceberg::Compacted) -> Self {
+        Merged {
+            removed: d.files_removed,
+            added: d.files_added,
+            partitions: d.partitions,
+            bytes_read: d.bytes_read,
+            bytes_written: d.bytes_written,
+            records: d.records,
+        }
+    }
+}
+
+impl From<&ticklake_catalog::HiveCompacted> for Merged {
+    fn from(d: &ticklake_catalog::HiveCompacted) -> Self {
+        Merged {
+            removed: d.files_removed,
+            added: d.files_added,
+            partitions: d.partitions,
+            bytes_read: d.bytes_read,
+            bytes_written: d.bytes_written,
+            records: d.records,
+        }
+    }
+}
+
+fn report(table: &str, kind: &str, m: Merged, started: Instant) {
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     outln!(
-        "table {table} ({kind}): {removed} files merged into {added} in {partitions} partitions ({} -> {}, {records} records) in {secs:.2}s ({}/s)",
-        ByteSize(bytes_read),
-        ByteSize(bytes_written),
-        ByteSize((bytes_read as f64 / secs) as u64)
+        "table {table} ({kind}): {} files merged into {} in {} partitions ({} -> {}, {} records) in {secs:.2}s ({}/s)",
+        m.removed,
+        m.added,
+        m.partitions,
+        ByteSize(m.bytes_read),
+        ByteSize(m.bytes_written),
+        m.records,
+        ByteSize((m.bytes_read as f64 / secs) as u64)
     );
 }

@@ -21,14 +21,14 @@ use std::time::{Duration, SystemTime};
 
 use arrow_array::RecordBatch;
 use iceberg::spec::{
-    DataFile, FormatVersion, ManifestListWriter, ManifestStatus, ManifestWriterBuilder, Operation,
-    Snapshot, Summary, TableMetadataBuilder,
+    DataFile, FormatVersion, ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot,
+    Summary, TableMetadataBuilder,
 };
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::MetadataLocation;
 
-use crate::lake::{all_recorded_offsets, write_sorted, COMPLETE_OFFSETS};
+use crate::lake::{all_recorded_offsets, live_entries, write_sorted, LiveEntry, COMPLETE_OFFSETS};
 use crate::{IcebergError, IcebergLake};
 
 /// How to compact.
@@ -85,17 +85,6 @@ pub struct Compacted {
     pub superseded: bool,
 }
 
-/// A live entry of a manifest, with what rewriting the manifest needs.
-#[derive(Debug, Clone)]
-struct LiveEntry {
-    file: DataFile,
-    partition: String,
-    snapshot_id: i64,
-    sequence_number: i64,
-    file_sequence_number: Option<i64>,
-    committed_ms: i64,
-}
-
 impl IcebergLake {
     /// Merges the small files of each partition of `table`, expires snapshots older than the
     /// retention and deletes the files nothing references any more.
@@ -110,7 +99,7 @@ impl IcebergLake {
         };
         let now_ms = now_ms();
         let older_than_ms = i64::try_from(options.older_than.as_millis()).unwrap_or(i64::MAX);
-        let entries = live_entries(&t).await?;
+        let entries = mergeable_entries(&t).await?;
         // Per partition, the files worth merging: small and old enough.
         let mut groups: BTreeMap<String, Vec<LiveEntry>> = BTreeMap::new();
         for e in entries {
@@ -206,7 +195,7 @@ impl IcebergLake {
                     table: table.to_owned(),
                     message: "the table lost its snapshot during compaction".into(),
                 })?;
-            let entries = live_entries(&t).await?;
+            let entries = mergeable_entries(&t).await?;
             let live: HashSet<&str> = entries.iter().map(|e| e.file.file_path()).collect();
             if let Some(gone) = removed.iter().find(|p| !live.contains(**p)) {
                 tracing::info!(
@@ -530,70 +519,31 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// The live data files of the table's current snapshot, with their manifest bookkeeping.
-async fn live_entries(table: &Table) -> Result<Vec<LiveEntry>, IcebergError> {
-    let name = table.identifier().name().to_owned();
-    let err = IcebergLake::error(&name);
-    let metadata = table.metadata();
-    let Some(snapshot) = metadata.current_snapshot() else {
-        return Ok(Vec::new());
+/// The live data files of the table's current snapshot, checked for what compaction can merge: all
+/// in the current partition spec, no row-level deletes.
+async fn mergeable_entries(table: &Table) -> Result<Vec<LiveEntry>, IcebergError> {
+    let entries = live_entries(table).await?;
+    let invalid = |message: &str| IcebergError::Invalid {
+        table: table.identifier().name().to_owned(),
+        message: message.to_owned(),
     };
-    let schema = snapshot.schema(metadata).map_err(&err)?;
-    let list = table
-        .manifest_list_reader(snapshot)
-        .load()
-        .await
-        .map_err(&err)?;
-    let default_spec = metadata.default_partition_spec_id();
-    let mut out = Vec::new();
-    for manifest_file in list.entries() {
-        let manifest = manifest_file
-            .load_manifest(table.file_io())
-            .await
-            .map_err(&err)?;
-        let spec = manifest.metadata().partition_spec();
-        if spec.spec_id() != default_spec || spec.partition_type(&schema).is_err() {
-            return Err(IcebergError::Invalid {
-                table: name.clone(),
-                message: "compaction needs every data file in the table's current partition \
-                          spec; this table's spec changed"
-                    .into(),
-            });
-        }
-        for entry in manifest.entries() {
-            if !matches!(
-                entry.status(),
-                ManifestStatus::Added | ManifestStatus::Existing
-            ) {
-                continue;
-            }
-            if entry.content_type() != iceberg::spec::DataContentType::Data {
-                return Err(IcebergError::Invalid {
-                    table: name.clone(),
-                    message: "the table has row-level delete files; compaction merges data files \
-                              of tables without deletes"
-                        .into(),
-                });
-            }
-            let snapshot_id = entry.snapshot_id().unwrap_or(snapshot.snapshot_id());
-            let committed_ms = metadata
-                .snapshot_by_id(snapshot_id)
-                .map_or(0, |s| s.timestamp_ms());
-            out.push(LiveEntry {
-                file: entry.data_file().clone(),
-                partition: spec.partition_to_path(entry.data_file().partition(), schema.clone()),
-                snapshot_id,
-                sequence_number: entry
-                    .sequence_number()
-                    .unwrap_or(manifest_file.sequence_number),
-                file_sequence_number: entry
-                    .file_sequence_number
-                    .or(Some(manifest_file.sequence_number)),
-                committed_ms,
-            });
-        }
+    let default_spec = table.metadata().default_partition_spec_id();
+    if entries.iter().any(|e| e.spec_id != default_spec) {
+        return Err(invalid(
+            "compaction needs every data file in the table's current partition spec; this table's \
+             spec changed",
+        ));
     }
-    Ok(out)
+    if entries
+        .iter()
+        .any(|e| e.file.content_type() != iceberg::spec::DataContentType::Data)
+    {
+        return Err(invalid(
+            "the table has row-level delete files; compaction merges data files of tables without \
+             deletes",
+        ));
+    }
+    Ok(entries)
 }
 
 /// Files split into bins of about `target` bytes, smallest first.

@@ -203,18 +203,18 @@ impl IcebergLake {
             return Ok(Vec::new());
         };
         let mut by_partition: BTreeMap<String, PartitionFiles> = BTreeMap::new();
-        for file in live_files_summary(&t).await? {
+        for e in live_entries(&t).await? {
             let p = by_partition
-                .entry(file.partition.clone())
+                .entry(e.partition.clone())
                 .or_insert_with(|| PartitionFiles {
-                    partition: file.partition.clone(),
+                    partition: e.partition.clone(),
                     files: 0,
                     records: 0,
                     bytes: 0,
                 });
             p.files += 1;
-            p.records += file.records;
-            p.bytes += file.bytes;
+            p.records += e.file.record_count();
+            p.bytes += e.file.file_size_in_bytes();
         }
         Ok(by_partition.into_values().collect())
     }
@@ -509,17 +509,25 @@ pub(crate) async fn write_sorted(
     writer.close().await.map_err(&err)
 }
 
-/// A data file of a table's current snapshot.
+/// A live data file of a table's current snapshot, with its manifest bookkeeping (what a rewrite of
+/// the manifests needs).
 #[derive(Debug, Clone)]
-pub(crate) struct LiveFile {
+pub(crate) struct LiveEntry {
+    pub file: iceberg::spec::DataFile,
     /// Its partition as a path (`ts_day=2024-01-02`).
     pub partition: String,
-    pub records: u64,
-    pub bytes: u64,
+    /// The partition spec it was written with.
+    pub spec_id: i32,
+    /// The snapshot that added it.
+    pub snapshot_id: i64,
+    pub sequence_number: i64,
+    pub file_sequence_number: Option<i64>,
+    /// When the snapshot that added it was committed (ms since 1970).
+    pub committed_ms: i64,
 }
 
-/// The data files of the table's current snapshot, read from its manifests.
-pub(crate) async fn live_files_summary(table: &Table) -> Result<Vec<LiveFile>, IcebergError> {
+/// The live data files of the table's current snapshot, read from its manifests.
+pub(crate) async fn live_entries(table: &Table) -> Result<Vec<LiveEntry>, IcebergError> {
     let name = table.identifier().name().to_owned();
     let err = IcebergLake::error(&name);
     let metadata = table.metadata();
@@ -532,7 +540,7 @@ pub(crate) async fn live_files_summary(table: &Table) -> Result<Vec<LiveFile>, I
         .load()
         .await
         .map_err(&err)?;
-    let mut files = Vec::new();
+    let mut out = Vec::new();
     for manifest_file in list.entries() {
         let manifest = manifest_file
             .load_manifest(table.file_io())
@@ -543,18 +551,29 @@ pub(crate) async fn live_files_summary(table: &Table) -> Result<Vec<LiveFile>, I
         let named = spec.partition_type(&schema).is_ok();
         for entry in manifest.entries().iter().filter(|e| e.is_alive()) {
             let file = entry.data_file();
-            files.push(LiveFile {
+            let snapshot_id = entry.snapshot_id().unwrap_or(snapshot.snapshot_id());
+            out.push(LiveEntry {
+                file: file.clone(),
                 partition: if named {
                     spec.partition_to_path(file.partition(), schema.clone())
                 } else {
                     format!("{:?}", file.partition())
                 },
-                records: file.record_count(),
-                bytes: file.file_size_in_bytes(),
+                spec_id: spec.spec_id(),
+                snapshot_id,
+                sequence_number: entry
+                    .sequence_number()
+                    .unwrap_or(manifest_file.sequence_number),
+                file_sequence_number: entry
+                    .file_sequence_number
+                    .or(Some(manifest_file.sequence_number)),
+                committed_ms: metadata
+                    .snapshot_by_id(snapshot_id)
+                    .map_or(0, |s| s.timestamp_ms()),
             });
         }
     }
-    Ok(files)
+    Ok(out)
 }
 
 /// The summary key of a partition's offset range.
