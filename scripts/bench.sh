@@ -9,6 +9,11 @@
 #   scripts/bench.sh --kafka      only the Apache Kafka runs (ticklake and kcat side by side)
 #   scripts/bench.sh --query      only the query latencies: helper queries on a 10M-row simulated lake,
 #                                 ticklake and DuckDB side by side on the same files
+#   scripts/bench.sh --compaction a live feed (event time = wall time) at a steady rate into a running
+#                                 sink, Hive and Iceberg, at 10 and 10,000 symbols: files per partition
+#                                 and their size before and after `ticklake compact`, its throughput,
+#                                 query latency before and after, Iceberg checkpoint latency; then the
+#                                 sink's drain speed, Hive vs Iceberg, on the same log
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -23,11 +28,98 @@ if [ -z "$MODE" ]; then
     | grep -E '^(codec|feed)/|thrpt:' | sed 's/^ *//'
 fi
 
-cargo build --release --locked -p ticklake-cli --quiet
-bin=$CARGO_TARGET_DIR/release/ticklake
+# BENCH_BIN runs another build of ticklake (say, to try this script with a debug build).
+if [ -z "${BENCH_BIN:-}" ]; then
+  cargo build --release --locked -p ticklake-cli --quiet
+fi
+bin=${BENCH_BIN:-$CARGO_TARGET_DIR/release/ticklake}
 work=$(mktemp -d "${TMPDIR:-/tmp}/ticklake-bench.XXXXXX")
 cleanup() { stop_kafka; stop_moto; rm -rf "$work"; }
 trap cleanup EXIT
+
+if [ "$MODE" = "--compaction" ]; then
+  SECS=${BENCH_COMPACTION_SECONDS:-60}
+  RATE=${BENCH_COMPACTION_RATE:-50000}
+  RUNS=${BENCH_QUERY_RUNS:-3}
+  n=$((SECS * RATE))
+  # The median of $RUNS timings of a query script (one statement per line).
+  median_ms() {
+    local dir=$1 sql=$2
+    for _ in $(seq "$RUNS"); do
+      (cd "$dir" && "$bin" query --timing -o /dev/null "$sql" 2>&1 >/dev/null | awk '/^time:/{print $2}')
+    done | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'
+  }
+  # Files per partition and their mean size, as readers see them (through the catalogs).
+  layout() {
+    local dir=$1 format=$2
+    if [ "$format" = iceberg ]; then
+      (cd "$dir" && "$bin" query --format csv "SHOW PARTITIONS stock_topic" | awk -F, 'NR>1{p++; f+=$2; b+=$4} END{print p","f","b}')
+    else
+      "$MOTO_VENV/bin/python" - "$dir/lake" <<'EOF'
+import os, sqlite3, sys
+lake = sys.argv[1]
+db = sqlite3.connect(os.path.join(lake, "_ticklake", "catalog.sqlite"))
+parts = files = size = 0
+for (loc,) in db.execute("SELECT location FROM partitions WHERE table_name = 'stock_topic'"):
+    parts += 1
+    folder = loc[len("file://"):]
+    for f in os.listdir(folder):
+        p = os.path.join(folder, f)
+        if os.path.isfile(p) and not f.startswith(("_", ".")):
+            files += 1
+            size += os.path.getsize(p)
+print(f"{parts},{files},{size}")
+EOF
+    fi
+  }
+  ensure_moto
+  echo "== compaction: a live feed at $RATE records/s for ${SECS}s into a running sink (5 s flushes), event time = wall time"
+  echo "| symbols | table | partitions | files/partition before | mean file before | after | mean file after | compact | query before -> after (ms: count, vwap/symbol, 1-min bars of one symbol, one symbol) | checkpoint p50/p99 |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
+  for symbols in 10 10000; do
+    # One bar per symbol every symbols/rate seconds keeps event time at wall-clock pace.
+    interval_us=$((symbols * 1000000 / RATE))
+    for format in hive iceberg; do
+      d=$work/compaction-$symbols-$format
+      mkdir -p "$d"
+      (cd "$d" && RUST_LOG=ticklake_sink=debug exec "$bin" sink --table-format "$format" >sink.out 2>sink.log) &
+      sink_pid=$!
+      (cd "$d" && "$bin" -q produce --simulate --symbols "$symbols" --count "$n" --rate "$RATE" --interval "${interval_us}us" --seed 2 >/dev/null)
+      sleep 8
+      kill -TERM "$sink_pid"; wait "$sink_pid" || true
+      sym=$(cd "$d" && "$bin" query --format csv "SELECT min(symbol) FROM stock_topic" | tail -1)
+      queries=("SELECT count(*) FROM stock_topic" "SELECT symbol, vwap(close, volume) FROM stock_topic GROUP BY symbol" "SELECT * FROM ohlcv('stock_topic', '1 minute', '$sym')" "SELECT count(*), max(close) FROM stock_topic WHERE symbol = '$sym'")
+      before=$(layout "$d" "$format")
+      qb=(); for q in "${queries[@]}"; do qb+=("$(median_ms "$d" "$q")"); done
+      compacted=$( (cd "$d" && "$bin" compact --older-than 0s --retention 0s) | { grep -o 'merged into.*' || echo "nothing merged"; } | head -1)
+      (cd "$d" && "$bin" -q compact --older-than 0s --retention 0s >/dev/null)  # deletes what the first replaced
+      after=$(layout "$d" "$format")
+      qa=(); for q in "${queries[@]}"; do qa+=("$(median_ms "$d" "$q")"); done
+      lat=$({ grep -o 'committed in [0-9.]* ms' "$d/sink.log" || true; } | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END{if (NR) printf "%.0f / %.0f ms", a[int((NR+1)/2)], a[int(NR*0.99+0.999)]; else print "-"}')
+      "$MOTO_VENV/bin/python" - "$symbols" "$format" "$before" "$after" "$compacted" "${qb[*]}" "${qa[*]}" "$lat" <<'EOF'
+import sys
+symbols, fmt, before, after, compacted, qb, qa, lat = sys.argv[1:]
+def parse(s):
+    p, f, b = (int(x or 0) for x in s.split(","))
+    return p, f, b
+pb, fb, bb = parse(before)
+pa, fa, ba = parse(after)
+kib = lambda b, f: f"{b / max(f, 1) / 1024:.0f} KiB"
+pairs = " / ".join(f"{x} -> {y}" for x, y in zip(qb.split(), qa.split()))
+print(f"| {symbols} | {fmt} | {pb} | {fb / max(pb, 1):.1f} | {kib(bb, fb)} | {fa / max(pa, 1):.1f} | {kib(ba, fa)} | {compacted} | {pairs} | {lat} |")
+EOF
+      rm -rf "$d"
+    done
+  done
+  echo
+  echo "== sink drain speed, Hive vs Iceberg, the same $COUNT records (100 symbols) from one embedded log"
+  d=$work/drain; mkdir -p "$d"
+  (cd "$d" && "$bin" -q produce --simulate --symbols 100 --count "$COUNT" >/dev/null)
+  for format in hive iceberg; do
+    (cd "$d" && "$bin" sink --once --table-format "$format" --table "drain_$format" --group "drain_$format" | head -1)
+  done
+  exit 0
+fi
 
 if [ "$MODE" = "--query" ]; then
   ROWS=${BENCH_QUERY_ROWS:-10000000}

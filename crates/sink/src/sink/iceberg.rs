@@ -136,9 +136,14 @@ impl Sink {
                 .collect();
             let (table, topic) = (&cfg.table, &cfg.topic);
             let tables = &state.tables;
+            let started = std::time::Instant::now();
             let outcome = self.runtime.block_on(patiently("the Iceberg table", || {
                 tables.append(table, topic, &append, &batches)
             }))?;
+            tracing::debug!(
+                "Iceberg checkpoint of {records} records written and committed in {:.1} ms: {outcome:?}",
+                started.elapsed().as_secs_f64() * 1000.0
+            );
             match outcome {
                 Appended::Committed { files, bytes, .. } => {
                     data_files = files;
