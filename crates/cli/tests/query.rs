@@ -687,3 +687,56 @@ fn iceberg_tables_answer_like_pyiceberg_and_travel_in_time() {
         text(&hive).1
     );
 }
+
+/// A missing or corrupt metadata file is a clear error naming the file, never an empty table, and
+/// the lake's other tables still answer.
+#[test]
+fn a_broken_iceberg_table_is_named_and_the_others_still_answer() {
+    let env = simulated_lake(2_000);
+    env.ok(&[
+        "-q",
+        "sink",
+        "--once",
+        "--table-format",
+        "iceberg",
+        "--table",
+        "ice",
+        "--group",
+        "iceberg",
+    ]);
+    let metadata = env.dir.path().join("lake/ice/metadata");
+    let newest = std::fs::read_dir(&metadata)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".metadata.json"))
+        .max()
+        .unwrap();
+    for broken in ["{", ""] {
+        if broken.is_empty() {
+            std::fs::remove_file(&newest).unwrap();
+        } else {
+            std::fs::write(&newest, broken).unwrap();
+        }
+        let (out, err) = env.ok(&[
+            "query",
+            "--format",
+            "csv",
+            "SELECT count(*) FROM stock_topic",
+        ]);
+        assert_eq!(out, "count(*)\n2000\n");
+        assert!(
+            err.contains("Iceberg table ice (metadata file file://"),
+            "{err}"
+        );
+        assert!(err.contains(&*newest.to_string_lossy()), "{err}");
+        let gone = env.run(&["query", "SELECT count(*) FROM ice"]);
+        assert!(!gone.status.success());
+        let compact = env.run(&["compact", "--table", "ice"]);
+        assert!(!compact.status.success());
+        assert!(
+            text(&compact).1.contains(&*newest.to_string_lossy()),
+            "{:?}",
+            text(&compact)
+        );
+    }
+}

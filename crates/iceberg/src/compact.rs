@@ -353,30 +353,18 @@ impl IcebergLake {
 
     /// Points the catalog at `new` if it still points at `old`; `false` if another commit moved it.
     async fn swap_metadata(&self, table: &str, old: &str, new: &str) -> Result<bool, IcebergError> {
-        let fail = |e: sqlx::Error| IcebergError::Invalid {
+        crate::sql_catalog::swap_metadata(
+            &self.catalog_uri,
+            &self.namespace_name(),
+            table,
+            old,
+            new,
+        )
+        .await
+        .map_err(|e| IcebergError::Invalid {
             table: table.to_owned(),
             message: format!("updating the catalog {}: {e}", self.catalog_uri),
-        };
-        use sqlx::ConnectOptions;
-        let options = sqlx::sqlite::SqliteConnectOptions::from_str(&self.catalog_uri)
-            .map_err(fail)?
-            .busy_timeout(Duration::from_secs(30));
-        let mut conn = options.connect().await.map_err(fail)?;
-        let done = sqlx::query(
-            "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ? \
-             WHERE catalog_name = ? AND table_namespace = ? AND table_name = ? \
-             AND metadata_location = ?",
-        )
-        .bind(new)
-        .bind(old)
-        .bind(crate::lake::CATALOG_NAME)
-        .bind(self.namespace.as_ref().join("."))
-        .bind(table)
-        .bind(old)
-        .execute(&mut conn)
-        .await
-        .map_err(fail)?;
-        Ok(done.rows_affected() == 1)
+        })
     }
 
     /// Expires the snapshots older than `retention` that the offsets no longer need (those before the

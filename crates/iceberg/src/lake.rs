@@ -255,8 +255,30 @@ impl IcebergLake {
         match self.catalog.load_table(&self.ident(table)).await {
             Ok(t) => Ok(Some(t)),
             Err(e) if e.kind() == ErrorKind::TableNotFound => Ok(None),
-            Err(e) => Err(Self::error(table)(e)),
+            Err(e) => {
+                // Name the metadata file: the library's message does not always.
+                let file = crate::sql_catalog::metadata_location(
+                    &self.catalog_uri,
+                    &self.namespace_name(),
+                    table,
+                )
+                .await
+                .ok()
+                .flatten();
+                Err(IcebergError::Iceberg {
+                    table: match file {
+                        Some(f) => format!("{table} (metadata file {f})"),
+                        None => table.to_owned(),
+                    },
+                    source: Box::new(e),
+                })
+            }
         }
+    }
+
+    /// The namespace as the SQL catalog stores it.
+    pub(crate) fn namespace_name(&self) -> String {
+        self.namespace.as_ref().join(".")
     }
 
     /// Every row of the table's current snapshot (none for a table that does not exist yet).

@@ -14,6 +14,7 @@
 mod compact;
 mod fenced;
 mod lake;
+mod sql_catalog;
 
 pub use compact::{CompactOptions, Compacted};
 pub use lake::{Appended, IcebergLake, OffsetRange, PartitionFiles, Registered};

@@ -180,9 +180,16 @@ impl Engine {
         let mut iceberg_tables = HashMap::new();
         if let Some(lake) = &self.iceberg {
             for name in lake.tables().await.map_err(iceberg_error)? {
-                let table = IcebergTable::open(lake.clone(), &name, &self.options.s3_options)
-                    .await
-                    .map_err(|e| QueryError::Table(name.clone(), e.to_string()))?;
+                // A broken table (its metadata file missing or corrupt) is left out, with the reason,
+                // and the others stay queryable.
+                let table =
+                    match IcebergTable::open(lake.clone(), &name, &self.options.s3_options).await {
+                        Ok(t) => t,
+                        Err(e) => {
+                            tracing::warn!("Iceberg table {name} cannot be read: {e}");
+                            continue;
+                        }
+                    };
                 if let Err(why) = self.check_location(table.location()) {
                     tracing::warn!("table {name}: {why}");
                     continue;
