@@ -680,6 +680,7 @@ fn csv_schema(sample: &[u8], tsv: bool) -> Result<Found, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn the_newest_iceberg_metadata_file_is_found() {
@@ -706,7 +707,6 @@ mod tests {
             None
         );
     }
-    use std::sync::Arc;
 
     fn infer(bytes: &[u8], name: &str) -> Result<(StorageFormat, Arc<Schema>), String> {
         let f = if name.ends_with(".json") {

@@ -52,17 +52,18 @@ enum Command {
     Produce(produce::Args),
     /// Print the messages on the topic (or consume them as a member of a consumer group).
     Consume(consume::Args),
-    /// Consume the topic into a partitioned Parquet lake (local folder or S3), exactly once, and
-    /// register its partitions in the catalog.
+    /// Consume the topic into a partitioned Parquet lake (local folder or S3) or an Iceberg table,
+    /// exactly once, and register its partitions in the catalog.
     Sink(sink::Args),
-    /// Catalog the tables and partitions of a lake from its files, like a Glue crawler.
+    /// Catalog the tables and partitions of a lake from its files, like a Glue crawler (Iceberg
+    /// tables are registered in the lake's Iceberg catalog).
     Crawl(crawl::Args),
     /// Merge the small files of the lake's Iceberg tables into large sorted ones, expire old
     /// snapshots and delete the files nothing references any more.
     Compact(compact::Args),
-    /// Run SQL over the catalog's tables and print the result.
+    /// Run SQL over the lake's tables (the catalog's, and the Iceberg tables) and print the result.
     Query(query::QueryArgs),
-    /// An SQL shell over the catalog's tables, with history.
+    /// An SQL shell over the lake's tables, with history.
     Sql(query::ShellArgs),
     /// The whole pipeline on the bundled sample, embedded, then a few answers from SQL.
     Demo(demo::Args),
