@@ -129,13 +129,13 @@ stop_service() {
 stop_kafka() { stop_service KAFKA_PID; }
 
 # Python tools in their own venv in the cache: moto (an S3 and Glue API server; boto3 comes with it),
-# DuckDB (the reference engine the query tests compare answers with) and pyiceberg (an Iceberg reader
-# nobody here wrote, for the Iceberg tables).
+# DuckDB (the reference engine the query tests compare answers with), pyiceberg (an Iceberg reader
+# nobody here wrote, for the Iceberg tables) and PySpark (a JVM engine reading both table formats).
 MOTO_VENV=$TICKLAKE_CACHE/moto-venv
-PYTHON_TOOLS=(moto[server] duckdb "pyiceberg[sql-sqlite,pyarrow]")
+PYTHON_TOOLS=(moto[server] duckdb "pyiceberg[sql-sqlite,pyarrow]" pyspark==3.5.9)
 
 ensure_moto() {
-  if [ -x "$MOTO_VENV/bin/moto_server" ] && "$MOTO_VENV/bin/python" -c 'import duckdb, boto3, pyiceberg.catalog.sql, pyarrow' 2>/dev/null; then
+  if [ -x "$MOTO_VENV/bin/moto_server" ] && "$MOTO_VENV/bin/python" -c 'import duckdb, boto3, pyiceberg.catalog.sql, pyarrow, pyspark' 2>/dev/null; then
     return 0
   fi
   echo "== installing ${PYTHON_TOOLS[*]} into $MOTO_VENV"
@@ -144,6 +144,19 @@ ensure_moto() {
     python3 -m venv "$MOTO_VENV"
   fi
   "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check "${PYTHON_TOOLS[@]}"
+}
+
+# The jars Spark needs for Iceberg tables (scripts/spark/pom.xml), from Maven Central into $SPARK_JARS.
+SPARK_JARS=$TICKLAKE_CACHE/spark-jars-$(sed -n 's:.*<iceberg.version>\(.*\)</iceberg.version>.*:\1:p' "$(dirname "${BASH_SOURCE[0]}")/spark/pom.xml")
+ensure_spark() {
+  if [ -f "$SPARK_JARS/.complete" ]; then
+    return 0
+  fi
+  echo "== fetching Apache Iceberg's Spark runtime from Maven Central into $SPARK_JARS"
+  rm -rf "$SPARK_JARS"
+  mvn -q -B -f "$(dirname "${BASH_SOURCE[0]}")/spark/pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DexcludeTransitive=true -DoutputDirectory="$SPARK_JARS"
+  touch "$SPARK_JARS/.complete"
 }
 
 # Starts moto on 127.0.0.1; sets MOTO_PID and MOTO_URL.

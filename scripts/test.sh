@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, with the real services it needs: fetches (once) and starts an Apache Kafka broker
-# (KRaft) and a moto S3/Glue server on 127.0.0.1 (and DuckDB, the reference for query answers), runs fmt,
+# (KRaft) and a moto S3/Glue server on 127.0.0.1 (and DuckDB, pyiceberg and Spark, the references for
+# query answers), runs fmt,
 # clippy and every test, and stops them again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,7 @@ export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 
 ensure_kafka
 ensure_moto
+ensure_spark
 work=$(mktemp -d "${TMPDIR:-/tmp}/ticklake-test.XXXXXX")
 cleanup() {
   stop_kafka
@@ -23,6 +25,7 @@ start_moto "$work/moto"
 export TICKLAKE_TEST_KAFKA=$KAFKA_ADDR
 export TICKLAKE_TEST_S3=$MOTO_URL
 export TICKLAKE_TEST_PYTHON=$MOTO_VENV/bin/python
+export TICKLAKE_TEST_SPARK_JARS=$SPARK_JARS
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

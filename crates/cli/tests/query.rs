@@ -740,3 +740,67 @@ fn a_broken_iceberg_table_is_named_and_the_others_still_answer() {
         );
     }
 }
+
+/// Queries (with `{t}` for the table) that ticklake and Spark both run, over the Iceberg table and the
+/// Hive table of the same records.
+const SPARK_QUERIES: &[&str] = &[
+    "SELECT count(*), sum(volume), min(low), max(high) FROM {t}",
+    "SELECT symbol, count(*), min(low), max(high), sum(volume) FROM {t} GROUP BY symbol ORDER BY symbol",
+    "SELECT symbol, CAST(CAST(ts AS DATE) AS VARCHAR(10)) AS d, count(*), max(close) FROM {t} GROUP BY symbol, CAST(CAST(ts AS DATE) AS VARCHAR(10)) ORDER BY symbol, d",
+    "SELECT count(*), sum(volume) FROM {t} WHERE symbol = (SELECT min(symbol) FROM {t}) AND ts >= TIMESTAMP '2024-01-04 00:00:00' AND ts < TIMESTAMP '2024-01-05 00:00:00'",
+    "SELECT symbol, close FROM (SELECT symbol, close, row_number() OVER (PARTITION BY symbol ORDER BY ts DESC) AS rn FROM {t}) x WHERE rn = 1 ORDER BY symbol",
+    "SELECT count(DISTINCT symbol), count(*) FROM {t} WHERE close BETWEEN 50 AND 150",
+];
+
+/// A JVM engine nobody here wrote, Spark (with Apache Iceberg's Spark runtime, reading the lake's
+/// embedded Iceberg catalog through Iceberg's JDBC catalog), reads the Iceberg table and the Hive
+/// table's files with ticklake's answers.
+#[test]
+fn spark_reads_both_table_formats_with_ticklakes_answers() {
+    let jars = std::env::var("TICKLAKE_TEST_SPARK_JARS").expect(
+        "TICKLAKE_TEST_SPARK_JARS is not set: run scripts/test.sh, which fetches Iceberg's Spark runtime",
+    );
+    let env = simulated_lake(30_000);
+    env.ok(&[
+        "-q",
+        "sink",
+        "--once",
+        "--table-format",
+        "iceberg",
+        "--table",
+        "ice",
+        "--group",
+        "iceberg",
+        "--flush-records",
+        "10000",
+    ]);
+    let lake = env.dir.path().join("lake");
+    let theirs = reference(
+        &["spark", path_str(&lake), "ice", "stock_topic", &jars],
+        &serde_json::to_string(SPARK_QUERIES).unwrap(),
+        &[],
+    );
+    for (kind, table) in [("iceberg", "ice"), ("hive", "stock_topic")] {
+        for (i, sql) in SPARK_QUERIES.iter().enumerate() {
+            let ours_sql = sql.replace("{t}", table);
+            let ours = query_rows(&env, &ours_sql);
+            let expected = theirs[kind][i].as_array().unwrap();
+            assert!(!expected.is_empty(), "{kind} query {i} has rows in Spark");
+            assert_eq!(
+                ours.len(),
+                expected.len(),
+                "{kind} query {i}: rows\n{ours_sql}"
+            );
+            for (r, (a, b)) in ours.iter().zip(expected).enumerate() {
+                let b = b.as_array().unwrap();
+                assert_eq!(a.len(), b.len(), "{kind} query {i} row {r}: columns");
+                for (c, (x, y)) in a.iter().zip(b).enumerate() {
+                    assert!(
+                        same(x, y),
+                        "{kind} query {i} row {r} column {c}: ticklake {x:?}, Spark {y}\n{ours_sql}"
+                    );
+                }
+            }
+        }
+    }
+}

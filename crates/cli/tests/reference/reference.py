@@ -8,6 +8,11 @@
                                   TABLE of the lake's embedded catalog (LAKE/_ticklake/iceberg.sqlite)
                                   as pyiceberg reads it (its current snapshot), queried with DuckDB;
                                   stdout: {"answers": [rows of each query], "snapshots": [summaries]}.
+  reference.py spark LAKE ICEBERG_TABLE HIVE_TABLE JARS
+                                  stdin: a JSON list of SQL texts over `{t}`; Spark (PySpark, local)
+                                  runs each over the Iceberg table (read through Iceberg's JDBC catalog on
+                                  the lake's embedded catalog file, with the jars in JARS) and over the Hive
+                                  table's Parquet files; stdout: {"iceberg": [rows...], "hive": [rows...]}.
   reference.py glue DATABASE      the tables and partitions of a Glue database as the Glue API returns
                                   them (endpoint and credentials from the AWS_* variables), as JSON.
 """
@@ -72,6 +77,38 @@ def pyiceberg_answers(lake, table):
     json.dump({"answers": run_queries(con), "snapshots": snapshots}, sys.stdout)
 
 
+def spark_answers(lake, iceberg_table, hive_table, jars):
+    import glob
+
+    from pyspark.sql import SparkSession
+
+    lake = os.path.abspath(lake)
+    spark = (
+        SparkSession.builder.master("local[2]")
+        .config("spark.jars", ",".join(sorted(glob.glob(os.path.join(jars, "*.jar")))))
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.catalog.ticklake", "org.apache.iceberg.spark.SparkCatalog")
+        .config("spark.sql.catalog.ticklake.type", "jdbc")
+        .config("spark.sql.catalog.ticklake.uri", f"jdbc:sqlite:{lake}/_ticklake/iceberg.sqlite")
+        .config("spark.sql.catalog.ticklake.warehouse", f"file://{lake}")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    spark.table(f"ticklake.ticklake.{iceberg_table}").createOrReplaceTempView("iceberg_view")
+    # The Hive table's files as they are (their own symbol column; no partition discovery).
+    spark.read.option("recursiveFileLookup", "true").parquet(
+        os.path.join(lake, hive_table)
+    ).createOrReplaceTempView("hive_view")
+    out = {"iceberg": [], "hive": []}
+    for sql in json.load(sys.stdin):
+        for kind in out:
+            rows = spark.sql(sql.replace("{t}", f"{kind}_view")).collect()
+            out[kind].append([[cell(v) for v in row] for row in rows])
+    spark.stop()
+    json.dump(out, sys.stdout)
+
+
 def glue_dump(database):
     import boto3
 
@@ -111,6 +148,8 @@ if __name__ == "__main__":
         duckdb_answers(sys.argv[2])
     elif sys.argv[1] == "pyiceberg":
         pyiceberg_answers(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "spark":
+        spark_answers(*sys.argv[2:6])
     elif sys.argv[1] == "glue":
         glue_dump(sys.argv[2])
     else:
