@@ -473,7 +473,11 @@ async fn referenced(
             .await
             .map_err(&err)?;
         for manifest_file in list.entries() {
-            files.insert(manifest_file.manifest_path.clone());
+            // Manifests are immutable and each snapshot's list carries its parent's forward: one
+            // read per manifest, not one per snapshot that lists it.
+            if !files.insert(manifest_file.manifest_path.clone()) {
+                continue;
+            }
             let manifest = manifest_file
                 .load_manifest(t.file_io())
                 .await

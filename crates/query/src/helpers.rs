@@ -106,15 +106,24 @@ pub(crate) struct Ohlcv {
     pub(crate) tables: Tables,
 }
 
+/// The text of a string literal (of any of Arrow's string types), if the expression is one.
+pub(crate) fn string_literal(e: &Expr) -> Option<&str> {
+    match e {
+        Expr::Literal(v, _) => v.try_as_str().flatten(),
+        _ => None,
+    }
+}
+
 fn string_arg(args: &[Expr], i: usize, what: &str) -> Result<Option<String>> {
     match args.get(i) {
         None => Ok(None),
-        Some(Expr::Literal(ScalarValue::Utf8(Some(s)), _))
-        | Some(Expr::Literal(ScalarValue::LargeUtf8(Some(s)), _))
-        | Some(Expr::Literal(ScalarValue::Utf8View(Some(s)), _)) => Ok(Some(s.clone())),
-        Some(other) => Err(DataFusionError::Plan(format!(
-            "ohlcv: the {what} must be a string literal, not {other}"
-        ))),
+        Some(e) => string_literal(e)
+            .map(|s| Some(s.to_owned()))
+            .ok_or_else(|| {
+                DataFusionError::Plan(format!(
+                    "ohlcv: the {what} must be a string literal, not {e}"
+                ))
+            }),
     }
 }
 

@@ -37,6 +37,7 @@ use ticklake_iceberg::iceberg::spec::{Datum, TableMetadata};
 use ticklake_iceberg::iceberg::table::Table;
 use ticklake_iceberg::IcebergLake;
 
+use crate::helpers::string_literal;
 use crate::provider::Storage;
 
 fn ext(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
@@ -438,12 +439,9 @@ fn format_millis(millis: i64) -> String {
 pub(crate) type IcebergTables = Arc<RwLock<HashMap<String, Arc<IcebergTable>>>>;
 
 fn table_arg(tables: &IcebergTables, args: &[Expr], function: &str) -> Result<Arc<IcebergTable>> {
-    let name = match args.first() {
-        Some(Expr::Literal(
-            ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)),
-            _,
-        )) => s.to_ascii_lowercase(),
-        _ => {
+    let name = match args.first().and_then(string_literal) {
+        Some(s) => s.to_ascii_lowercase(),
+        None => {
             return Err(DataFusionError::Plan(format!(
                 "{function}: the first argument is an Iceberg table's name as a string, e.g. {function}('prices'{})",
                 if function == "as_of" { ", 1234" } else { "" }
@@ -573,22 +571,8 @@ impl TableFunctionImpl for AsOf {
         }
         let table = table_arg(&self.tables, args, "as_of")?;
         let millis = |v: i64, per_milli: i64| v.div_euclid(per_milli);
-        let pinned = match &args[1] {
-            Expr::Literal(ScalarValue::Int64(Some(id)), _) => table.at(*id)?,
-            Expr::Literal(ScalarValue::TimestampSecond(Some(v), _), _) => {
-                table.at_time(v.saturating_mul(1000))?
-            }
-            Expr::Literal(ScalarValue::TimestampMillisecond(Some(v), _), _) => table.at_time(*v)?,
-            Expr::Literal(ScalarValue::TimestampMicrosecond(Some(v), _), _) => {
-                table.at_time(millis(*v, 1_000))?
-            }
-            Expr::Literal(ScalarValue::TimestampNanosecond(Some(v), _), _) => {
-                table.at_time(millis(*v, 1_000_000))?
-            }
-            Expr::Literal(
-                ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)),
-                _,
-            ) => {
+        let pinned = match (&args[1], string_literal(&args[1])) {
+            (_, Some(s)) => {
                 let nanos = arrow::compute::kernels::cast_utils::string_to_timestamp_nanos(s)
                     .map_err(|e| {
                         DataFusionError::Plan(format!(
@@ -597,7 +581,20 @@ impl TableFunctionImpl for AsOf {
                     })?;
                 table.at_time(millis(nanos, 1_000_000))?
             }
-            other => {
+            (Expr::Literal(ScalarValue::Int64(Some(id)), _), _) => table.at(*id)?,
+            (Expr::Literal(ScalarValue::TimestampSecond(Some(v), _), _), _) => {
+                table.at_time(v.saturating_mul(1000))?
+            }
+            (Expr::Literal(ScalarValue::TimestampMillisecond(Some(v), _), _), _) => {
+                table.at_time(*v)?
+            }
+            (Expr::Literal(ScalarValue::TimestampMicrosecond(Some(v), _), _), _) => {
+                table.at_time(millis(*v, 1_000))?
+            }
+            (Expr::Literal(ScalarValue::TimestampNanosecond(Some(v), _), _), _) => {
+                table.at_time(millis(*v, 1_000_000))?
+            }
+            (other, _) => {
                 return Err(DataFusionError::Plan(format!(
                     "as_of: the version must be a snapshot id (a number from snapshots('{}')) or a timestamp, not {other}",
                     table.name
