@@ -409,17 +409,7 @@ fn crawling_an_iceberg_table_registers_it() {
         "5000",
     ]);
     env.ok(&["-q", "sink", "--once"]);
-    env.ok(&[
-        "-q",
-        "sink",
-        "--once",
-        "--table-format",
-        "iceberg",
-        "--table",
-        "ice",
-        "--group",
-        "iceberg",
-    ]);
+    env.sink_into_iceberg("ice", &[]);
     let lake = env.dir.path().join("lake");
     std::fs::remove_file(lake.join("_ticklake/iceberg.sqlite")).unwrap();
     let gone = env.run(&["query", "SELECT count(*) FROM ice"]);

@@ -53,6 +53,34 @@ fn same(ours: &str, theirs: &serde_json::Value) -> bool {
     }
 }
 
+/// Asserts that ticklake's rows for query `i` (`sql`) are `engine`'s: the same rows, numbers to a
+/// relative 1e-9 (see [`same`]); the other engine must have found rows.
+fn assert_same_answers(
+    engine: &str,
+    i: usize,
+    sql: &str,
+    ours: &[Vec<String>],
+    theirs: &serde_json::Value,
+) {
+    let expected = theirs.as_array().unwrap();
+    assert!(!expected.is_empty(), "query {i} has rows in {engine}");
+    assert_eq!(
+        ours.len(),
+        expected.len(),
+        "query {i}: row count in {engine}\n{sql}"
+    );
+    for (r, (a, b)) in ours.iter().zip(expected).enumerate() {
+        let b = b.as_array().unwrap();
+        assert_eq!(a.len(), b.len(), "query {i} row {r}: columns");
+        for (c, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                same(x, y),
+                "query {i} row {r} column {c}: ticklake {x:?}, {engine} {y}\n{sql}"
+            );
+        }
+    }
+}
+
 /// Pairs of (ticklake SQL over `stock_topic`, DuckDB SQL over the view `t`) that must agree.
 const PAIRS: &[(&str, &str)] = &[
     (
@@ -117,23 +145,7 @@ fn answers_match_duckdb_on_the_same_files() {
     );
     for (i, (ours_sql, _)) in PAIRS.iter().enumerate() {
         let ours = query_rows(&env, ours_sql);
-        let expected = theirs[i].as_array().unwrap();
-        assert!(!expected.is_empty(), "query {i} has rows in DuckDB");
-        assert_eq!(
-            ours.len(),
-            expected.len(),
-            "query {i}: row count\n{ours_sql}"
-        );
-        for (r, (a, b)) in ours.iter().zip(expected).enumerate() {
-            let b = b.as_array().unwrap();
-            assert_eq!(a.len(), b.len(), "query {i} row {r}: columns");
-            for (c, (x, y)) in a.iter().zip(b).enumerate() {
-                assert!(
-                    same(x, y),
-                    "query {i} row {r} column {c}: ticklake {x:?}, DuckDB {y}\n{ours_sql}"
-                );
-            }
-        }
+        assert_same_answers("DuckDB", i, ours_sql, &ours, &theirs[i]);
     }
 }
 
@@ -533,18 +545,7 @@ fn planned_files(env: &Env, sql: &str) -> usize {
 #[test]
 fn iceberg_tables_answer_like_pyiceberg_and_travel_in_time() {
     let env = simulated_lake(60_000);
-    let (out, _) = env.ok(&[
-        "sink",
-        "--once",
-        "--table-format",
-        "iceberg",
-        "--table",
-        "ice",
-        "--group",
-        "iceberg",
-        "--flush-records",
-        "20000",
-    ]);
+    let out = env.sink_into_iceberg("ice", &["--flush-records", "20000"]);
     assert!(out.contains("Iceberg table ticklake.ice"), "{out}");
     let lake = env.dir.path().join("lake");
     let sql: Vec<&str> = ICEBERG_PAIRS.iter().map(|p| p.1).collect();
@@ -574,26 +575,10 @@ fn iceberg_tables_answer_like_pyiceberg_and_travel_in_time() {
                 );
             }
         }
-        let expected = theirs["answers"][i].as_array().unwrap();
-        assert!(!expected.is_empty(), "query {i} has rows in pyiceberg");
-        assert_eq!(
-            ours.len(),
-            expected.len(),
-            "query {i}: row count\n{ours_sql}"
-        );
-        for (r, (a, b)) in ours.iter().zip(expected).enumerate() {
-            let b = b.as_array().unwrap();
-            assert_eq!(a.len(), b.len(), "query {i} row {r}: columns");
-            for (c, (x, y)) in a.iter().zip(b).enumerate() {
-                assert!(
-                    same(x, y),
-                    "query {i} row {r} column {c}: ticklake {x:?}, pyiceberg {y}\n{ours_sql}"
-                );
-            }
-        }
+        assert_same_answers("pyiceberg", i, ours_sql, &ours, &theirs["answers"][i]);
     }
 
-    // pyiceberg sees the three checkpoints as appends carrying their offset ranges.
+    // pyiceberg sees the checkpoints as appends carrying their offset ranges.
     let snapshots = theirs["snapshots"].as_array().unwrap();
     assert!(snapshots.len() >= 2, "{snapshots:?}");
     for s in snapshots {
@@ -693,17 +678,7 @@ fn iceberg_tables_answer_like_pyiceberg_and_travel_in_time() {
 #[test]
 fn a_broken_iceberg_table_is_named_and_the_others_still_answer() {
     let env = simulated_lake(2_000);
-    env.ok(&[
-        "-q",
-        "sink",
-        "--once",
-        "--table-format",
-        "iceberg",
-        "--table",
-        "ice",
-        "--group",
-        "iceberg",
-    ]);
+    env.sink_into_iceberg("ice", &[]);
     let metadata = env.dir.path().join("lake/ice/metadata");
     let newest = std::fs::read_dir(&metadata)
         .unwrap()
@@ -761,19 +736,7 @@ fn spark_reads_both_table_formats_with_ticklakes_answers() {
         "TICKLAKE_TEST_SPARK_JARS is not set: run scripts/test.sh, which fetches Iceberg's Spark runtime",
     );
     let env = simulated_lake(30_000);
-    env.ok(&[
-        "-q",
-        "sink",
-        "--once",
-        "--table-format",
-        "iceberg",
-        "--table",
-        "ice",
-        "--group",
-        "iceberg",
-        "--flush-records",
-        "10000",
-    ]);
+    env.sink_into_iceberg("ice", &["--flush-records", "10000"]);
     let lake = env.dir.path().join("lake");
     let theirs = reference(
         &["spark", path_str(&lake), "ice", "stock_topic", &jars],
@@ -784,23 +747,13 @@ fn spark_reads_both_table_formats_with_ticklakes_answers() {
         for (i, sql) in SPARK_QUERIES.iter().enumerate() {
             let ours_sql = sql.replace("{t}", table);
             let ours = query_rows(&env, &ours_sql);
-            let expected = theirs[kind][i].as_array().unwrap();
-            assert!(!expected.is_empty(), "{kind} query {i} has rows in Spark");
-            assert_eq!(
-                ours.len(),
-                expected.len(),
-                "{kind} query {i}: rows\n{ours_sql}"
+            assert_same_answers(
+                &format!("Spark ({kind})"),
+                i,
+                &ours_sql,
+                &ours,
+                &theirs[kind][i],
             );
-            for (r, (a, b)) in ours.iter().zip(expected).enumerate() {
-                let b = b.as_array().unwrap();
-                assert_eq!(a.len(), b.len(), "{kind} query {i} row {r}: columns");
-                for (c, (x, y)) in a.iter().zip(b).enumerate() {
-                    assert!(
-                        same(x, y),
-                        "{kind} query {i} row {r} column {c}: ticklake {x:?}, Spark {y}\n{ours_sql}"
-                    );
-                }
-            }
         }
     }
 }

@@ -98,6 +98,23 @@ impl Env {
         (stdout, stderr)
     }
 
+    /// `ticklake sink --once` into the Iceberg table `table`, in a consumer group of that name (so it
+    /// does not take over another sink's group), with `extra` options; its standard output.
+    pub fn sink_into_iceberg(&self, table: &str, extra: &[&str]) -> String {
+        let mut args = vec![
+            "sink",
+            "--once",
+            "--table-format",
+            "iceberg",
+            "--table",
+            table,
+            "--group",
+            table,
+        ];
+        args.extend_from_slice(extra);
+        self.ok(&args).0
+    }
+
     pub fn values(&self) -> Vec<String> {
         let (stdout, _) = self.ok(&["consume", "--values"]);
         stdout.lines().map(str::to_owned).collect()
