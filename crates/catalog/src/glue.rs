@@ -177,6 +177,13 @@ fn from_glue_column(c: &GlueColumn) -> Column {
     }
 }
 
+/// Whether a Glue table is an Iceberg table (`table_type=ICEBERG`, as Athena and Iceberg mark them).
+fn is_iceberg(t: &aws_sdk_glue::types::Table) -> bool {
+    t.parameters()
+        .and_then(|p| p.get("table_type"))
+        .is_some_and(|v| v.eq_ignore_ascii_case("iceberg"))
+}
+
 fn from_glue_table(t: &aws_sdk_glue::types::Table) -> Result<Table, CatalogError> {
     let sd = t.storage_descriptor();
     let params = t.parameters().cloned().unwrap_or_default();
@@ -255,7 +262,8 @@ impl Catalog for GlueCatalog {
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| glue_err("GetTables", e))?;
-            for t in page.table_list() {
+            // Iceberg tables in the same database belong to the Iceberg catalog (ticklake_iceberg).
+            for t in page.table_list().iter().filter(|t| !is_iceberg(t)) {
                 out.push(from_glue_table(t)?);
             }
         }
@@ -272,7 +280,14 @@ impl Catalog for GlueCatalog {
             .send()
             .await
         {
-            Ok(out) => out.table().map(from_glue_table).transpose(),
+            Ok(out) => match out.table() {
+                Some(t) if is_iceberg(t) => Err(CatalogError::Invalid(format!(
+                    "table {}.{name} in Glue is an Iceberg table: write it with --table-format \
+                     iceberg, or pick another table name",
+                    self.database
+                ))),
+                other => other.map(from_glue_table).transpose(),
+            },
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|s| s.is_entity_not_found_exception()) =>

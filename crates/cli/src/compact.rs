@@ -45,12 +45,10 @@ pub struct Args {
 pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
     let lake = Lake::open(&g.lake)?;
     let io = runtime()?;
-    let iceberg = match &lake {
-        Lake::Local { root } => io
-            .block_on(IcebergLake::embedded_if_present(root))
-            .context("cannot open the lake's Iceberg catalog")?,
-        _ => None,
-    };
+    let config = g.iceberg_config()?;
+    let iceberg = io
+        .block_on(IcebergLake::open_if_present(&config))
+        .with_context(|| format!("cannot open the {}", config.describe()))?;
     let catalog = g.open_catalog(&io)?;
     let iceberg_tables = match &iceberg {
         Some(l) => io.block_on(l.tables())?,

@@ -25,28 +25,24 @@ pub struct Args {
     pub table: Option<String>,
 }
 
-/// Registers an Iceberg table found by the crawl in the lake's embedded Iceberg catalog.
+/// Registers an Iceberg table found by the crawl in the lake's Iceberg catalog.
 fn register_iceberg(
     g: &Global,
     io: &tokio::runtime::Runtime,
     found: &ticklake_catalog::IcebergFound,
 ) -> Result<()> {
-    let Lake::Local { root } = Lake::open(&g.lake)? else {
-        anyhow::bail!(
-            "{} is an Iceberg table; registering Iceberg tables needs a local lake for now",
-            found.location
-        );
-    };
+    let config = g.iceberg_config()?;
     let lake = io
-        .block_on(ticklake_iceberg::IcebergLake::embedded(&root))
-        .context("cannot open the lake's Iceberg catalog")?;
+        .block_on(ticklake_iceberg::IcebergLake::open(&config))
+        .with_context(|| format!("cannot open the {}", config.describe()))?;
     let done = io
         .block_on(lake.register(&found.name, &found.metadata))
         .with_context(|| format!("registering the Iceberg table at {}", found.location))?;
     match done {
         ticklake_iceberg::Registered::New => outln!(
-            "table {} (Iceberg): registered in the lake's Iceberg catalog at {}",
+            "table {} (Iceberg): registered in the {} at {}",
             found.name,
+            lake.describe(),
             found.metadata
         ),
         ticklake_iceberg::Registered::Same => outln!(

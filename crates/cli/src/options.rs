@@ -57,10 +57,16 @@ pub struct Global {
     #[arg(long, global = true, env = "TICKLAKE_LOG_DIR", value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
 
-    /// The catalog: embedded (a SQLite file, no server) or glue (the AWS Glue Data Catalog; region,
-    /// endpoint and credentials from the standard AWS settings).
-    #[arg(long, global = true, env = "TICKLAKE_CATALOG", default_value = "embedded", value_parser = ["embedded", "glue"])]
+    /// The catalog: embedded (SQLite files, no server), glue (the AWS Glue Data Catalog; region,
+    /// endpoint and credentials from the standard AWS settings) or rest (an Iceberg REST catalog at
+    /// --catalog-uri, for Iceberg tables; Hive tables then stay in the embedded catalog).
+    #[arg(long, global = true, env = "TICKLAKE_CATALOG", default_value = "embedded", value_parser = ["embedded", "glue", "rest"])]
     pub catalog: String,
+
+    /// The Iceberg REST catalog's URL, with --catalog rest (a bearer token, if it wants one, in
+    /// TICKLAKE_CATALOG_TOKEN).
+    #[arg(long, global = true, env = "TICKLAKE_CATALOG_URI", value_name = "URL")]
+    pub catalog_uri: Option<String>,
 
     /// The catalog database (Glue's group of tables; the default schema of queries).
     #[arg(long, global = true, env = "TICKLAKE_DATABASE", default_value = ticklake_catalog::DEFAULT_DATABASE)]
@@ -195,6 +201,53 @@ impl Global {
                 database: self.database.clone(),
             },
         }
+    }
+
+    /// Where the lake's Iceberg tables are and which catalog keeps them: the embedded SQL catalog
+    /// (`<lake>/_ticklake/iceberg.sqlite`, or `./_ticklake/iceberg.sqlite` for an S3 lake), Glue, or
+    /// the REST catalog at --catalog-uri; the namespace is the catalog database.
+    pub fn iceberg_config(&self) -> Result<ticklake_iceberg::IcebergConfig> {
+        use ticklake_iceberg::{IcebergCatalog, IcebergConfig};
+        let remote = self.lake.contains("://") && !self.lake.starts_with("file://");
+        let warehouse = if remote {
+            self.lake.trim_end_matches('/').to_owned()
+        } else {
+            ticklake_iceberg::local_warehouse(std::path::Path::new(
+                self.lake.trim_start_matches("file://"),
+            ))?
+        };
+        let catalog = match self.catalog.as_str() {
+            "glue" => {
+                if !remote {
+                    bail!(
+                        "Iceberg tables in Glue need an S3 lake (--lake s3://bucket/prefix): \
+                         Athena and the other engines could not read a local folder"
+                    );
+                }
+                IcebergCatalog::Glue
+            }
+            "rest" => IcebergCatalog::Rest {
+                uri: match &self.catalog_uri {
+                    Some(u) if !u.trim().is_empty() => u.trim().to_owned(),
+                    _ => bail!("--catalog rest needs --catalog-uri (e.g. http://localhost:8181)"),
+                },
+                token: std::env::var("TICKLAKE_CATALOG_TOKEN")
+                    .ok()
+                    .filter(|t| !t.is_empty()),
+            },
+            _ => IcebergCatalog::Sql {
+                file: self.meta_dir().join("iceberg.sqlite"),
+            },
+        };
+        if self.catalog != "rest" && self.catalog_uri.is_some() {
+            bail!("--catalog-uri is for --catalog rest");
+        }
+        ticklake_catalog::validate_name("database", &self.database)?;
+        Ok(IcebergConfig {
+            warehouse,
+            namespace: self.database.clone(),
+            catalog,
+        })
     }
 
     /// Opens the catalog on `runtime` (which must outlive it: Glue's connections live there).

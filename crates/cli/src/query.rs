@@ -89,14 +89,12 @@ pub fn engine(g: &Global, io: &tokio::runtime::Runtime, limits: &Limits) -> Resu
         timeout: Some(limits.timeout),
         allowed_locations: allowed,
     };
-    // The lake's Iceberg tables, when an Iceberg sink has made its catalog.
-    let iceberg = match ticklake_sink::Lake::open(&g.lake)? {
-        ticklake_sink::Lake::Local { root } => io
-            .block_on(ticklake_iceberg::IcebergLake::embedded_if_present(&root))
-            .context("cannot open the lake's Iceberg catalog")?
-            .map(std::sync::Arc::new),
-        _ => None,
-    };
+    // The lake's Iceberg tables, when their catalog exists.
+    let config = g.iceberg_config()?;
+    let iceberg = io
+        .block_on(ticklake_iceberg::IcebergLake::open_if_present(&config))
+        .with_context(|| format!("cannot open the {}", config.describe()))?
+        .map(std::sync::Arc::new);
     io.block_on(Engine::with_iceberg(catalog, iceberg, &g.database, options))
         .context("cannot start the query engine")
 }

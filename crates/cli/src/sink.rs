@@ -39,9 +39,9 @@ pub struct Args {
     pub format: FileFormat,
 
     /// Table format: hive (Parquet/JSON/CSV files in Hive folders, registered in the catalog) or
-    /// iceberg (an Apache Iceberg table in the lake's embedded Iceberg catalog,
-    /// _ticklake/iceberg.sqlite; one atomic commit per flush carrying the Kafka offsets; local lakes
-    /// only for now).
+    /// iceberg (an Apache Iceberg table, one atomic commit per flush carrying the Kafka offsets, in
+    /// the --catalog: embedded = Iceberg's SQL catalog in _ticklake/iceberg.sqlite, glue (S3 lakes),
+    /// or rest).
     #[arg(long, default_value = "hive", value_name = "FORMAT")]
     pub table_format: TableFormat,
 
@@ -110,6 +110,10 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
         max_message_bytes: usize::try_from(args.max_message_bytes.as_u64()).unwrap_or(usize::MAX),
         dlq_topic: args.dlq_topic.clone(),
         table_format: args.table_format,
+        iceberg: match args.table_format {
+            TableFormat::Iceberg => Some(g.iceberg_config()?),
+            TableFormat::Hive => None,
+        },
     };
     if args.table_format == TableFormat::Iceberg && args.format != FileFormat::Parquet {
         anyhow::bail!("--table-format iceberg writes Parquet data files: drop --format");
@@ -118,18 +122,10 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
         None => None,
         Some(every) => {
             let target = match (args.table_format, &lake) {
-                (TableFormat::Iceberg, Lake::Local { root }) => {
-                    // The table is made by the first append; until then there is nothing to do.
-                    std::fs::create_dir_all(root)
-                        .with_context(|| format!("cannot create the lake {}", root.display()))?;
-                    CompactionTarget::Iceberg {
-                        lake: root.clone(),
-                        options: ticklake_iceberg::CompactOptions::default(),
-                    }
-                }
-                (TableFormat::Iceberg, _) => {
-                    anyhow::bail!("--compact-every: Iceberg tables are on local lakes only for now")
-                }
+                (TableFormat::Iceberg, _) => CompactionTarget::Iceberg {
+                    config: g.iceberg_config()?,
+                    options: ticklake_iceberg::CompactOptions::default(),
+                },
                 (TableFormat::Hive, _) => {
                     if args.format != FileFormat::Parquet {
                         anyhow::bail!("--compact-every merges Parquet files: drop --format");
@@ -220,7 +216,9 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
             catalog.describe()
         ),
         TableFormat::Iceberg => outln!(
-            "Iceberg table ticklake.{table} in the lake's Iceberg catalog (_ticklake/iceberg.sqlite)"
+            "Iceberg table {}.{table} in the {}",
+            g.database,
+            g.iceberg_config()?.describe()
         ),
     }
     // A replay of history has ages of years: the figure only means something for a live feed.

@@ -6,8 +6,7 @@
 //! The Iceberg library (0.10) has no rewrite action and its commits cannot be built outside it, so the
 //! replace is written with its lower-level parts: a manifest that keeps every untouched file
 //! (`EXISTING`), marks each merged file `DELETED` and adds the new ones, a manifest list, the snapshot,
-//! the table metadata, and a compare-and-set of the catalog's pointer to it (the SQL catalog's
-//! `UPDATE … WHERE metadata_location = <old>`, as the library's own commits do). A sink appending
+//! and a compare-and-set commit of the snapshot in the catalog (see [`crate::raw_catalog`]). A sink appending
 //! meanwhile makes the swap fail; compaction then rebuilds the commit on the fresh table (the files it
 //! merged are still there: appends only add) and tries again.
 //!
@@ -16,17 +15,15 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use arrow_array::RecordBatch;
 use iceberg::spec::{
     DataFile, FormatVersion, ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot,
-    Summary, TableMetadataBuilder,
+    Summary,
 };
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
-use iceberg::MetadataLocation;
 
 use crate::lake::{all_recorded_offsets, live_entries, write_sorted, LiveEntry, COMPLETE_OFFSETS};
 use crate::{IcebergError, IcebergLake};
@@ -306,38 +303,22 @@ impl IcebergLake {
                 .with_parent_snapshot_id(Some(parent.snapshot_id()))
                 .with_sequence_number(sequence_number)
                 .with_timestamp_ms(now_ms().max(parent.timestamp_ms() + 1))
-                .with_manifest_list(list_path)
+                .with_manifest_list(list_path.clone())
                 .with_summary(Summary {
                     operation: Operation::Replace,
                     additional_properties: properties,
                 })
                 .with_schema_id(metadata.current_schema_id())
                 .build();
-            let old_location = t.metadata_location_result().map_err(&err)?.to_owned();
-            let new_metadata = TableMetadataBuilder::new_from_metadata(
-                metadata.clone(),
-                Some(old_location.clone()),
-            )
-            .set_branch_snapshot(snapshot, "main")
-            .map_err(&err)?
-            .build()
-            .map_err(&err)?
-            .metadata;
-            let new_location = MetadataLocation::from_str(&old_location)
-                .map_err(&err)?
-                .with_new_metadata(&new_metadata);
-            new_metadata
-                .write_to(t.file_io(), &new_location)
-                .await
-                .map_err(&err)?;
             if self
-                .swap_metadata(table, &old_location, &new_location.to_string())
+                .raw
+                .commit_snapshot(&t, &self.namespace_name(), snapshot)
                 .await?
             {
                 return Ok(Some(snapshot_id));
             }
             // Another commit landed first: the files written for this attempt are orphans.
-            for path in [manifest_path, new_location.to_string()] {
+            for path in [manifest_path, list_path] {
                 let _ = t.file_io().delete(&path).await;
             }
             if attempt >= 20 {
@@ -349,22 +330,6 @@ impl IcebergLake {
             }
             tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
         }
-    }
-
-    /// Points the catalog at `new` if it still points at `old`; `false` if another commit moved it.
-    async fn swap_metadata(&self, table: &str, old: &str, new: &str) -> Result<bool, IcebergError> {
-        crate::sql_catalog::swap_metadata(
-            &self.catalog_uri,
-            &self.namespace_name(),
-            table,
-            old,
-            new,
-        )
-        .await
-        .map_err(|e| IcebergError::Invalid {
-            table: table.to_owned(),
-            message: format!("updating the catalog {}: {e}", self.catalog_uri),
-        })
     }
 
     /// Expires the snapshots older than `retention` that the offsets no longer need (those before the

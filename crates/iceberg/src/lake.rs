@@ -11,7 +11,6 @@ use iceberg::arrow::{
     arrow_schema_to_schema_auto_assign_ids, arrow_type_to_type, schema_to_arrow_schema,
     RecordBatchPartitionSplitter,
 };
-use iceberg::io::LocalFsStorageFactory;
 use iceberg::spec::{
     DataFileFormat, NullOrder, SortDirection, SortField, SortOrder, TableMetadataRef, Transform,
     UnboundPartitionSpec,
@@ -27,6 +26,12 @@ use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
 use iceberg::writer::partitioning::PartitioningWriter;
 use iceberg::{Catalog, CatalogBuilder, ErrorKind, NamespaceIdent, TableCreation, TableIdent};
+use iceberg_catalog_glue::{
+    GlueCatalogBuilder, AWS_REGION_NAME, GLUE_CATALOG_PROP_URI, GLUE_CATALOG_PROP_WAREHOUSE,
+};
+use iceberg_catalog_rest::{
+    RestCatalogBuilder, REST_CATALOG_PROP_URI, REST_CATALOG_PROP_WAREHOUSE,
+};
 use iceberg_catalog_sql::{
     SqlBindStyle, SqlCatalogBuilder, SQL_CATALOG_PROP_BIND_STYLE, SQL_CATALOG_PROP_URI,
     SQL_CATALOG_PROP_WAREHOUSE,
@@ -34,15 +39,15 @@ use iceberg_catalog_sql::{
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
+use crate::config::{rest_prefix, s3_properties, storage};
 use crate::fenced::FencedCatalog;
+use crate::raw_catalog::RawCatalog;
 use crate::IcebergError;
+use crate::{IcebergCatalog, IcebergConfig};
 
 /// The catalog's name in its SQL tables (`iceberg_tables.catalog_name`); pyiceberg's `SqlCatalog`
 /// must be given the same name to see the tables.
 pub(crate) const CATALOG_NAME: &str = "ticklake";
-
-/// The namespace (database) of ticklake's tables in the catalog.
-const NAMESPACE: &str = "ticklake";
 
 /// The offset range of one Kafka partition in an append: `from` (inclusive) to `to` (exclusive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,63 +110,22 @@ pub enum Registered {
 pub struct IcebergLake {
     pub(crate) catalog: Arc<dyn Catalog>,
     pub(crate) namespace: NamespaceIdent,
-    /// The lake's root, as a `file://` URL.
+    /// Where tables get their folders: the lake's root URL.
     root: String,
-    /// The SQL catalog's database (`sqlite:…`), for commits the Iceberg library cannot make.
-    pub(crate) catalog_uri: String,
+    /// The catalog reached directly, for commits the Iceberg library cannot make.
+    pub(crate) raw: RawCatalog,
+    /// What the catalog is, for messages.
+    described: String,
+    /// Times are written without a time zone (`timestamp`, holding UTC): Glue has no
+    /// timestamp-with-time-zone column type, and Athena's Iceberg tables do not take one.
+    naive_times: bool,
 }
 
 impl IcebergLake {
     /// The embedded catalog of a lake on local disk: Iceberg's SQL catalog in the SQLite file
     /// `<lake>/_ticklake/iceberg.sqlite`; each table's data and metadata in `<lake>/<table>/`.
     pub async fn embedded(lake: &Path) -> Result<IcebergLake, IcebergError> {
-        let err = |source| IcebergError::Iceberg {
-            table: format!("catalog {}", lake.display()),
-            source: Box::new(source),
-        };
-        let meta_dir = lake.join("_ticklake");
-        std::fs::create_dir_all(&meta_dir).map_err(|e| IcebergError::Invalid {
-            table: format!("catalog {}", meta_dir.display()),
-            message: format!("cannot create the folder: {e}"),
-        })?;
-        // Table locations are absolute URLs: a relative lake path must not end up in them.
-        let lake = &lake.canonicalize().map_err(|e| IcebergError::Invalid {
-            table: format!("catalog {}", lake.display()),
-            message: format!("cannot resolve the lake's folder: {e}"),
-        })?;
-        let root = format!("file://{}", lake.display());
-        let db = lake.join("_ticklake").join("iceberg.sqlite");
-        let catalog_uri = format!("sqlite:{}?mode=rwc", db.display());
-        let props = HashMap::from([
-            (SQL_CATALOG_PROP_URI.to_owned(), catalog_uri.clone()),
-            (SQL_CATALOG_PROP_WAREHOUSE.to_owned(), root.clone()),
-            (
-                SQL_CATALOG_PROP_BIND_STYLE.to_owned(),
-                SqlBindStyle::QMark.to_string(),
-            ),
-        ]);
-        let catalog = SqlCatalogBuilder::default()
-            .with_storage_factory(Arc::new(LocalFsStorageFactory))
-            .load(CATALOG_NAME, props)
-            .await
-            .map_err(err)?;
-        let namespace = NamespaceIdent::new(NAMESPACE.to_owned());
-        if !catalog.namespace_exists(&namespace).await.map_err(err)? {
-            match catalog.create_namespace(&namespace, HashMap::new()).await {
-                Ok(_) => {}
-                // Another process made it meanwhile.
-                Err(e) if catalog.namespace_exists(&namespace).await.unwrap_or(false) => {
-                    tracing::debug!("namespace created meanwhile: {e}");
-                }
-                Err(e) => return Err(err(e)),
-            }
-        }
-        Ok(IcebergLake {
-            catalog: Arc::new(catalog),
-            namespace,
-            root,
-            catalog_uri,
-        })
+        IcebergLake::open(&IcebergConfig::embedded(lake)?).await
     }
 
     /// The embedded catalog of a lake on local disk if one was ever made there (by an Iceberg sink),
@@ -174,13 +138,126 @@ impl IcebergLake {
         }
     }
 
+    /// The catalog `config` names, if it can have tables: an SQL catalog's file must exist (it is not
+    /// made by looking), Glue and REST catalogs are asked.
+    pub async fn open_if_present(
+        config: &IcebergConfig,
+    ) -> Result<Option<IcebergLake>, IcebergError> {
+        match &config.catalog {
+            IcebergCatalog::Sql { file } if !file.is_file() => Ok(None),
+            _ => Ok(Some(IcebergLake::open(config).await?)),
+        }
+    }
+
+    /// Opens the catalog `config` names, making its namespace if it has none.
+    pub async fn open(config: &IcebergConfig) -> Result<IcebergLake, IcebergError> {
+        let described = config.describe();
+        let err = |source| IcebergError::Iceberg {
+            table: described.clone(),
+            source: Box::new(source),
+        };
+        let invalid = |message: String| IcebergError::Invalid {
+            table: described.clone(),
+            message,
+        };
+        let root = config.warehouse.trim_end_matches('/').to_owned();
+        let local = root.starts_with("file://");
+        let mut props = if local {
+            HashMap::new()
+        } else {
+            s3_properties()
+        };
+        let (catalog, raw): (Arc<dyn Catalog>, RawCatalog) = match &config.catalog {
+            IcebergCatalog::Sql { file } => {
+                if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        invalid(format!("cannot create the folder {}: {e}", dir.display()))
+                    })?;
+                }
+                let uri = format!("sqlite:{}?mode=rwc", file.display());
+                props.extend([
+                    (SQL_CATALOG_PROP_URI.to_owned(), uri.clone()),
+                    (SQL_CATALOG_PROP_WAREHOUSE.to_owned(), root.clone()),
+                    (
+                        SQL_CATALOG_PROP_BIND_STYLE.to_owned(),
+                        SqlBindStyle::QMark.to_string(),
+                    ),
+                ]);
+                let builder = SqlCatalogBuilder::default().with_storage_factory(storage(local));
+                let catalog = builder.load(CATALOG_NAME, props).await.map_err(err)?;
+                (Arc::new(catalog), RawCatalog::Sql { uri })
+            }
+            IcebergCatalog::Glue => {
+                let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+                if sdk.region().is_none() {
+                    return Err(invalid(
+                        "AWS Glue: no region configured; set AWS_REGION (e.g. us-east-1) or a profile"
+                            .into(),
+                    ));
+                }
+                props.insert(GLUE_CATALOG_PROP_WAREHOUSE.to_owned(), root.clone());
+                if let Some(endpoint) = sdk.endpoint_url() {
+                    props.insert(GLUE_CATALOG_PROP_URI.to_owned(), endpoint.to_owned());
+                }
+                if let Some(region) = sdk.region() {
+                    props.insert(AWS_REGION_NAME.to_owned(), region.to_string());
+                }
+                let catalog = GlueCatalogBuilder::default()
+                    .with_storage_factory(storage(local))
+                    .load(CATALOG_NAME, props)
+                    .await
+                    .map_err(err)?;
+                let client = aws_sdk_glue::Client::new(&sdk);
+                (Arc::new(catalog), RawCatalog::Glue { client })
+            }
+            IcebergCatalog::Rest { uri, token } => {
+                let uri = uri.trim_end_matches('/').to_owned();
+                props.insert(REST_CATALOG_PROP_URI.to_owned(), uri.clone());
+                props.insert(REST_CATALOG_PROP_WAREHOUSE.to_owned(), root.clone());
+                if let Some(token) = token {
+                    props.insert("token".to_owned(), token.clone());
+                }
+                let catalog = RestCatalogBuilder::default()
+                    .with_storage_factory(storage(local))
+                    .load(CATALOG_NAME, props)
+                    .await
+                    .map_err(err)?;
+                let http = reqwest::Client::new();
+                let prefix = rest_prefix(&http, &uri, &root, token.as_deref())
+                    .await
+                    .map_err(invalid)?;
+                let base = match prefix {
+                    Some(p) => format!("{uri}/v1/{}/", p.trim_matches('/')),
+                    None => format!("{uri}/v1/"),
+                };
+                let token = token.clone();
+                (Arc::new(catalog), RawCatalog::Rest { http, base, token })
+            }
+        };
+        let namespace = NamespaceIdent::new(config.namespace.clone());
+        if !catalog.namespace_exists(&namespace).await.map_err(err)? {
+            match catalog.create_namespace(&namespace, HashMap::new()).await {
+                Ok(_) => {}
+                // Another process made it meanwhile.
+                Err(e) if catalog.namespace_exists(&namespace).await.unwrap_or(false) => {
+                    tracing::debug!("namespace created meanwhile: {e}");
+                }
+                Err(e) => return Err(err(e)),
+            }
+        }
+        Ok(IcebergLake {
+            catalog,
+            namespace,
+            root,
+            naive_times: matches!(raw, RawCatalog::Glue { .. }),
+            raw,
+            described,
+        })
+    }
+
     /// Where the catalog is, for messages.
     pub fn describe(&self) -> String {
-        format!(
-            "Iceberg catalog of {} (namespace {})",
-            self.root,
-            self.namespace.as_ref().join(".")
-        )
+        self.described.clone()
     }
 
     /// The names of the tables, sorted.
@@ -252,19 +329,18 @@ impl IcebergLake {
 
     /// The table, if it exists.
     pub async fn load(&self, table: &str) -> Result<Option<Table>, IcebergError> {
-        match self.catalog.load_table(&self.ident(table)).await {
+        let ident = self.ident(table);
+        match self.catalog.load_table(&ident).await {
             Ok(t) => Ok(Some(t)),
             Err(e) if e.kind() == ErrorKind::TableNotFound => Ok(None),
+            // Not every catalog says "not found" with that kind (Glue's does not).
+            Err(_) if matches!(self.catalog.table_exists(&ident).await, Ok(false)) => Ok(None),
             Err(e) => {
                 // Name the metadata file: the library's message does not always.
-                let file = crate::sql_catalog::metadata_location(
-                    &self.catalog_uri,
-                    &self.namespace_name(),
-                    table,
-                )
-                .await
-                .ok()
-                .flatten();
+                let file = self
+                    .raw
+                    .metadata_location(&self.namespace_name(), table)
+                    .await;
                 Err(IcebergError::Iceberg {
                     table: match file {
                         Some(f) => format!("{table} (metadata file {f})"),
@@ -317,7 +393,19 @@ impl IcebergLake {
     /// `ts`, sorted by `symbol, ts`.
     async fn create(&self, table: &str, schema: &ArrowSchema) -> Result<Table, IcebergError> {
         let err = Self::error(table);
-        let iceberg_schema = arrow_schema_to_schema_auto_assign_ids(schema).map_err(&err)?;
+        let fields: Vec<arrow_schema::FieldRef> = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                Arc::new(
+                    f.as_ref()
+                        .clone()
+                        .with_data_type(self.column_type(f.data_type())),
+                )
+            })
+            .collect();
+        let iceberg_schema =
+            arrow_schema_to_schema_auto_assign_ids(&ArrowSchema::new(fields)).map_err(&err)?;
         let field = |name: &str| {
             iceberg_schema
                 .field_by_name(name)
@@ -328,7 +416,9 @@ impl IcebergLake {
                 })
         };
         let (ts, symbol) = (field("ts")?, field("symbol")?);
+        // The spec id is optional in the REST protocol, but Java's REST servers want it.
         let spec = UnboundPartitionSpec::builder()
+            .with_spec_id(0)
             .add_partition_field(ts, "ts_day", Transform::Day)
             .map_err(&err)?
             .build();
@@ -367,6 +457,17 @@ impl IcebergLake {
         }
     }
 
+    /// The table column type for records of type `ty` (times lose their zone where the catalog
+    /// wants that; the values stay UTC).
+    fn column_type(&self, ty: &arrow_schema::DataType) -> arrow_schema::DataType {
+        match ty {
+            arrow_schema::DataType::Timestamp(unit, Some(_)) if self.naive_times => {
+                arrow_schema::DataType::Timestamp(*unit, None)
+            }
+            other => other.clone(),
+        }
+    }
+
     /// Adds the columns of `schema` the table lacks (as optional columns), in a commit of its own.
     async fn evolve(&self, table: Table, schema: &ArrowSchema) -> Result<Table, IcebergError> {
         let name = table.identifier().name().to_owned();
@@ -383,7 +484,7 @@ impl IcebergLake {
         let tx = Transaction::new(&table);
         let mut update = tx.update_schema();
         for f in &missing {
-            let ty = arrow_type_to_type(f.data_type()).map_err(&err)?;
+            let ty = arrow_type_to_type(&self.column_type(f.data_type())).map_err(&err)?;
             update = update.add_column(AddColumn::optional(f.name(), ty));
         }
         let tx = update.apply(tx).map_err(&err)?;

@@ -12,11 +12,13 @@
 //!   The check is made inside the catalog's compare-and-set of the commit (see [`fenced`]).
 
 mod compact;
+mod config;
 mod fenced;
 mod lake;
-mod sql_catalog;
+mod raw_catalog;
 
 pub use compact::{CompactOptions, Compacted};
+pub use config::{local_warehouse, IcebergCatalog, IcebergConfig};
 pub use lake::{Appended, IcebergLake, OffsetRange, PartitionFiles, Registered};
 
 /// The Iceberg library, for callers that read tables themselves (the query engine).

@@ -2,13 +2,12 @@
 //! table every so often until it is stopped, so no cron job is needed. Failures are logged and the
 //! next round tries again; the sink goes on regardless.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ticklake_catalog::{compact_hive, Catalog, HiveCompactOptions};
-use ticklake_iceberg::{CompactOptions, IcebergLake};
+use ticklake_iceberg::{CompactOptions, IcebergConfig, IcebergLake};
 use ticklake_lake::Lake;
 
 /// Which table a background compaction keeps compact, and how.
@@ -23,10 +22,10 @@ pub enum CompactionTarget {
         /// How.
         options: HiveCompactOptions,
     },
-    /// An Iceberg table of the lake (a local folder) in its embedded Iceberg catalog.
+    /// An Iceberg table of the lake.
     Iceberg {
-        /// The lake's folder.
-        lake: PathBuf,
+        /// Where the lake's Iceberg tables are and which catalog keeps them.
+        config: IcebergConfig,
         /// How.
         options: CompactOptions,
     },
@@ -111,10 +110,8 @@ impl Drop for BackgroundCompaction {
 /// One compaction; what it did, if anything.
 async fn round(target: &CompactionTarget, table: &str) -> Result<Option<String>, String> {
     match target {
-        CompactionTarget::Iceberg { lake, options } => {
-            let lake = IcebergLake::embedded(lake)
-                .await
-                .map_err(|e| e.to_string())?;
+        CompactionTarget::Iceberg { config, options } => {
+            let lake = IcebergLake::open(config).await.map_err(|e| e.to_string())?;
             if lake.load(table).await.map_err(|e| e.to_string())?.is_none() {
                 return Ok(None);
             }

@@ -70,6 +70,8 @@ pub struct SinkConfig {
     pub dlq_topic: Option<String>,
     /// How the table is kept: Hive folders (files and a catalog) or an Iceberg table.
     pub table_format: TableFormat,
+    /// Where Iceberg tables are and which catalog keeps them (needed with [`TableFormat::Iceberg`]).
+    pub iceberg: Option<ticklake_iceberg::IcebergConfig>,
 }
 
 /// How a table is kept in the lake.
@@ -78,8 +80,8 @@ pub enum TableFormat {
     /// Hive-style folders of files, registered in the catalog; the lake's ledger holds the offsets.
     #[default]
     Hive,
-    /// An Apache Iceberg table (embedded SQL catalog): one atomic append per checkpoint, carrying the
-    /// offsets (see `ticklake_iceberg`).
+    /// An Apache Iceberg table (in the SQL, Glue or REST catalog of [`SinkConfig::iceberg`]): one
+    /// atomic append per checkpoint, carrying the offsets (see `ticklake_iceberg`).
     Iceberg,
 }
 
@@ -251,7 +253,14 @@ impl Sink {
         let ledger = Ledger::new(lake.clone(), &config.table, &config.topic);
         let iceberg = match config.table_format {
             TableFormat::Hive => None,
-            TableFormat::Iceberg => Some(runtime.block_on(iceberg::IcebergState::open(&lake))?),
+            TableFormat::Iceberg => {
+                let Some(iceberg) = &config.iceberg else {
+                    return Err(SinkError::Config(
+                        "an Iceberg table needs its catalog (SinkConfig::iceberg)".into(),
+                    ));
+                };
+                Some(runtime.block_on(iceberg::IcebergState::open(iceberg))?)
+            }
         };
         // An Iceberg table is its own catalog entry (the Hive registration is for folders).
         let registrar = config

@@ -4,8 +4,7 @@
 
 use std::collections::HashMap;
 
-use ticklake_iceberg::{Appended, IcebergLake, OffsetRange};
-use ticklake_lake::Lake;
+use ticklake_iceberg::{Appended, IcebergConfig, IcebergLake, OffsetRange};
 
 use super::{lock, Flushed, Sink};
 use crate::checkpoint::{Checkpoint, Job, Plan, Position};
@@ -23,17 +22,10 @@ pub(super) struct IcebergState {
 }
 
 impl IcebergState {
-    /// The lake's embedded Iceberg catalog (local lakes only, for now).
-    pub(super) async fn open(lake: &Lake) -> Result<IcebergState, SinkError> {
-        let Lake::Local { root } = lake else {
-            return Err(SinkError::Config(
-                "--table-format iceberg needs a local lake for now (its catalog is a SQLite file \
-                 in the lake); S3 lakes with Glue or REST catalogs are not supported yet"
-                    .into(),
-            ));
-        };
+    /// The Iceberg catalog `config` names.
+    pub(super) async fn open(config: &IcebergConfig) -> Result<IcebergState, SinkError> {
         Ok(IcebergState {
-            tables: IcebergLake::embedded(root).await?,
+            tables: IcebergLake::open(config).await?,
             ends: HashMap::new(),
         })
     }
