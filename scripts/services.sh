@@ -159,6 +159,37 @@ ensure_spark() {
   touch "$SPARK_JARS/.complete"
 }
 
+# Apache Iceberg's REST catalog server (scripts/iceberg-rest/pom.xml), from Maven Central into $ICEBERG_REST.
+ICEBERG_REST=$TICKLAKE_CACHE/iceberg-rest-$(sed -n 's:.*<iceberg.version>\(.*\)</iceberg.version>.*:\1:p' "$(dirname "${BASH_SOURCE[0]}")/iceberg-rest/pom.xml")
+ensure_iceberg_rest() {
+  if [ -f "$ICEBERG_REST/.complete" ]; then
+    return 0
+  fi
+  echo "== fetching Apache Iceberg's REST catalog server from Maven Central into $ICEBERG_REST"
+  rm -rf "$ICEBERG_REST"
+  mvn -q -B -f "$(dirname "${BASH_SOURCE[0]}")/iceberg-rest/pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DexcludeTransitive=true -DoutputDirectory="$ICEBERG_REST"
+  touch "$ICEBERG_REST/.complete"
+}
+
+# Starts the Iceberg REST catalog server on 127.0.0.1, its JDBC catalog in a SQLite file in $1 and its
+# default warehouse there too (ticklake gives each table its own location); sets ICEBERG_REST_PID and
+# ICEBERG_REST_URL.
+start_iceberg_rest() {
+  local dir=$1 port
+  port=$(free_port)
+  mkdir -p "$dir/warehouse"
+  CATALOG_REST_PORT=$port CATALOG_WAREHOUSE="file://$dir/warehouse" \
+    CATALOG_URI="jdbc:sqlite:$dir/catalog.db" CATALOG_JDBC_USER=user CATALOG_JDBC_PASSWORD=password \
+    java -Xmx512m -jar "$ICEBERG_REST"/iceberg-open-api-*.jar >"$dir/rest.log" 2>&1 &
+  ICEBERG_REST_PID=$!
+  ICEBERG_REST_URL=http://127.0.0.1:$port
+  await_service "Iceberg REST catalog" "$port" "$dir/rest.log"
+  echo "== Iceberg REST catalog listening on $ICEBERG_REST_URL (pid $ICEBERG_REST_PID)"
+}
+
+stop_iceberg_rest() { stop_service ICEBERG_REST_PID; }
+
 # Starts moto on 127.0.0.1; sets MOTO_PID and MOTO_URL.
 start_moto() {
   local dir=$1 port

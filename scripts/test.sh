@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, with the real services it needs: fetches (once) and starts an Apache Kafka broker
-# (KRaft) and a moto S3/Glue server on 127.0.0.1 (and DuckDB, pyiceberg and Spark, the references for
+# (KRaft), a moto S3/Glue server and Apache Iceberg's REST catalog server on 127.0.0.1 (and DuckDB, pyiceberg and Spark, the references for
 # query answers), runs fmt,
 # clippy and every test, and stops them again.
 set -euo pipefail
@@ -13,19 +13,23 @@ export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 ensure_kafka
 ensure_moto
 ensure_spark
+ensure_iceberg_rest
 work=$(mktemp -d "${TMPDIR:-/tmp}/ticklake-test.XXXXXX")
 cleanup() {
   stop_kafka
   stop_moto
+  stop_iceberg_rest
   rm -rf "$work"
 }
 trap cleanup EXIT
 start_kafka "$work/kafka"
 start_moto "$work/moto"
+start_iceberg_rest "$work/iceberg-rest"
 export TICKLAKE_TEST_KAFKA=$KAFKA_ADDR
 export TICKLAKE_TEST_S3=$MOTO_URL
 export TICKLAKE_TEST_PYTHON=$MOTO_VENV/bin/python
 export TICKLAKE_TEST_SPARK_JARS=$SPARK_JARS
+export TICKLAKE_TEST_ICEBERG_REST=$ICEBERG_REST_URL
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -417,7 +417,9 @@ fn crawling_an_iceberg_table_registers_it() {
 
     let (out, _) = env.ok(&["crawl"]);
     assert!(
-        out.contains("table ice (Iceberg): registered in the lake's Iceberg catalog at file://"),
+        out.contains("table ice (Iceberg): registered in the Iceberg SQL catalog")
+            && out.contains("iceberg.sqlite (namespace ticklake, lake file://")
+            && out.contains(" at file://"),
         "{out}"
     );
     assert!(out.contains("table stock_topic (parquet)"), "{out}");

@@ -757,3 +757,214 @@ fn spark_reads_both_table_formats_with_ticklakes_answers() {
         }
     }
 }
+
+/// ticklake's answers to [`ICEBERG_PAIRS`] over the Iceberg table `ice`, checked against the Hive
+/// table `stock_topic` of the same records.
+fn iceberg_answers_like_hive(env: &Env, catalog: &[&str]) -> Vec<Vec<Vec<String>>> {
+    let rows = |sql: &str| {
+        let (stdout, _) = env.ok(&[catalog, &["query", "--format", "csv", sql]].concat());
+        csv_rows(&stdout)
+    };
+    let mut all = Vec::new();
+    for (i, (sql, _)) in ICEBERG_PAIRS.iter().enumerate() {
+        let ours = rows(sql);
+        assert!(!ours.is_empty(), "query {i} has rows\n{sql}");
+        let hive = rows(&sql.replace("ice", "stock_topic"));
+        assert_rows_agree(&format!("query {i}, Iceberg and Hive\n{sql}"), &ours, &hive);
+        all.push(ours);
+    }
+    all
+}
+
+/// Asserts that two results of ticklake agree: the same rows, numbers to a relative 1e-9 (sums may
+/// add up in another order).
+fn assert_rows_agree(what: &str, a: &[Vec<String>], b: &[Vec<String>]) {
+    assert_eq!(a.len(), b.len(), "{what}: rows");
+    for (ra, rb) in a.iter().zip(b) {
+        assert_eq!(ra.len(), rb.len(), "{what}: columns");
+        for (x, y) in ra.iter().zip(rb) {
+            let y = y.parse::<f64>().map_or_else(
+                |_| serde_json::Value::String(y.clone()),
+                |n| serde_json::json!(n),
+            );
+            assert!(same(x, &y), "{what}: {ra:?} and {rb:?}");
+        }
+    }
+}
+
+/// An Iceberg table in a catalog other than the embedded one (`catalog`: the options that select it),
+/// read by pyiceberg through the same catalog (`reference_args` of reference.py): the sink's
+/// checkpoints, ticklake's answers against the Hive table's and pyiceberg's, a compaction that changes
+/// no answer and leaves fewer files, and a second sink that resumes where the table ends.
+fn iceberg_catalog_round_trip(env: &Env, catalog: &[&str], reference_args: &[&str]) {
+    let produce = |count: &str, start: &str| {
+        env.ok(&[
+            "produce",
+            "--simulate",
+            "--count",
+            count,
+            "--symbols",
+            "6",
+            "--interval",
+            "30s",
+            "--start",
+            start,
+            "-q",
+        ])
+    };
+    produce("60000", "2024-01-02T14:30:00Z");
+    env.ok(&[catalog, &["sink", "--once", "-q"]].concat());
+    let out = env.sink_into_iceberg("ice", &[catalog, &["--flush-records", "20000"]].concat());
+    assert!(out.contains("Iceberg table"), "{out}");
+
+    let tables = {
+        let (stdout, _) = env.ok(&[catalog, &["query", "--format", "csv", "SHOW TABLES"]].concat());
+        csv_rows(&stdout)
+    };
+    assert_eq!(tables, [["ice"], ["stock_topic"]]);
+    let sql: Vec<&str> = ICEBERG_PAIRS.iter().map(|p| p.1).collect();
+    let sql = serde_json::to_string(&sql).unwrap();
+    let ours = iceberg_answers_like_hive(env, catalog);
+    let theirs = reference(reference_args, &sql, &env.vars);
+    for (i, (q, _)) in ICEBERG_PAIRS.iter().enumerate() {
+        assert_same_answers("pyiceberg", i, q, &ours[i], &theirs["answers"][i]);
+    }
+    let snapshots = theirs["snapshots"].as_array().unwrap();
+    assert!(snapshots.len() >= 3, "{snapshots:?}");
+    assert!(snapshots
+        .iter()
+        .all(|s| s["summary"]["operation"] == "append"));
+    let files_before = theirs["files"].as_u64().unwrap();
+
+    // Compaction: one replace commit through the catalog; the same answers from fewer files.
+    let (out, _) = env.ok(&[
+        catalog,
+        &[
+            "compact",
+            "--table",
+            "ice",
+            "--older-than",
+            "0s",
+            "--retention",
+            "0s",
+        ],
+    ]
+    .concat());
+    assert!(out.contains("table ice (Iceberg)"), "{out}");
+    let compacted = iceberg_answers_like_hive(env, catalog);
+    for (i, (q, _)) in ICEBERG_PAIRS.iter().enumerate() {
+        assert_rows_agree(
+            &format!("query {i} after compaction\n{q}"),
+            &compacted[i],
+            &ours[i],
+        );
+    }
+    let after = reference(reference_args, &sql, &env.vars);
+    for (i, (q, _)) in ICEBERG_PAIRS.iter().enumerate() {
+        assert_same_answers("pyiceberg", i, q, &ours[i], &after["answers"][i]);
+    }
+    let files_after = after["files"].as_u64().unwrap();
+    assert!(
+        files_after < files_before,
+        "{files_before} files before compaction, {files_after} after:\n{out}"
+    );
+    assert!(after["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["summary"]["operation"] == "replace"));
+
+    // More records: a new sink resumes where the table's snapshots say the topic ends.
+    produce("6000", "2024-02-01T00:00:00Z");
+    env.sink_into_iceberg("ice", catalog);
+    let (stdout, _) = env.ok(&[
+        catalog,
+        &[
+            "query",
+            "--format",
+            "csv",
+            "SELECT count(*), count(DISTINCT ts) FROM ice",
+        ],
+    ]
+    .concat());
+    assert_eq!(csv_rows(&stdout), [["66000", "11000"]]);
+}
+
+/// Iceberg tables in AWS Glue (moto) with their files on S3 (moto): registered as Athena reads Iceberg
+/// tables, beside a Hive table of the same database, read by pyiceberg's Glue catalog.
+#[test]
+fn iceberg_tables_in_glue_on_s3_answer_like_pyiceberg_and_compact() {
+    let env = Env::embedded().with_s3_lake();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let db = format!("icedb_{nanos}");
+    let catalog = ["--catalog", "glue", "--database", db.as_str()];
+    iceberg_catalog_round_trip(&env, &catalog, &["pyiceberg-glue", &db, "ice"]);
+
+    let glue = reference(&["glue", &db], "", &env.vars);
+    let ice = &glue["ice"];
+    assert_eq!(ice["parameters"]["table_type"], "ICEBERG", "{ice}");
+    let lake = env.lake.clone().unwrap();
+    let metadata = ice["parameters"]["metadata_location"].as_str().unwrap();
+    assert!(
+        metadata.starts_with(&format!("{lake}/ice/metadata/"))
+            && metadata.ends_with(".metadata.json"),
+        "{metadata}"
+    );
+    assert!(ice["parameters"]["previous_metadata_location"].is_string());
+    assert_eq!(glue["stock_topic"]["table_type"], "EXTERNAL_TABLE");
+
+    // A local lake cannot be an Iceberg table in Glue: the engines reading Glue could not reach it.
+    let local = env.run(&[
+        "sink",
+        "--once",
+        "--table-format",
+        "iceberg",
+        "--catalog",
+        "glue",
+        "--lake",
+        "local-lake",
+    ]);
+    assert!(!local.status.success());
+    assert!(
+        text(&local).1.contains("need an S3 lake"),
+        "{}",
+        text(&local).1
+    );
+}
+
+/// Iceberg tables in an Iceberg REST catalog (Apache Iceberg's own REST server), read by pyiceberg's
+/// REST catalog.
+#[test]
+fn iceberg_tables_in_a_rest_catalog_answer_like_pyiceberg_and_compact() {
+    let uri = std::env::var("TICKLAKE_TEST_ICEBERG_REST").expect(
+        "TICKLAKE_TEST_ICEBERG_REST is not set: run scripts/test.sh, which starts the REST catalog",
+    );
+    let env = Env::embedded();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let namespace = format!("rest_{nanos}");
+    let catalog = [
+        "--catalog",
+        "rest",
+        "--catalog-uri",
+        uri.as_str(),
+        "--database",
+        namespace.as_str(),
+    ];
+    iceberg_catalog_round_trip(&env, &catalog, &["pyiceberg-rest", &uri, &namespace, "ice"]);
+
+    let missing = env.run(&["query", "--catalog", "rest", "SELECT 1"]);
+    assert!(!missing.status.success());
+    assert!(
+        text(&missing)
+            .1
+            .contains("--catalog rest needs --catalog-uri"),
+        "{}",
+        text(&missing).1
+    );
+}

@@ -8,6 +8,11 @@
                                   TABLE of the lake's embedded catalog (LAKE/_ticklake/iceberg.sqlite)
                                   as pyiceberg reads it (its current snapshot), queried with DuckDB;
                                   stdout: {"answers": [rows of each query], "snapshots": [summaries]}.
+  reference.py pyiceberg-glue DATABASE TABLE
+                                  the same, for the Iceberg table DATABASE.TABLE in Glue, its files on S3
+                                  (Glue and S3 endpoints and credentials from the AWS_* variables).
+  reference.py pyiceberg-rest URI NAMESPACE TABLE
+                                  the same, for NAMESPACE.TABLE in the Iceberg REST catalog at URI.
   reference.py spark LAKE ICEBERG_TABLE HIVE_TABLE JARS
                                   stdin: a JSON list of SQL texts over `{t}`; Spark (PySpark, local)
                                   runs each over the Iceberg table (read through Iceberg's JDBC catalog on
@@ -55,7 +60,6 @@ def run_queries(con):
 
 
 def pyiceberg_answers(lake, table):
-    import duckdb
     from pyiceberg.catalog.sql import SqlCatalog
 
     lake = os.path.abspath(lake)
@@ -64,7 +68,43 @@ def pyiceberg_answers(lake, table):
         uri=f"sqlite:///{lake}/_ticklake/iceberg.sqlite",
         warehouse=f"file://{lake}",
     )
-    t = catalog.load_table(("ticklake", table))
+    answer_from(catalog.load_table(("ticklake", table)))
+
+
+def pyiceberg_glue_answers(database, table):
+    from pyiceberg.catalog.glue import GlueCatalog
+
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    region = os.environ.get("AWS_REGION", "us-east-1")
+    key, secret = os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
+    catalog = GlueCatalog(
+        "glue",
+        **{
+            "glue.endpoint": endpoint,
+            "glue.region": region,
+            "glue.access-key-id": key,
+            "glue.secret-access-key": secret,
+            "s3.endpoint": endpoint,
+            "s3.region": region,
+            "s3.access-key-id": key,
+            "s3.secret-access-key": secret,
+        },
+    )
+    answer_from(catalog.load_table((database, table)))
+
+
+def pyiceberg_rest_answers(uri, namespace, table):
+    from pyiceberg.catalog.rest import RestCatalog
+
+    catalog = RestCatalog("rest", uri=uri)
+    answer_from(catalog.load_table((namespace, table)))
+
+
+def answer_from(t):
+    """The queries (stdin) over the table's current snapshot as pyiceberg reads it, run by DuckDB, and
+    the table's snapshots."""
+    import duckdb
+
     rows = t.scan().to_arrow()
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
@@ -74,7 +114,8 @@ def pyiceberg_answers(lake, table):
          | {"operation": s.summary.operation.value}}
         for s in t.snapshots()
     ]
-    json.dump({"answers": run_queries(con), "snapshots": snapshots}, sys.stdout)
+    json.dump({"answers": run_queries(con), "snapshots": snapshots,
+               "files": len(t.inspect.files())}, sys.stdout)
 
 
 def spark_answers(lake, iceberg_table, hive_table, jars):
@@ -130,12 +171,12 @@ def glue_dump(database):
                     )
             sd = t["StorageDescriptor"]
             tables[t["Name"]] = {
-                "columns": [[c["Name"], c["Type"]] for c in sd["Columns"]],
+                "columns": [[c["Name"], c["Type"]] for c in sd.get("Columns", [])],
                 "partition_keys": [[c["Name"], c["Type"]] for c in t.get("PartitionKeys", [])],
-                "location": sd["Location"],
-                "serde": sd["SerdeInfo"]["SerializationLibrary"],
-                "input_format": sd["InputFormat"],
-                "output_format": sd["OutputFormat"],
+                "location": sd.get("Location"),
+                "serde": sd.get("SerdeInfo", {}).get("SerializationLibrary"),
+                "input_format": sd.get("InputFormat"),
+                "output_format": sd.get("OutputFormat"),
                 "table_type": t.get("TableType"),
                 "parameters": t.get("Parameters", {}),
                 "partitions": sorted(parts, key=lambda p: p["values"]),
@@ -148,6 +189,10 @@ if __name__ == "__main__":
         duckdb_answers(sys.argv[2])
     elif sys.argv[1] == "pyiceberg":
         pyiceberg_answers(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "pyiceberg-glue":
+        pyiceberg_glue_answers(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "pyiceberg-rest":
+        pyiceberg_rest_answers(sys.argv[2], sys.argv[3], sys.argv[4])
     elif sys.argv[1] == "spark":
         spark_answers(*sys.argv[2:6])
     elif sys.argv[1] == "glue":
