@@ -45,10 +45,12 @@ pub struct Args {
 pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
     let lake = Lake::open(&g.lake)?;
     let io = runtime()?;
-    let config = g.iceberg_config()?;
-    let iceberg = io
-        .block_on(IcebergLake::open_if_present(&config))
-        .with_context(|| format!("cannot open the {}", config.describe()))?;
+    let iceberg = match g.iceberg_config_to_read()? {
+        Some(config) => io
+            .block_on(IcebergLake::open_if_present(&config))
+            .context("cannot open the lake's Iceberg catalog")?,
+        None => None,
+    };
     let catalog = g.open_catalog(&io)?;
     let iceberg_tables = match &iceberg {
         Some(l) => io.block_on(l.tables())?,

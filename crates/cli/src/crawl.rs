@@ -34,7 +34,7 @@ fn register_iceberg(
     let config = g.iceberg_config()?;
     let lake = io
         .block_on(ticklake_iceberg::IcebergLake::open(&config))
-        .with_context(|| format!("cannot open the {}", config.describe()))?;
+        .context("cannot open the lake's Iceberg catalog")?;
     let done = io
         .block_on(lake.register(&found.name, &found.metadata))
         .with_context(|| format!("registering the Iceberg table at {}", found.location))?;

@@ -250,6 +250,16 @@ impl Global {
         })
     }
 
+    /// The Iceberg catalog to read tables from, if the options can have one: a local lake with Glue
+    /// (Hive tables in Glue, files on this machine) has no Iceberg tables.
+    pub fn iceberg_config_to_read(&self) -> Result<Option<ticklake_iceberg::IcebergConfig>> {
+        let remote = self.lake.contains("://") && !self.lake.starts_with("file://");
+        if self.catalog == "glue" && !remote {
+            return Ok(None);
+        }
+        self.iceberg_config().map(Some)
+    }
+
     /// Opens the catalog on `runtime` (which must outlive it: Glue's connections live there).
     pub fn open_catalog(&self, runtime: &tokio::runtime::Runtime) -> Result<Arc<dyn Catalog>> {
         let config = self.catalog_config();
@@ -274,8 +284,10 @@ pub fn init_logging(g: &Global) {
         1 => "info",
         _ => "debug",
     };
+    // OpenDAL (Iceberg's S3 client) warns of each retry it makes inside a call, with a backtrace when
+    // RUST_BACKTRACE is set (slow to resolve, and noise); the sink reports what it waits for itself.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},opendal=error")));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

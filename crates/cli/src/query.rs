@@ -90,11 +90,13 @@ pub fn engine(g: &Global, io: &tokio::runtime::Runtime, limits: &Limits) -> Resu
         allowed_locations: allowed,
     };
     // The lake's Iceberg tables, when their catalog exists.
-    let config = g.iceberg_config()?;
-    let iceberg = io
-        .block_on(ticklake_iceberg::IcebergLake::open_if_present(&config))
-        .with_context(|| format!("cannot open the {}", config.describe()))?
-        .map(std::sync::Arc::new);
+    let iceberg = match g.iceberg_config_to_read()? {
+        Some(config) => io
+            .block_on(ticklake_iceberg::IcebergLake::open_if_present(&config))
+            .context("cannot open the lake's Iceberg catalog")?
+            .map(std::sync::Arc::new),
+        None => None,
+    };
     io.block_on(Engine::with_iceberg(catalog, iceberg, &g.database, options))
         .context("cannot start the query engine")
 }

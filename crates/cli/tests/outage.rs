@@ -100,6 +100,17 @@ impl Proxy {
 
 #[test]
 fn s3_outage_mid_stream_is_waited_out() {
+    s3_outage_mid_stream("hive");
+}
+
+/// The same outage under an Iceberg table on S3 (its catalog the embedded SQL file): data files,
+/// manifests and metadata files wait for the store; the table ends with every record once.
+#[test]
+fn s3_outage_under_an_iceberg_table_is_waited_out() {
+    s3_outage_mid_stream("iceberg");
+}
+
+fn s3_outage_mid_stream(format: &str) {
     let env = Env::embedded().with_s3_lake();
     let moto = common::moto_url();
     let proxy = Proxy::start(moto.trim_start_matches("http://").to_owned());
@@ -127,7 +138,16 @@ fn s3_outage_mid_stream_is_waited_out() {
         "5000",
     ]);
     std::thread::sleep(Duration::from_secs(2));
-    let sink = env.spawn(&["--log-dir", "log", "sink", "--flush-interval", "1s"]);
+    let sink_args = [
+        "--log-dir",
+        "log",
+        "sink",
+        "--flush-interval",
+        "1s",
+        "--table-format",
+        format,
+    ];
+    let sink = env.spawn(&sink_args);
     std::thread::sleep(Duration::from_secs(3));
     proxy.set_down(true);
     std::thread::sleep(Duration::from_secs(30));
@@ -143,14 +163,38 @@ fn s3_outage_mid_stream_is_waited_out() {
         "the sink rode the outage out: {stderr}"
     );
     assert!(
-        stderr.contains("waiting for the lake") || stderr.contains("waiting for the catalog"),
+        stderr.contains("waiting for the lake")
+            || stderr.contains("waiting for the catalog")
+            || stderr.contains("waiting for the Iceberg table"),
         "it said what it waited for: {stderr}"
     );
-    env.ok(&["--log-dir", "log", "-q", "sink", "--once"]);
-    let lake: Vec<Record> = env.lake_records().into_iter().map(|(_, r)| r).collect();
+    env.ok(&[&sink_args[..3], &["-q", "--once", "--table-format", format]].concat());
     let want = simulated_records(20, 5, count);
-    assert_eq!(lake.len(), count, "every record exactly once");
-    assert_eq!(multiset(&lake), multiset(&want));
+    if format == "hive" {
+        let lake: Vec<Record> = env.lake_records().into_iter().map(|(_, r)| r).collect();
+        assert_eq!(lake.len(), count, "every record exactly once");
+        assert_eq!(multiset(&lake), multiset(&want));
+    } else {
+        // Each (symbol, ts) is one record: as many distinct pairs as rows, and as many as sent.
+        let (stdout, _) = env.ok(&[
+            "--log-dir",
+            "log",
+            "query",
+            "--format",
+            "csv",
+            "SELECT count(*), count(DISTINCT symbol || CAST(ts AS VARCHAR)), sum(volume) FROM stock_topic",
+        ]);
+        let volume: f64 = want.iter().map(|r| r.volume.unwrap_or(0.0)).sum();
+        let row: Vec<&str> = stdout.lines().nth(1).unwrap().split(',').collect();
+        assert_eq!(
+            row[0],
+            count.to_string(),
+            "every record exactly once: {stdout}"
+        );
+        assert_eq!(row[1], count.to_string(), "no record twice: {stdout}");
+        let got: f64 = row[2].parse().unwrap();
+        assert!((got - volume).abs() <= 1e-9 * volume, "{got} vs {volume}");
+    }
 }
 
 /// An Apache Kafka broker of the test's own (started by scripts/services.sh), so that it can be stopped

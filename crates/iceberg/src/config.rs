@@ -141,10 +141,12 @@ pub(crate) async fn rest_prefix(
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    let response = request
-        .send()
-        .await
-        .map_err(|e| format!("cannot reach the REST catalog at {url}: {e}"))?;
+    let response = request.send().await.map_err(|e| {
+        format!(
+            "cannot reach the REST catalog at {url}: {}",
+            error_chain(&e)
+        )
+    })?;
     if !response.status().is_success() {
         return Err(format!(
             "the REST catalog at {url} answered {}",
@@ -160,4 +162,20 @@ pub(crate) async fn rest_prefix(
         .or_else(|| config.pointer("/defaults/prefix"))
         .and_then(|p| p.as_str())
         .map(str::to_owned))
+}
+
+/// An error and its causes, `: `-separated (a client's "error sending request" alone does not say
+/// that the connection was refused).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }

@@ -152,14 +152,11 @@ impl IcebergLake {
     /// Opens the catalog `config` names, making its namespace if it has none.
     pub async fn open(config: &IcebergConfig) -> Result<IcebergLake, IcebergError> {
         let described = config.describe();
-        let err = |source| IcebergError::Iceberg {
-            table: described.clone(),
-            source: Box::new(source),
-        };
-        let invalid = |message: String| IcebergError::Invalid {
-            table: described.clone(),
+        let invalid = |message: String| IcebergError::Catalog {
+            catalog: described.clone(),
             message,
         };
+        let err = |source: iceberg::Error| invalid(crate::config::error_chain(&source));
         let root = config.warehouse.trim_end_matches('/').to_owned();
         let local = root.starts_with("file://");
         let mut props = if local {

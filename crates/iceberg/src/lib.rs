@@ -36,6 +36,14 @@ pub enum IcebergError {
         #[source]
         source: Box<iceberg::Error>,
     },
+    /// The catalog cannot be opened.
+    #[error("{catalog}: {message}")]
+    Catalog {
+        /// The catalog, as [`IcebergConfig::describe`] names it.
+        catalog: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The data does not fit the table.
     #[error("Iceberg table {table}: {message}")]
     Invalid {
@@ -44,4 +52,19 @@ pub enum IcebergError {
         /// What is wrong.
         message: String,
     },
+}
+
+impl IcebergError {
+    /// True for failures that may pass by themselves: the library's I/O and catalog errors
+    /// (`Unexpected`: a store or catalog unreachable or answering 5xx) and retryable ones (commit
+    /// conflicts); not data that does not fit, features the library lacks, or a catalog that cannot
+    /// be opened as configured.
+    pub fn may_pass(&self) -> bool {
+        match self {
+            IcebergError::Iceberg { source, .. } => {
+                source.kind() == iceberg::ErrorKind::Unexpected || source.retryable()
+            }
+            IcebergError::Catalog { .. } | IcebergError::Invalid { .. } => false,
+        }
+    }
 }

@@ -79,6 +79,10 @@ fn is_outage(e: &SinkError) -> bool {
                         | ticklake_catalog::CatalogError::NoSuchTable(_)
                 )
         }
+        SinkError::Iceberg(i) => {
+            let text = i.to_string();
+            i.may_pass() && !permanent.iter().any(|p| text.contains(p))
+        }
         _ => false,
     }
 }
