@@ -8,17 +8,23 @@ TICKLAKE_CACHE=${TICKLAKE_CACHE:-$HOME/.cache/ticklake}
 KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$(dirname "${BASH_SOURCE[0]}")/kafka/pom.xml")
 KAFKA_LIBS=$TICKLAKE_CACHE/kafka-$KAFKA_VERSION/libs
 
-# Copies the broker's jars and their runtime dependencies into $KAFKA_LIBS (first run only, ~1 min).
-ensure_kafka() {
-  if [ -f "$KAFKA_LIBS/.complete" ]; then
+# Copies the runtime jars of scripts/$2/pom.xml (what: $1) from Maven Central into $3, once; extra Maven
+# options follow.
+maven_jars() {
+  local what=$1 pom=$2 dir=$3
+  shift 3
+  if [ -f "$dir/.complete" ]; then
     return 0
   fi
-  echo "== fetching Apache Kafka $KAFKA_VERSION from Maven Central into $KAFKA_LIBS"
-  rm -rf "$KAFKA_LIBS"
-  mvn -q -B -f "$(dirname "${BASH_SOURCE[0]}")/kafka/pom.xml" dependency:copy-dependencies \
-    -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS"
-  touch "$KAFKA_LIBS/.complete"
+  echo "== fetching $what from Maven Central into $dir"
+  rm -rf "$dir"
+  mvn -q -B -f "$(dirname "${BASH_SOURCE[0]}")/$pom/pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$dir" "$@"
+  touch "$dir/.complete"
 }
+
+# The broker's jars and their runtime dependencies, into $KAFKA_LIBS (first run only, ~1 min).
+ensure_kafka() { maven_jars "Apache Kafka $KAFKA_VERSION" kafka "$KAFKA_LIBS"; }
 
 # A free TCP port on 127.0.0.1.
 free_port() {
@@ -148,29 +154,11 @@ ensure_moto() {
 
 # The jars Spark needs for Iceberg tables (scripts/spark/pom.xml), from Maven Central into $SPARK_JARS.
 SPARK_JARS=$TICKLAKE_CACHE/spark-jars-$(sed -n 's:.*<iceberg.version>\(.*\)</iceberg.version>.*:\1:p' "$(dirname "${BASH_SOURCE[0]}")/spark/pom.xml")
-ensure_spark() {
-  if [ -f "$SPARK_JARS/.complete" ]; then
-    return 0
-  fi
-  echo "== fetching Apache Iceberg's Spark runtime from Maven Central into $SPARK_JARS"
-  rm -rf "$SPARK_JARS"
-  mvn -q -B -f "$(dirname "${BASH_SOURCE[0]}")/spark/pom.xml" dependency:copy-dependencies \
-    -DincludeScope=runtime -DexcludeTransitive=true -DoutputDirectory="$SPARK_JARS"
-  touch "$SPARK_JARS/.complete"
-}
+ensure_spark() { maven_jars "Apache Iceberg's Spark runtime" spark "$SPARK_JARS" -DexcludeTransitive=true; }
 
 # Apache Iceberg's REST catalog server (scripts/iceberg-rest/pom.xml), from Maven Central into $ICEBERG_REST.
 ICEBERG_REST=$TICKLAKE_CACHE/iceberg-rest-$(sed -n 's:.*<iceberg.version>\(.*\)</iceberg.version>.*:\1:p' "$(dirname "${BASH_SOURCE[0]}")/iceberg-rest/pom.xml")
-ensure_iceberg_rest() {
-  if [ -f "$ICEBERG_REST/.complete" ]; then
-    return 0
-  fi
-  echo "== fetching Apache Iceberg's REST catalog server from Maven Central into $ICEBERG_REST"
-  rm -rf "$ICEBERG_REST"
-  mvn -q -B -f "$(dirname "${BASH_SOURCE[0]}")/iceberg-rest/pom.xml" dependency:copy-dependencies \
-    -DincludeScope=runtime -DexcludeTransitive=true -DoutputDirectory="$ICEBERG_REST"
-  touch "$ICEBERG_REST/.complete"
-}
+ensure_iceberg_rest() { maven_jars "Apache Iceberg's REST catalog server" iceberg-rest "$ICEBERG_REST" -DexcludeTransitive=true; }
 
 # Starts the Iceberg REST catalog server on 127.0.0.1, its JDBC catalog in a SQLite file in $1 and its
 # default warehouse there too (ticklake gives each table its own location); sets ICEBERG_REST_PID and
