@@ -15,6 +15,7 @@
 #                                 query latency before and after, Iceberg checkpoint latency; then the
 #                                 sink's drain speed, Hive vs Iceberg, on the same log, and the Iceberg
 #                                 checkpoint latency on local disk and on moto S3 (SQL and Glue catalogs)
+#   scripts/bench.sh --iceberg-latency  only that checkpoint latency
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -37,6 +38,36 @@ bin=${BENCH_BIN:-$CARGO_TARGET_DIR/release/ticklake}
 work=$(mktemp -d "${TMPDIR:-/tmp}/ticklake-bench.XXXXXX")
 cleanup() { stop_kafka; stop_moto; rm -rf "$work"; }
 trap cleanup EXIT
+
+# The Iceberg checkpoint latency (write + commit of 250,000 records) on local disk and on moto S3, with
+# the SQL and Glue catalogs, draining the embedded log of the lake in $1.
+iceberg_latency() {
+  local d=$1 target lake group lat
+  ensure_moto
+  echo
+  echo "== Iceberg checkpoint latency (write + commit of 250,000 records, 100 symbols): local disk, moto S3"
+  echo "| lake | catalog | checkpoints | p50 | p99 | drain |"
+  echo "|---|---|---|---|---|---|"
+  start_moto "$work/moto" >/dev/null
+  "$MOTO_VENV/bin/python" -c "import boto3; boto3.client('s3', endpoint_url='$MOTO_URL', region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='x').create_bucket(Bucket='bench')"
+  for target in "local embedded" "s3 embedded" "s3 glue"; do
+    set -- $target
+    lake=$d/lake; [ "$1" = s3 ] && lake=s3://bench/lake
+    group="latency_$1_$2"
+    (cd "$d" && AWS_ENDPOINT_URL=$MOTO_URL AWS_ALLOW_HTTP=true AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x AWS_REGION=us-east-1 \
+      RUST_LOG=ticklake_sink=debug "$bin" sink --once --log-dir "$d/lake/_ticklake/log" --lake "$lake" --catalog "$2" \
+      --table-format iceberg --table "$group" --group "$group" --flush-records 250000 >"$group.out" 2>"$group.log")
+    lat=$({ grep -o 'committed in [0-9.]* ms' "$d/$group.log" || true; } | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END{if (NR) printf "%d | %.0f ms | %.0f ms", NR, a[int((NR+1)/2)], a[int(NR*0.99+0.999)]; else print "- | - | -"}')
+    echo "| $1 | $2 | $lat | $(grep -o '[0-9.]* k\?records/s' "$d/$group.out" | head -1) |"
+  done
+}
+
+if [ "$MODE" = "--iceberg-latency" ]; then
+  d=$work/latency; mkdir -p "$d"
+  (cd "$d" && "$bin" -q produce --simulate --symbols 100 --count "$COUNT" >/dev/null)
+  iceberg_latency "$d"
+  exit 0
+fi
 
 if [ "$MODE" = "--compaction" ]; then
   SECS=${BENCH_COMPACTION_SECONDS:-60}
@@ -119,22 +150,7 @@ EOF
   for format in hive iceberg; do
     (cd "$d" && "$bin" sink --once --table-format "$format" --table "drain_$format" --group "drain_$format" | head -1)
   done
-  echo
-  echo "== Iceberg checkpoint latency (write + commit of 250,000 records, 100 symbols): local disk, moto S3"
-  echo "| lake | catalog | checkpoints | p50 | p99 | drain |"
-  echo "|---|---|---|---|---|---|"
-  start_moto "$work/moto" >/dev/null
-  "$MOTO_VENV/bin/python" -c "import boto3; boto3.client('s3', endpoint_url='$MOTO_URL', region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='x').create_bucket(Bucket='bench')"
-  for target in "local embedded" "s3 embedded" "s3 glue"; do
-    set -- $target
-    lake=$d/lake; [ "$1" = s3 ] && lake=s3://bench/lake
-    group="latency_$1_$2"
-    (cd "$d" && AWS_ENDPOINT_URL=$MOTO_URL AWS_ALLOW_HTTP=true AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x AWS_REGION=us-east-1 \
-      RUST_LOG=ticklake_sink=debug "$bin" sink --once --log-dir "$d/lake/_ticklake/log" --lake "$lake" --catalog "$2" \
-      --table-format iceberg --table "$group" --group "$group" --flush-records 250000 >"$group.out" 2>"$group.log")
-    lat=$({ grep -o 'committed in [0-9.]* ms' "$d/$group.log" || true; } | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END{if (NR) printf "%d | %.0f ms | %.0f ms", NR, a[int((NR+1)/2)], a[int(NR*0.99+0.999)]; else print "- | - | -"}')
-    echo "| $1 | $2 | $lat | $(grep -o '[0-9.]* k\?records/s' "$d/$group.out" | head -1) |"
-  done
+  iceberg_latency "$d"
   exit 0
 fi
 
