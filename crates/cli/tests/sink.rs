@@ -440,6 +440,16 @@ fn crash_loop_hive_with_compaction() {
 }
 
 /// An Iceberg table's records, read with the Iceberg library's scan of its current snapshot.
+/// The records of the sinks' table: the Iceberg table's with `--table-format iceberg` in `table`, the
+/// lake's files otherwise.
+fn table_records(env: &Env, table: &[&str]) -> Vec<Record> {
+    if table.contains(&"iceberg") {
+        iceberg_records(env)
+    } else {
+        hive_records(env)
+    }
+}
+
 fn iceberg_records(env: &Env) -> Vec<Record> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -516,8 +526,9 @@ fn iceberg_table_resumes_from_its_own_offsets() {
 
 /// Two sinks in one group while the feed streams: A consumes alone, B joins and gets partitions (a
 /// rebalance), A stops (another) and B takes over. At the end nothing is lost or duplicated and both
-/// sinks wrote part of the data. `rate` makes the stream (200,000 records) outlast the choreography.
-fn two_sinks(env: &Env, rate: &str) {
+/// sinks wrote part of the data. `rate` makes the stream (200,000 records) outlast the choreography;
+/// `table` holds the sinks' table-format options.
+fn two_sinks(env: &Env, rate: &str, table: &[&str]) {
     let count = 200_000;
     let mut producer = env.spawn(&[
         "-q",
@@ -532,7 +543,7 @@ fn two_sinks(env: &Env, rate: &str) {
         "--rate",
         rate,
     ]);
-    let sink_args = ["-v", "sink", "--flush-interval", "300ms"];
+    let sink_args = [&["-v", "sink", "--flush-interval", "300ms"], table].concat();
     let a = start_consuming_sink(env, &sink_args);
     std::thread::sleep(Duration::from_secs(1));
     // Returns once B owns partitions, i.e. once the group has rebalanced around it.
@@ -549,23 +560,29 @@ fn two_sinks(env: &Env, rate: &str) {
     assert!(out_b.status.success(), "{:?}", text(&out_b));
     let (wa, wb) = (written(&text(&out_a).0), written(&text(&out_b).0));
     assert!(wa > 0 && wb > 0, "both members wrote: a {wa}, b {wb}");
-    let out = env.run(&["-q", "sink", "--once"]);
+    let out = env.run(&[&["-q", "sink", "--once"], table].concat());
     let rest = written(&text(&out).0);
 
-    let lake: Vec<Record> = env.lake_records().into_iter().map(|(_, r)| r).collect();
+    let lake = table_records(env, table);
     assert_eq!(lake.len(), count, "a {wa} + b {wb} + rest {rest}");
     assert_eq!(multiset(&lake), multiset(&simulated(count)));
 }
 
 #[test]
 fn two_sinks_embedded() {
-    two_sinks(&Env::embedded(), "20000");
+    two_sinks(&Env::embedded(), "20000", &[]);
+}
+
+/// The same rebalances under an Iceberg table: the table's offset fence, not the ledger, keeps it exact.
+#[test]
+fn two_sinks_iceberg_kafka() {
+    two_sinks(&Env::kafka(), "5000", &["--table-format", "iceberg"]);
 }
 
 #[test]
 fn two_sinks_kafka() {
     // Group joins through the broker take seconds: a longer stream.
-    two_sinks(&Env::kafka(), "5000");
+    two_sinks(&Env::kafka(), "5000", &[]);
 }
 
 /// A sink started with a new consumer group (or after the group's offsets expired) resumes where the
@@ -631,7 +648,8 @@ fn new_group_resumes_where_the_lake_is_kafka() {
 /// A member paused past its session (SIGSTOP), while another takes its partitions over, then resumed
 /// (SIGCONT) with a flush in hand: its late files and commits add nothing and lose nothing. Members
 /// also join and leave (SIGTERM, SIGKILL) while the feed streams. The lake is compared as a multiset.
-fn stalled_and_churning_members(churn_rounds: usize) {
+/// `table` holds the sinks' table-format options.
+fn stalled_and_churning_members(churn_rounds: usize, table: &[&str]) {
     let env = Env::kafka();
     let count = 300_000;
     let mut producer = env.spawn(&[
@@ -659,6 +677,7 @@ fn stalled_and_churning_members(churn_rounds: usize) {
         "-X",
         "max.poll.interval.ms=10000",
     ];
+    let args = [&args[..], table].concat();
     let stopped = start_consuming_sink(&env, &args);
     std::thread::sleep(Duration::from_millis(700));
     let pid = stopped.id().to_string();
@@ -696,10 +715,10 @@ fn stalled_and_churning_members(churn_rounds: usize) {
     }
     terminate(&taker);
     taker.wait().unwrap();
-    let out = env.run(&["-q", "sink", "--once"]);
+    let out = env.run(&[&["-q", "sink", "--once"], table].concat());
     assert!(out.status.success(), "{:?}", text(&out));
 
-    let lake: Vec<Record> = env.lake_records().into_iter().map(|(_, r)| r).collect();
+    let lake = table_records(&env, table);
     if lake.len() != count {
         // Keep what a diagnosis needs: the logs, the ledger and the lake.
         let keep = std::env::temp_dir().join(format!("ticklake-failed-{}", std::process::id()));
@@ -714,14 +733,21 @@ fn stalled_and_churning_members(churn_rounds: usize) {
 
 #[test]
 fn stalled_member_kafka() {
-    stalled_and_churning_members(0);
+    stalled_and_churning_members(0, &[]);
 }
 
 // Members joining and leaving by SIGTERM and SIGKILL after the SIGSTOP. This once lost one range in
 // about one run of ten: stale claims at trimmed offsets went unchecked (see docs/architecture.md).
 #[test]
 fn stalled_and_churning_members_kafka() {
-    stalled_and_churning_members(6);
+    stalled_and_churning_members(6, &[]);
+}
+
+/// A stalled member that wakes up with a flush in hand, and churn, over an Iceberg table: the stale
+/// append is refused by the table's offsets.
+#[test]
+fn stalled_and_churning_members_iceberg_kafka() {
+    stalled_and_churning_members(6, &["--table-format", "iceberg"]);
 }
 
 #[test]
