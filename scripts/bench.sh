@@ -15,6 +15,8 @@
 #                                 query latency before and after, Iceberg checkpoint latency; then the
 #                                 sink's drain speed, Hive vs Iceberg, on the same log, and the Iceberg
 #                                 checkpoint latency on local disk and on moto S3 (SQL and Glue catalogs)
+#                                 (BENCH_COMPACTION_SECONDS, _RATE, _SYMBOLS, _FORMATS pick the runs;
+#                                 BENCH_COMPACTION_DRAIN=0 skips the drain and latency runs)
 #   scripts/bench.sh --iceberg-latency  only that checkpoint latency
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -108,10 +110,10 @@ EOF
   echo "== compaction: a live feed at $RATE records/s for ${SECS}s into a running sink (5 s flushes), event time = wall time"
   echo "| symbols | table | partitions | files/partition before | mean file before | after | mean file after | compact | query before -> after (ms: count, vwap/symbol, 1-min bars of one symbol, one symbol) | checkpoint p50/p99 |"
   echo "|---|---|---|---|---|---|---|---|---|---|"
-  for symbols in 10 10000; do
+  for symbols in ${BENCH_COMPACTION_SYMBOLS:-10 10000}; do
     # One bar per symbol every symbols/rate seconds keeps event time at wall-clock pace.
     interval_us=$((symbols * 1000000 / RATE))
-    for format in hive iceberg; do
+    for format in ${BENCH_COMPACTION_FORMATS:-hive iceberg}; do
       d=$work/compaction-$symbols-$format
       mkdir -p "$d"
       (cd "$d" && RUST_LOG=ticklake_sink=debug exec "$bin" sink --table-format "$format" >sink.out 2>sink.log) &
@@ -143,6 +145,9 @@ EOF
       rm -rf "$d"
     done
   done
+  if [ "${BENCH_COMPACTION_DRAIN:-1}" = 0 ]; then
+    exit 0
+  fi
   echo
   echo "== sink drain speed, Hive vs Iceberg, the same $COUNT records (100 symbols) from one embedded log"
   d=$work/drain; mkdir -p "$d"
