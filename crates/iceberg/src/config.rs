@@ -65,7 +65,7 @@ impl IcebergConfig {
     pub fn describe(&self) -> String {
         let catalog = match &self.catalog {
             IcebergCatalog::Sql { file } => format!("Iceberg SQL catalog {}", file.display()),
-            IcebergCatalog::Glue => "Iceberg tables in AWS Glue".to_owned(),
+            IcebergCatalog::Glue => "AWS Glue Data Catalog".to_owned(),
             IcebergCatalog::Rest { uri, .. } => format!("Iceberg REST catalog at {uri}"),
         };
         format!(
