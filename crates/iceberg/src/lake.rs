@@ -128,16 +128,6 @@ impl IcebergLake {
         IcebergLake::open(&IcebergConfig::embedded(lake)?).await
     }
 
-    /// The embedded catalog of a lake on local disk if one was ever made there (by an Iceberg sink),
-    /// without creating it otherwise.
-    pub async fn embedded_if_present(lake: &Path) -> Result<Option<IcebergLake>, IcebergError> {
-        if lake.join("_ticklake").join("iceberg.sqlite").is_file() {
-            Ok(Some(IcebergLake::embedded(lake).await?))
-        } else {
-            Ok(None)
-        }
-    }
-
     /// The catalog `config` names, if it can have tables: an SQL catalog's file must exist (it is not
     /// made by looking), Glue and REST catalogs are asked.
     pub async fn open_if_present(
