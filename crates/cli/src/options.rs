@@ -177,9 +177,14 @@ impl Global {
         self.meta_dir().join("log")
     }
 
+    /// Whether the lake is in an object store (`s3://…`) rather than a local folder.
+    fn remote_lake(&self) -> bool {
+        self.lake.contains("://") && !self.lake.starts_with("file://")
+    }
+
     /// The metadata folder: `<lake>/_ticklake` for a local lake, `./_ticklake` for an S3 lake.
     fn meta_dir(&self) -> PathBuf {
-        let base = if self.lake.contains("://") && !self.lake.starts_with("file://") {
+        let base = if self.remote_lake() {
             PathBuf::from(".")
         } else {
             PathBuf::from(self.lake.trim_start_matches("file://"))
@@ -208,7 +213,7 @@ impl Global {
     /// the REST catalog at --catalog-uri; the namespace is the catalog database.
     pub fn iceberg_config(&self) -> Result<ticklake_iceberg::IcebergConfig> {
         use ticklake_iceberg::{IcebergCatalog, IcebergConfig};
-        let remote = self.lake.contains("://") && !self.lake.starts_with("file://");
+        let remote = self.remote_lake();
         let warehouse = if remote {
             self.lake.trim_end_matches('/').to_owned()
         } else {
@@ -253,8 +258,7 @@ impl Global {
     /// The Iceberg catalog to read tables from, if the options can have one: a local lake with Glue
     /// (Hive tables in Glue, files on this machine) has no Iceberg tables.
     pub fn iceberg_config_to_read(&self) -> Result<Option<ticklake_iceberg::IcebergConfig>> {
-        let remote = self.lake.contains("://") && !self.lake.starts_with("file://");
-        if self.catalog == "glue" && !remote {
+        if self.catalog == "glue" && !self.remote_lake() {
             return Ok(None);
         }
         self.iceberg_config().map(Some)

@@ -94,6 +94,10 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
         .table
         .clone()
         .unwrap_or_else(|| ticklake_sink::default_table(&g.topic));
+    let iceberg = match args.table_format {
+        TableFormat::Iceberg => Some(g.iceberg_config()?),
+        TableFormat::Hive => None,
+    };
     let config = SinkConfig {
         topic: g.topic.clone(),
         group: args.group.clone(),
@@ -110,10 +114,7 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
         max_message_bytes: usize::try_from(args.max_message_bytes.as_u64()).unwrap_or(usize::MAX),
         dlq_topic: args.dlq_topic.clone(),
         table_format: args.table_format,
-        iceberg: match args.table_format {
-            TableFormat::Iceberg => Some(g.iceberg_config()?),
-            TableFormat::Hive => None,
-        },
+        iceberg: iceberg.clone(),
     };
     if args.table_format == TableFormat::Iceberg && args.format != FileFormat::Parquet {
         anyhow::bail!("--table-format iceberg writes Parquet data files: drop --format");
@@ -121,12 +122,12 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
     let compaction = match args.compact_every {
         None => None,
         Some(every) => {
-            let target = match (args.table_format, &lake) {
-                (TableFormat::Iceberg, _) => CompactionTarget::Iceberg {
-                    config: g.iceberg_config()?,
+            let target = match &iceberg {
+                Some(config) => CompactionTarget::Iceberg {
+                    config: config.clone(),
                     options: ticklake_iceberg::CompactOptions::default(),
                 },
-                (TableFormat::Hive, _) => {
+                None => {
                     if args.format != FileFormat::Parquet {
                         anyhow::bail!("--compact-every merges Parquet files: drop --format");
                     }
@@ -209,16 +210,16 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
             stats.rewritten
         );
     }
-    match args.table_format {
-        TableFormat::Hive => outln!(
+    match &iceberg {
+        None => outln!(
             "table {} registered with its partitions in the {}",
             table,
             catalog.describe()
         ),
-        TableFormat::Iceberg => outln!(
+        Some(config) => outln!(
             "Iceberg table {}.{table} in the {}",
-            g.database,
-            g.iceberg_config()?.describe()
+            config.namespace,
+            config.describe()
         ),
     }
     // A replay of history has ages of years: the figure only means something for a live feed.

@@ -66,16 +66,12 @@ impl RawCatalog {
                 .ok()?;
                 row.and_then(|r| r.try_get::<Option<String>, _>(0).ok().flatten())
             }
-            RawCatalog::Glue { client } => {
-                let got = client
-                    .get_table()
-                    .database_name(namespace)
-                    .name(table)
-                    .send()
-                    .await
-                    .ok()?;
-                got.table()?.parameters()?.get(METADATA_LOCATION).cloned()
-            }
+            RawCatalog::Glue { client } => glue_table(client, namespace, table)
+                .await
+                .ok()??
+                .parameters()?
+                .get(METADATA_LOCATION)
+                .cloned(),
             // The server reads the file itself and names it in its own errors.
             RawCatalog::Rest { .. } => None,
         }
@@ -206,15 +202,12 @@ async fn swap_sql(
     Ok(done.rows_affected() == 1)
 }
 
-/// Points the Glue table at the metadata file `new` if it still points at `old`, under Glue's
-/// optimistic lock (the table's `VersionId`).
-async fn swap_glue(
+/// The Glue table `database.table` as GetTable returns it (with its `VersionId`).
+async fn glue_table(
     client: &aws_sdk_glue::Client,
     database: &str,
     table: &str,
-    old: &str,
-    new: &str,
-) -> Result<bool, String> {
+) -> Result<Option<aws_sdk_glue::types::Table>, String> {
     let got = client
         .get_table()
         .database_name(database)
@@ -227,7 +220,19 @@ async fn swap_glue(
                 DisplayErrorContext(e)
             )
         })?;
-    let Some(current) = got.table() else {
+    Ok(got.table().cloned())
+}
+
+/// Points the Glue table at the metadata file `new` if it still points at `old`, under Glue's
+/// optimistic lock (the table's `VersionId`).
+async fn swap_glue(
+    client: &aws_sdk_glue::Client,
+    database: &str,
+    table: &str,
+    old: &str,
+    new: &str,
+) -> Result<bool, String> {
+    let Some(current) = glue_table(client, database, table).await? else {
         return Ok(false);
     };
     let mut parameters: HashMap<String, String> = current.parameters().cloned().unwrap_or_default();
