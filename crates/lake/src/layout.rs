@@ -78,6 +78,19 @@ impl Partitioning {
         &self.0
     }
 
+    /// Records with the same symbol and time bucket share a folder: the bucket is the record's hour (UTC)
+    /// when the layout has an `hour` column, its day when it has a `date` column, else 0.
+    pub fn time_bucket(&self, ts_micros: i64) -> i64 {
+        const HOUR: i64 = 3_600_000_000;
+        if self.0.contains(&PartitionKey::Hour) {
+            ts_micros.div_euclid(HOUR)
+        } else if self.0.contains(&PartitionKey::Date) {
+            ts_micros.div_euclid(24 * HOUR)
+        } else {
+            0
+        }
+    }
+
     /// The folder of a record, e.g. `date=2024-01-02/symbol=AAPL` (empty with no partition columns).
     pub fn path_for(&self, symbol: &str, ts_micros: i64) -> String {
         let mut out = String::new();
@@ -120,6 +133,34 @@ mod tests {
     use super::*;
 
     const TS: i64 = 1_704_205_800_000_000; // 2024-01-02T14:30:00Z
+
+    #[test]
+    fn records_of_a_time_bucket_share_a_folder() {
+        const HOUR: i64 = 3_600_000_000;
+        for keys in ["date,symbol", "date,hour,symbol", "symbol", "date"] {
+            let p: Partitioning = keys.parse().unwrap();
+            // Before the epoch too: buckets are floors, not truncations.
+            for ts in [
+                TS,
+                TS + 59 * 60_000_000,
+                TS + HOUR,
+                TS + 24 * HOUR,
+                -1,
+                -HOUR,
+                0,
+            ] {
+                for other in [ts + 1, ts - 1, ts + HOUR / 2, ts + 12 * HOUR] {
+                    if p.time_bucket(ts) == p.time_bucket(other) {
+                        assert_eq!(
+                            p.path_for("X", ts),
+                            p.path_for("X", other),
+                            "{keys}: {ts} {other}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn paths() {

@@ -47,10 +47,19 @@ pub struct BatchBuilder {
     symbol: StringBuilder,
     ts: TimestampMicrosecondBuilder,
     prices: [Float64Builder; 5],
+    /// Rows in the builders above (the rest are in `sealed`).
+    open_rows: usize,
+    /// Full chunks of the core columns: `symbol`, `ts`, then the prices.
+    sealed: Vec<[ArrayRef; 7]>,
     extras: Vec<(Arc<str>, Vec<Value>)>,
     extra_index: HashMap<Arc<str>, usize>,
     rows: usize,
 }
+
+/// Rows per chunk of the core columns. A builder that fills one seals it (its buffers are moved into
+/// arrays, not copied) and starts the next one at this capacity, so a large group never reallocates
+/// (and copies) a large buffer as it grows, and [`BatchBuilder::finish`] copies each column once.
+const CHUNK_ROWS: usize = 16 * 1024;
 
 impl Default for BatchBuilder {
     fn default() -> Self {
@@ -58,6 +67,8 @@ impl Default for BatchBuilder {
             symbol: StringBuilder::with_capacity(0, 0),
             ts: TimestampMicrosecondBuilder::with_capacity(0),
             prices: std::array::from_fn(|_| Float64Builder::with_capacity(0)),
+            open_rows: 0,
+            sealed: Vec::new(),
             extras: Vec::new(),
             extra_index: HashMap::new(),
             rows: 0,
@@ -113,6 +124,56 @@ impl BatchBuilder {
         for (_, col) in &mut self.extras {
             col.resize(self.rows, Value::Null);
         }
+        self.open_rows += 1;
+        if self.open_rows == CHUNK_ROWS {
+            self.seal(CHUNK_ROWS);
+        }
+    }
+
+    /// Moves the open rows of the core columns into a sealed chunk; the next chunk's builders start
+    /// with room for `capacity` rows.
+    fn seal(&mut self, capacity: usize) {
+        let mut fresh_prices: [Float64Builder; 5] =
+            std::array::from_fn(|_| Float64Builder::with_capacity(capacity));
+        std::mem::swap(&mut self.prices, &mut fresh_prices);
+        let [open, high, low, close, volume] =
+            fresh_prices.map(|mut b| Arc::new(b.finish()) as ArrayRef);
+        let symbol = std::mem::replace(
+            &mut self.symbol,
+            StringBuilder::with_capacity(capacity, capacity * 8),
+        );
+        let ts = std::mem::replace(
+            &mut self.ts,
+            TimestampMicrosecondBuilder::with_capacity(capacity),
+        );
+        let (mut symbol, mut ts) = (symbol, ts);
+        self.sealed.push([
+            Arc::new(symbol.finish()),
+            Arc::new(ts.finish().with_timezone("UTC")),
+            open,
+            high,
+            low,
+            close,
+            volume,
+        ]);
+        self.open_rows = 0;
+    }
+
+    /// The core columns of every row pushed, each in one array.
+    fn core_columns(&mut self) -> Result<Vec<ArrayRef>, ArrowError> {
+        if self.open_rows > 0 || self.sealed.is_empty() {
+            self.seal(0);
+        }
+        let chunks = std::mem::take(&mut self.sealed);
+        if let [only] = chunks.as_slice() {
+            return Ok(only.to_vec());
+        }
+        (0..7)
+            .map(|c| {
+                let parts: Vec<&dyn Array> = chunks.iter().map(|k| k[c].as_ref()).collect();
+                arrow_select::concat::concat(&parts)
+            })
+            .collect()
     }
 
     /// Builds the batch and resets the builder, inferring each extra column's type from its values (see
@@ -130,13 +191,7 @@ impl BatchBuilder {
         type_of: impl Fn(&str) -> Option<DataType>,
     ) -> Result<RecordBatch, ArrowError> {
         let mut fields = core_fields();
-        let mut columns: Vec<ArrayRef> = vec![
-            Arc::new(self.symbol.finish()),
-            Arc::new(self.ts.finish().with_timezone("UTC")),
-        ];
-        for b in &mut self.prices {
-            columns.push(Arc::new(b.finish()));
-        }
+        let mut columns = self.core_columns()?;
         for (name, values) in std::mem::take(&mut self.extras) {
             if CORE_COLUMNS.contains(&name.as_ref()) {
                 return Err(ArrowError::SchemaError(format!(
@@ -401,6 +456,45 @@ mod tests {
         r.close = Some(ts as f64 / 2.0);
         r.extra = extra.into_iter().map(|(n, v)| (Arc::from(n), v)).collect();
         r
+    }
+
+    #[test]
+    fn a_builder_past_many_chunks_keeps_every_row_in_order() {
+        let n = 2 * CHUNK_ROWS + 123;
+        let mut b = BatchBuilder::new();
+        for i in 0..n {
+            // An extra column appears in the second chunk.
+            let extra = if i >= CHUNK_ROWS + 7 {
+                vec![("note", Value::Number(i as f64))]
+            } else {
+                vec![]
+            };
+            let mut r = rec(if i % 2 == 0 { "A" } else { "BB" }, i as i64, extra);
+            r.open = (i % 3 != 0).then_some(i as f64);
+            b.push(&r);
+        }
+        assert_eq!(b.len(), n);
+        let batch = b.finish().unwrap();
+        assert_eq!(batch.num_rows(), n);
+        let back = batch_to_records(&batch).unwrap();
+        for (i, r) in back.iter().enumerate() {
+            assert_eq!(r.ts, i as i64);
+            assert_eq!(r.symbol, if i % 2 == 0 { "A" } else { "BB" });
+            assert_eq!(r.open, (i % 3 != 0).then_some(i as f64));
+            assert_eq!(r.close, Some(i as f64 / 2.0));
+            let note = r.extra.iter().find(|(k, _)| k.as_ref() == "note");
+            if i >= CHUNK_ROWS + 7 {
+                assert_eq!(note.map(|(_, v)| v), Some(&Value::Number(i as f64)));
+            } else {
+                assert!(
+                    note.is_none_or(|(_, v)| *v == Value::Null),
+                    "row {i}: {note:?}"
+                );
+            }
+        }
+        // The builder starts over empty.
+        assert!(b.is_empty());
+        assert_eq!(b.finish().unwrap().num_rows(), 0);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! (the decoder's rules, the column types of the table, the size limit), so a record accepted into a
 //! checkpoint can always be written.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use arrow::datatypes::SchemaRef;
@@ -78,10 +78,36 @@ pub(crate) struct Position {
     pub after_seek: Option<i64>,
 }
 
+/// The folder of each (time bucket, symbol) seen lately, so that routing a record formats no string.
+#[derive(Default)]
+struct Routes(HashMap<i64, HashMap<Box<str>, String>>);
+
+impl Routes {
+    /// Beyond this many buckets or symbols in a bucket (a replay of a long history), the cache starts
+    /// over, so it stays small.
+    const MAX_ENTRIES: usize = 100_000;
+
+    fn path(&mut self, partitioning: &Partitioning, symbol: &str, ts: i64) -> &str {
+        let bucket = partitioning.time_bucket(ts);
+        if self.0.len() > 64 && !self.0.contains_key(&bucket) {
+            self.0.clear();
+        }
+        let symbols = self.0.entry(bucket).or_default();
+        if !symbols.contains_key(symbol) {
+            if symbols.len() >= Self::MAX_ENTRIES {
+                symbols.clear();
+            }
+            symbols.insert(symbol.into(), partitioning.path_for(symbol, ts));
+        }
+        &symbols[symbol]
+    }
+}
+
 /// Every partition's records since the last commit.
 #[derive(Default)]
 pub(crate) struct Checkpoint {
     parts: BTreeMap<i32, PartitionCheckpoint>,
+    routes: Routes,
     /// The ledger position of every assigned partition.
     pub positions: BTreeMap<i32, Position>,
     /// Partitions assigned since the sink last looked: their positions come from the ledger.
@@ -298,16 +324,19 @@ impl Checkpoint {
             };
             match record {
                 Ok(r) => {
-                    let path = rules.partitioning.path_for(&r.symbol, r.ts);
-                    let group = pc.groups.entry(path).or_insert_with(|| {
+                    let path = self.routes.path(rules.partitioning, &r.symbol, r.ts);
+                    if !pc.groups.contains_key(path) {
                         pc.bytes += GROUP_OVERHEAD;
                         self.bytes += GROUP_OVERHEAD;
-                        FileGroup {
+                        let group = FileGroup {
                             first_offset: m.offset,
                             builder: BatchBuilder::new(),
-                        }
-                    });
-                    group.builder.push(&r);
+                        };
+                        pc.groups.insert(path.to_owned(), group);
+                    }
+                    if let Some(group) = pc.groups.get_mut(path) {
+                        group.builder.push(&r);
+                    }
                     pc.stamps.push(m.timestamp_ms.unwrap_or(r.ts / 1000));
                     pc.records += 1;
                     self.records += 1;

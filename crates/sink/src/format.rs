@@ -3,8 +3,9 @@
 use std::str::FromStr;
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::{lexsort_to_indices, take_record_batch, SortColumn};
+use arrow::datatypes::TimestampMicrosecondType;
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -95,6 +96,30 @@ pub fn encode(batch: &RecordBatch, format: FileFormat) -> Result<Bytes, SinkErro
     Ok(Bytes::from(out))
 }
 
+/// True when the rows are already in `(symbol, ts)` order, as a folder of one symbol fed in time order
+/// is: then sorting (a copy of every column) is skipped.
+fn is_sorted(batch: &RecordBatch) -> bool {
+    let (Some(symbol), Some(ts)) = (
+        batch
+            .column_by_name("symbol")
+            .and_then(|c| c.as_string_opt::<i32>()),
+        batch
+            .column_by_name("ts")
+            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>()),
+    ) else {
+        return false;
+    };
+    if symbol.null_count() > 0 || ts.null_count() > 0 {
+        return false;
+    }
+    let ts = ts.values();
+    (1..batch.num_rows()).all(|i| match symbol.value(i - 1).cmp(symbol.value(i)) {
+        std::cmp::Ordering::Less => true,
+        std::cmp::Ordering::Equal => ts[i - 1] <= ts[i],
+        std::cmp::Ordering::Greater => false,
+    })
+}
+
 fn sort(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
     let schema = batch.schema();
     let columns: Vec<SortColumn> = ["symbol", "ts"]
@@ -105,7 +130,7 @@ fn sort(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
             options: None,
         })
         .collect();
-    if columns.is_empty() || batch.num_rows() < 2 {
+    if columns.is_empty() || batch.num_rows() < 2 || is_sorted(batch) {
         return Ok(batch.clone());
     }
     let indices = lexsort_to_indices(&columns, None)?;
