@@ -153,21 +153,31 @@ impl EmbeddedConsumer {
         let mut st = self
             .conn
             .prepare_cached(
-                "SELECT base_offset, data FROM batches WHERE partition = ?1 AND base_offset + count > ?2 \
-                 ORDER BY base_offset LIMIT 4",
+                // The batch holding ?2 is found by a seek on the primary key, so a fetch costs the
+                // same at the start and at the end of a long log.
+                "SELECT base_offset, data FROM batches WHERE partition = ?1 \
+                 AND base_offset >= COALESCE((SELECT MAX(base_offset) FROM batches \
+                   WHERE partition = ?1 AND base_offset <= ?2), 0) \
+                 AND base_offset + count > ?2 ORDER BY base_offset LIMIT 4",
             )
             .map_err(|e| storage(&self.db, e))?;
-        let rows: Vec<(i64, Vec<u8>)> = st
-            .query_map(params![partition, pos], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(|e| storage(&self.db, e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| storage(&self.db, e))?;
-        drop(st);
         let buf = self.buffers.entry(partition).or_default();
-        for (base, blob) in &rows {
-            decode_batch(partition, *base, blob, pos, buf).map_err(|e| storage(&self.db, e))?;
+        let db = &self.db;
+        let mut rows = st
+            .query(params![partition, pos])
+            .map_err(|e| storage(db, e))?;
+        let mut fetched = false;
+        // Each batch is decompressed from the row as SQLite holds it, with no copy into a Vec first.
+        while let Some(row) = rows.next().map_err(|e| storage(db, e))? {
+            let base: i64 = row.get(0).map_err(|e| storage(db, e))?;
+            let blob = row
+                .get_ref(1)
+                .and_then(|v| v.as_blob().map_err(Into::into))
+                .map_err(|e| storage(db, e))?;
+            decode_batch(partition, base, blob, pos, buf).map_err(|e| storage(db, e))?;
+            fetched = true;
         }
-        Ok(!rows.is_empty())
+        Ok(fetched)
     }
 }
 

@@ -22,6 +22,8 @@ pub(super) fn decode_batch(
     out: &mut VecDeque<Message>,
 ) -> Result<(), String> {
     let raw = lz4_flex::decompress_size_prepended(blob).map_err(|e| e.to_string())?;
+    // A frame is at least 16 bytes; ticklake's own messages are about 200.
+    out.reserve(raw.len() / 192);
     let mut at = 0usize;
     let mut offset = base;
     let take = |at: &mut usize, n: usize| -> Result<&[u8], String> {
