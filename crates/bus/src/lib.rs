@@ -287,6 +287,25 @@ pub fn partition_count(config: &BusConfig, topic: &str) -> Result<Option<i32>, B
     }
 }
 
+/// Sets how long and how much of `topic` the embedded log keeps (see [`embedded::Retention`]); a limit
+/// that is `None` stays as it was. On Kafka these are the topic's own `retention.ms` and
+/// `retention.bytes`, which the broker's administrators set.
+pub fn set_retention(
+    config: &BusConfig,
+    topic: &str,
+    limits: &embedded::Retention,
+) -> Result<(), BusError> {
+    validate_topic(topic)?;
+    match config {
+        BusConfig::Embedded { dir } => embedded::set_retention(dir, topic, limits),
+        BusConfig::Kafka { .. } => Err(BusError::Config(format!(
+            "--retention and --retention-bytes are for the embedded log; on Kafka, set the topic's \
+             retention.ms and retention.bytes on the broker (kafka-configs.sh --alter --entity-type \
+             topics --entity-name {topic} --add-config retention.ms=...)"
+        ))),
+    }
+}
+
 /// A producer for `topic`, which must exist (see [`ensure_topic`]).
 pub fn producer(config: &BusConfig, topic: &str) -> Result<Box<dyn Producer>, BusError> {
     validate_topic(topic)?;

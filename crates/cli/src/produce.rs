@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use bytesize::ByteSize;
 use clap::Args as ClapArgs;
 use indicatif::{HumanCount, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ticklake_bus::Producer;
@@ -103,6 +104,16 @@ pub struct Args {
     /// Kafka: replication factor of the topic when it has to be created.
     #[arg(long, default_value_t = 1)]
     pub replication_factor: i32,
+
+    /// Embedded log: keep what was appended within this long (e.g. 7d, 12h), like Kafka's
+    /// retention.ms. Set once, it stays the topic's until set again; producers delete older batches.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub retention: Option<Duration>,
+
+    /// Embedded log: keep at most about this much per partition (e.g. 10GiB), like Kafka's
+    /// retention.bytes; the oldest batches go first.
+    #[arg(long, value_name = "SIZE")]
+    pub retention_bytes: Option<ByteSize>,
 }
 
 fn parse_delimiter(s: &str) -> Result<u8, String> {
@@ -132,6 +143,14 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
     let topic =
         ticklake_bus::ensure_topic(&bus, &g.topic, args.partitions, args.replication_factor)
             .with_context(|| format!("cannot set up topic {:?} ({})", g.topic, g.describe_bus()))?;
+    if args.retention.is_some() || args.retention_bytes.is_some() {
+        let limits = ticklake_bus::embedded::Retention {
+            max_age: args.retention,
+            max_bytes: args.retention_bytes.map(|b| b.0),
+        };
+        ticklake_bus::set_retention(&bus, &g.topic, &limits)
+            .with_context(|| format!("cannot set the retention of topic {:?}", g.topic))?;
+    }
     if topic.created {
         tracing::info!(
             "created topic {} with {} partitions",

@@ -21,6 +21,7 @@ mod consumer;
 mod frame;
 mod group;
 mod producer;
+mod retention;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 pub use consumer::EmbeddedConsumer;
 pub use group::GroupSettings;
 pub use producer::{EmbeddedProducer, ProducerSettings};
+pub use retention::{Deleted, Retention};
 
 use crate::{validate_topic, BusError, TopicInfo};
 
@@ -65,7 +67,7 @@ CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS heads(partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS batches(
   partition INTEGER NOT NULL, base_offset INTEGER NOT NULL, count INTEGER NOT NULL,
-  data BLOB NOT NULL, PRIMARY KEY(partition, base_offset));
+  data BLOB NOT NULL, appended_ms INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(partition, base_offset));
 CREATE TABLE IF NOT EXISTS offsets(grp TEXT NOT NULL, partition INTEGER NOT NULL,
   next_offset INTEGER NOT NULL, PRIMARY KEY(grp, partition));
 CREATE TABLE IF NOT EXISTS members(grp TEXT NOT NULL, member TEXT NOT NULL, PRIMARY KEY(grp, member));
@@ -115,7 +117,21 @@ pub fn ensure_topic(dir: &Path, topic: &str, partitions: i32) -> Result<TopicInf
         }
     };
     tx.commit().map_err(|e| storage(&db, e))?;
+    retention::migrate(&conn).map_err(|e| storage(&db, e))?;
     Ok(info)
+}
+
+/// Sets the retention limits of an existing topic (a limit that is `None` stays as it was); its
+/// producers apply them (see [`retention`]).
+pub fn set_retention(dir: &Path, topic: &str, limits: &Retention) -> Result<(), BusError> {
+    let (db, mut conn, _) = open_topic(dir, topic)?;
+    retention::set(&mut conn, limits).map_err(|e| storage(&db, e))
+}
+
+/// The retention limits of an existing topic.
+pub fn retention(dir: &Path, topic: &str) -> Result<Retention, BusError> {
+    let (db, conn, _) = open_topic(dir, topic)?;
+    retention::get(&conn).map_err(|e| storage(&db, e))
 }
 
 /// The partition count of `topic`, or `None` when it does not exist.
@@ -140,5 +156,6 @@ fn open_topic(dir: &Path, topic: &str) -> Result<(PathBuf, Connection, i32), Bus
             r.get(0)
         })
         .map_err(|_| BusError::NoSuchTopic(topic.to_owned()))?;
+    retention::migrate(&conn).map_err(|e| storage(&db, e))?;
     Ok((db, conn, n as i32))
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, TransactionBehavior};
 
 use super::frame::encode_frame;
+use super::retention::{self, now_ms, CHECK_EVERY};
 use super::{open_topic, storage};
 use crate::{murmur2_partition, BusError, Delivery, Producer};
 
@@ -94,6 +95,7 @@ impl EmbeddedProducer {
 }
 
 fn writer_loop(db: PathBuf, mut conn: Connection, shared: Arc<Shared>, settings: ProducerSettings) {
+    let mut retention_applied: Option<Instant> = None;
     loop {
         let batches = {
             let mut st = shared.lock();
@@ -125,6 +127,19 @@ fn writer_loop(db: PathBuf, mut conn: Connection, shared: Arc<Shared>, settings:
         };
         let count: u64 = batches.values().map(|(_, n)| n).sum();
         let result = append(&mut conn, batches);
+        if result.is_ok() && retention_applied.is_none_or(|t| t.elapsed() >= CHECK_EVERY) {
+            retention_applied = Some(Instant::now());
+            match retention::apply(&mut conn) {
+                Ok(d) if d.batches > 0 => tracing::info!(
+                    "{}: retention deleted {} records in {} batches",
+                    db.display(),
+                    d.records,
+                    d.batches
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("{}: applying the retention limits: {e}", db.display()),
+            }
+        }
         let mut st = shared.lock();
         st.in_flight = 0;
         match result {
@@ -140,6 +155,7 @@ fn writer_loop(db: PathBuf, mut conn: Connection, shared: Arc<Shared>, settings:
 
 fn append(conn: &mut Connection, batches: BTreeMap<i32, (Vec<u8>, u64)>) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = now_ms();
     for (partition, (frames, count)) in batches {
         let base: i64 = tx.query_row(
             "SELECT next_offset FROM heads WHERE partition = ?1",
@@ -148,8 +164,9 @@ fn append(conn: &mut Connection, batches: BTreeMap<i32, (Vec<u8>, u64)>) -> rusq
         )?;
         let blob = lz4_flex::compress_prepend_size(&frames);
         tx.execute(
-            "INSERT INTO batches(partition, base_offset, count, data) VALUES(?1, ?2, ?3, ?4)",
-            params![partition, base, count as i64, blob],
+            "INSERT INTO batches(partition, base_offset, count, data, appended_ms) \
+             VALUES(?1, ?2, ?3, ?4, ?5)",
+            params![partition, base, count as i64, blob, now],
         )?;
         tx.execute(
             "UPDATE heads SET next_offset = ?1 WHERE partition = ?2",
