@@ -16,7 +16,7 @@ use ticklake_bus::Message;
 use ticklake_lake::layout::file_name;
 use ticklake_lake::Partitioning;
 use ticklake_model::arrow::BatchBuilder;
-use ticklake_model::json;
+use ticklake_model::{json, Record};
 
 use crate::columns::ColumnTypes;
 use crate::format::FileFormat;
@@ -101,6 +101,41 @@ impl Routes {
         }
         &symbols[symbol]
     }
+}
+
+/// Below this many messages a poll's batch is decoded on the sink's thread alone.
+const PARALLEL_DECODE_MIN: usize = 4096;
+
+/// Decodes every message of a batch into a record or the reason it is a dead letter, on up to one
+/// thread per core: JSON decoding is most of a sink's work. (Routing stays on one thread, in offset
+/// order.)
+fn decode_all(batch: &[Message], max_message_bytes: usize) -> Vec<Result<Record, String>> {
+    let one = |m: &Message| match &m.payload {
+        None => Err("the message has no value".to_owned()),
+        Some(p) if p.len() > max_message_bytes => Err(format!(
+            "the message is {} bytes, more than the {max_message_bytes} a record may have \
+             (--max-message-bytes)",
+            p.len()
+        )),
+        Some(p) => json::decode(p).map_err(|e| e.to_string()),
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    if threads < 2 || batch.len() < PARALLEL_DECODE_MIN {
+        return batch.iter().map(one).collect();
+    }
+    let chunk = batch.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let mut parts = batch.chunks(chunk);
+        let first = parts.next().unwrap_or_default();
+        let others: Vec<_> = parts
+            .map(|part| s.spawn(move || part.iter().map(one).collect::<Vec<_>>()))
+            .collect();
+        let mut out: Vec<_> = first.iter().map(one).collect();
+        for h in others {
+            out.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+        }
+        out
+    })
 }
 
 /// Every partition's records since the last commit.
@@ -259,7 +294,8 @@ impl Checkpoint {
         if batch.is_empty() {
             return;
         }
-        for m in batch {
+        let decoded = decode_all(&batch, rules.max_message_bytes);
+        for (m, decoded) in batch.into_iter().zip(decoded) {
             // Only a partition resumed from the ledger may take messages: one the sink has not
             // resumed (its assignment not seen yet, or taken back after a lost claim) is resumed
             // first, and its messages are fetched again from where the ledger says.
@@ -310,18 +346,7 @@ impl Checkpoint {
             let size = m.payload.as_ref().map_or(0, Vec::len);
             pc.bytes += size;
             self.bytes += size;
-            let record = match &m.payload {
-                None => Err("the message has no value".to_owned()),
-                Some(p) if p.len() > rules.max_message_bytes => Err(format!(
-                    "the message is {} bytes, more than the {} a record may have \
-                     (--max-message-bytes)",
-                    p.len(),
-                    rules.max_message_bytes
-                )),
-                Some(p) => json::decode(p)
-                    .map_err(|e| e.to_string())
-                    .and_then(|mut r| rules.types.fit(&mut r).map(|()| r)),
-            };
+            let record = decoded.and_then(|mut r| rules.types.fit(&mut r).map(|()| r));
             match record {
                 Ok(r) => {
                     let path = self.routes.path(rules.partitioning, &r.symbol, r.ts);
