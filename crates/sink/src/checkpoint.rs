@@ -127,12 +127,21 @@ fn decode_all(batch: &[Message], max_message_bytes: usize) -> Vec<Result<Record,
     std::thread::scope(|s| {
         let mut parts = batch.chunks(chunk);
         let first = parts.next().unwrap_or_default();
+        // A part whose thread cannot be started (a thread limit) is decoded here instead.
         let others: Vec<_> = parts
-            .map(|part| s.spawn(move || part.iter().map(one).collect::<Vec<_>>()))
+            .map(|part| {
+                std::thread::Builder::new()
+                    .name("ticklake-sink-decode".into())
+                    .spawn_scoped(s, move || part.iter().map(one).collect::<Vec<_>>())
+                    .map_err(|_| part)
+            })
             .collect();
         let mut out: Vec<_> = first.iter().map(one).collect();
         for h in others {
-            out.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+            match h {
+                Ok(h) => out.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))),
+                Err(part) => out.extend(part.iter().map(one)),
+            }
         }
         out
     })

@@ -32,7 +32,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 pub use consumer::EmbeddedConsumer;
 pub use group::GroupSettings;
 pub use producer::{EmbeddedProducer, ProducerSettings};
-pub use retention::{Deleted, Retention};
+pub use retention::Retention;
 
 use crate::{validate_topic, BusError, TopicInfo};
 
