@@ -310,7 +310,7 @@ impl KafkaConsumer {
                 // librdkafka stops fetching a partition while 100,000 messages are queued locally and
                 // looks again only after `fetch.queue.backoff.ms` (1 s by default): a consumer that
                 // drains 100,000 messages in a tenth of a second then idles the rest of that second.
-                // Look again soon, and keep up to 64 MiB queued.
+                // Look again soon. The queue's own bounds stay librdkafka's (100,000 messages, 64 MiB).
                 ("fetch.queue.backoff.ms", "10"),
             ],
         )
