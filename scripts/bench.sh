@@ -164,46 +164,10 @@ if [ "$MODE" = "--query" ]; then
   RUNS=${BENCH_QUERY_RUNS:-5}
   ensure_moto
   q=$work/query; mkdir -p "$q"
-  echo "== query lake: $ROWS simulated records, 10 symbols, 1 s bars (date,symbol partitions)"
+  echo "== queries: a lake of $ROWS simulated records, 10 symbols, 1 s bars (date,symbol partitions)"
   (cd "$q" && "$bin" -q produce --simulate --symbols 10 --count "$ROWS" >/dev/null)
   (cd "$q" && "$bin" -q sink --once | head -1)
-  sym=$(cd "$q" && "$bin" query --format csv "SELECT min(symbol) FROM stock_topic" | tail -1)
-  day=$(cd "$q" && "$bin" query --format csv "SELECT min(date) FROM stock_topic" | tail -1)
-  names=(
-    "ohlcv 1-minute bars, one symbol"
-    "ohlcv 1-hour bars, all symbols"
-    "ohlcv 1-day bars, all symbols"
-    "vwap per symbol"
-    "vwap per symbol, one day (pruned)"
-    "20-bar moving average, one symbol, one day"
-  )
-  ours=(
-    "SELECT * FROM ohlcv('stock_topic', '1 minute', '$sym')"
-    "SELECT * FROM ohlcv('stock_topic', '1 hour')"
-    "SELECT * FROM ohlcv('stock_topic', '1 day')"
-    "SELECT symbol, vwap(close, volume) FROM stock_topic GROUP BY symbol"
-    "SELECT symbol, vwap(close, volume) FROM stock_topic WHERE date = '$day' GROUP BY symbol"
-    "SELECT ts, avg(close) OVER (ORDER BY ts ROWS BETWEEN 19 PRECEDING AND CURRENT ROW) FROM stock_topic WHERE symbol = '$sym' AND date = '$day'"
-  )
-  theirs=(
-    "SELECT symbol, time_bucket(INTERVAL '1 minute', ts) AS bar, arg_min(open, ts), max(high), min(low), arg_max(close, ts), sum(volume), sum(close * volume) / sum(volume), count(*) FROM t WHERE symbol = '$sym' GROUP BY 1, 2 ORDER BY 1, 2"
-    "SELECT symbol, time_bucket(INTERVAL '1 hour', ts) AS bar, arg_min(open, ts), max(high), min(low), arg_max(close, ts), sum(volume), sum(close * volume) / sum(volume), count(*) FROM t GROUP BY 1, 2 ORDER BY 1, 2"
-    "SELECT symbol, time_bucket(INTERVAL '1 day', ts) AS bar, arg_min(open, ts), max(high), min(low), arg_max(close, ts), sum(volume), sum(close * volume) / sum(volume), count(*) FROM t GROUP BY 1, 2 ORDER BY 1, 2"
-    "SELECT symbol, sum(close * volume) / sum(volume) FROM t GROUP BY symbol"
-    "SELECT symbol, sum(close * volume) / sum(volume) FROM t WHERE date = '$day' GROUP BY symbol"
-    "SELECT ts, avg(close) OVER (ORDER BY ts ROWS BETWEEN 19 PRECEDING AND CURRENT ROW) FROM t WHERE symbol = '$sym' AND date = '$day'"
-  )
-  duck=$(printf '%s\n' "${theirs[@]}" | python3 -c 'import json,sys; print(json.dumps([l for l in sys.stdin.read().splitlines() if l]))' \
-    | "$MOTO_VENV/bin/python" scripts/bench_queries.py "$q/lake/stock_topic/*/*/*.parquet" "$RUNS")
-  mapfile -t duck_ms <<<"$duck"
-  echo "duckdb $("$MOTO_VENV/bin/python" -c 'import duckdb; print(duckdb.__version__)'), median of $RUNS runs each, in-process times (no start-up)"
-  printf '| %-44s | %12s | %10s | %7s |\n' query "ticklake ms" "DuckDB ms" ratio
-  for i in "${!ours[@]}"; do
-    script=""
-    for _ in $(seq "$RUNS"); do script+="${ours[$i]};"; done
-    ms=$(cd "$q" && "$bin" query --timing -o /dev/null "$script" 2>&1 >/dev/null | awk '/^time:/{print $2}' | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
-    printf '| %-44s | %12s | %10s | %7s |\n' "${names[$i]}" "$ms" "${duck_ms[$i]}" "$(python3 -c "print(f'{$ms/${duck_ms[$i]}:.2f}x')")"
-  done
+  "$MOTO_VENV/bin/python" scripts/bench_queries.py "$bin" "$q" "$RUNS" "${BENCH_QUERY_JSON:-}"
   exit 0
 fi
 

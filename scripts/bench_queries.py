@@ -1,26 +1,215 @@
-"""Times the market-helper queries on DuckDB over the same Parquet files (part of scripts/bench.sh --query).
+"""Query benchmark: ticklake and DuckDB on the same Parquet files (part of scripts/bench.sh --query).
 
-usage: bench_queries.py GLOB RUNS < queries.json   (a JSON list of DuckDB SQL texts over the view `t`)
-prints one line per query: the median of RUNS runs in milliseconds.
+usage: bench_queries.py BIN LAKE_DIR RUNS [JSON_OUT]
+
+LAKE_DIR is where `ticklake query` runs (its embedded catalog and the table `stock_topic`, partitioned
+by date and symbol). Each query runs RUNS times in one `ticklake query --timing` process and RUNS times
+in one DuckDB connection over `read_parquet(LAKE_DIR/lake/stock_topic/*/*/*.parquet)`; the median of
+each is reported. Both are in-process times without start-up: ticklake's include planning, listing the
+catalog's partitions and collecting the result; DuckDB's include materialising it as an Arrow table.
+
+Before a time is reported, each query's result is checked on both engines: the same number of rows and,
+for every numeric column, the same sum (relative tolerance 1e-6, since the engines add floats in
+different orders). A mismatch stops the benchmark.
 """
+import csv
+import io
 import json
+import math
 import statistics
+import subprocess
 import sys
 import time
 
 import duckdb
 
-glob, runs = sys.argv[1], int(sys.argv[2])
-con = duckdb.connect()
-con.execute("SET TimeZone = 'UTC'")
-con.execute(
-    f"CREATE VIEW t AS SELECT * FROM read_parquet('{glob}', hive_partitioning = true, "
-    "hive_types = {'date': VARCHAR, 'symbol': VARCHAR})"
+# (name, ticklake SQL over `stock_topic`, DuckDB SQL over the view `t`); {sym}, {day}, {lo}, {hi} are
+# filled in from the data. The DuckDB side spells the market helpers out (`time_bucket`,
+# `arg_min`/`arg_max`, `sum(p * v) / sum(v)`); the rest is the same SQL on both.
+BARS = (
+    "SELECT symbol, time_bucket(INTERVAL '{i}', ts) AS bar, arg_min(open, ts), max(high), min(low), "
+    "arg_max(close, ts), sum(volume), sum(close * volume) / sum(volume), count(*) FROM t {where}"
+    "GROUP BY 1, 2 ORDER BY 1, 2"
 )
-for sql in json.load(sys.stdin):
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        con.execute(sql).fetchall()
-        times.append((time.perf_counter() - start) * 1000)
-    print(f"{statistics.median(times):.1f}")
+QUERIES = [
+    ("count(*), all rows", "SELECT count(*) FROM {t}", None),
+    (
+        "per-symbol aggregates",
+        "SELECT symbol, count(*), min(low), max(high), avg(close), sum(volume) FROM {t} "
+        "GROUP BY symbol ORDER BY symbol",
+        None,
+    ),
+    (
+        "ohlcv 1-minute bars, one symbol",
+        "SELECT * FROM ohlcv('stock_topic', '1 minute', '{sym}')",
+        BARS.format(i="1 minute", where="WHERE symbol = '{sym}' "),
+    ),
+    ("ohlcv 1-hour bars, all symbols", "SELECT * FROM ohlcv('stock_topic', '1 hour')", BARS.format(i="1 hour", where="")),
+    ("ohlcv 1-day bars, all symbols", "SELECT * FROM ohlcv('stock_topic', '1 day')", BARS.format(i="1 day", where="")),
+    (
+        "vwap per symbol",
+        "SELECT symbol, vwap(close, volume) FROM stock_topic GROUP BY symbol ORDER BY symbol",
+        "SELECT symbol, sum(close * volume) / sum(volume) FROM t GROUP BY symbol ORDER BY symbol",
+    ),
+    (
+        "vwap per symbol, one day (pruned)",
+        "SELECT symbol, vwap(close, volume) FROM stock_topic WHERE date = '{day}' GROUP BY symbol ORDER BY symbol",
+        "SELECT symbol, sum(close * volume) / sum(volume) FROM t WHERE date = '{day}' GROUP BY symbol ORDER BY symbol",
+    ),
+    (
+        "latest row per symbol (row_number)",
+        "SELECT symbol, ts, close FROM (SELECT symbol, ts, close, row_number() OVER "
+        "(PARTITION BY symbol ORDER BY ts DESC) AS rn FROM {t}) WHERE rn = 1 ORDER BY symbol",
+        None,
+    ),
+    (
+        "returns per symbol (lag)",
+        "SELECT symbol, count(r), avg(r), min(r), max(r) FROM (SELECT symbol, close / lag(close) OVER "
+        "(PARTITION BY symbol ORDER BY ts) - 1 AS r FROM {t}) GROUP BY symbol ORDER BY symbol",
+        None,
+    ),
+    (
+        "daily volatility per symbol (stddev of log returns)",
+        "SELECT symbol, date, stddev(r) FROM (SELECT symbol, date, ln(close / lag(close) OVER "
+        "(PARTITION BY symbol, date ORDER BY ts)) AS r FROM {t}) GROUP BY symbol, date ORDER BY symbol, date",
+        None,
+    ),
+    (
+        "20-bar moving average, one symbol, one day",
+        "SELECT ts, avg(close) OVER (ORDER BY ts ROWS BETWEEN 19 PRECEDING AND CURRENT ROW) FROM {t} "
+        "WHERE symbol = '{sym}' AND date = '{day}' ORDER BY ts",
+        None,
+    ),
+    (
+        "rows of one symbol on one day (pruned)",
+        "SELECT ts, open, high, low, close, volume FROM {t} WHERE symbol = '{sym}' AND date = '{day}' ORDER BY ts",
+        None,
+    ),
+    (
+        "count(distinct close) per date",
+        "SELECT date, count(DISTINCT close) FROM {t} GROUP BY date ORDER BY date",
+        None,
+    ),
+    (
+        "price-range filter (top 1% of closes)",
+        "SELECT symbol, count(*), avg(volume) FROM {t} WHERE close BETWEEN {lo} AND {hi} GROUP BY symbol ORDER BY symbol",
+        None,
+    ),
+    (
+        "full scan of every column",
+        "SELECT count(*), sum(open), sum(high), sum(low), sum(close), sum(volume), min(ts), max(ts), "
+        "count(DISTINCT symbol), count(DISTINCT date) FROM {t}",
+        None,
+    ),
+]
+
+
+def numeric(v):
+    """The value as a float, or None for text, timestamps and NULLs."""
+    if v is None or isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        return float(v)
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def checksums(rows):
+    """Per column: the sum of its numeric values (None when the column holds none)."""
+    if not rows:
+        return []
+    sums = []
+    for col in zip(*rows):
+        values = [x for x in map(numeric, col) if x is not None and not math.isnan(x)]
+        sums.append(math.fsum(values) if values else None)
+    return sums
+
+
+def agree(a, b):
+    if a is None or b is None:
+        return a is None and b is None
+    return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+
+
+def to_arrow(relation):
+    """The result as an Arrow table (`to_arrow_table` since DuckDB 1.4, `arrow` before)."""
+    fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
+    return fetch()
+
+
+def median_ms(times):
+    return statistics.median(times)
+
+
+def ticklake(bin_, lake_dir, sql, runs):
+    """(median ms over RUNS runs in one process, the result's rows from one more run as CSV)."""
+    script = ";".join([sql] * runs)
+    timed = subprocess.run(
+        [bin_, "query", "--timing", "-o", "/dev/null", script],
+        cwd=lake_dir, capture_output=True, text=True, check=False,
+    )
+    if timed.returncode != 0:
+        sys.exit(f"ticklake failed on {sql!r}:\n{timed.stderr}")
+    times = [float(line.split()[1]) for line in timed.stderr.splitlines() if line.startswith("time:")]
+    out = subprocess.run(
+        [bin_, "query", "--format", "csv", sql], cwd=lake_dir, capture_output=True, text=True, check=True
+    ).stdout
+    rows = list(csv.reader(io.StringIO(out)))[1:]
+    return median_ms(times), [[None if v == "" else v for v in r] for r in rows]
+
+
+def main():
+    bin_, lake_dir, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    json_out = sys.argv[4] if len(sys.argv) > 4 else None
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(
+        f"CREATE VIEW t AS SELECT * FROM read_parquet('{lake_dir}/lake/stock_topic/*/*/*.parquet', "
+        "hive_partitioning = true, hive_types = {'date': VARCHAR, 'symbol': VARCHAR})"
+    )
+    rows, symbols, days, hi_close = con.execute(
+        "SELECT count(*), count(DISTINCT symbol), count(DISTINCT date), max(close) FROM t"
+    ).fetchall()[0]
+    sym, day = con.execute("SELECT min(symbol), min(date) FROM t").fetchall()[0]
+    lo = con.execute("SELECT quantile_disc(close, 0.99) FROM t").fetchall()[0][0]
+    params = {"sym": sym, "day": day, "lo": repr(lo), "hi": repr(hi_close)}
+    print(f"lake: {rows} rows, {symbols} symbols, {days} dates; duckdb {duckdb.__version__}; "
+          f"median of {runs} runs each, in-process times (no start-up); every result checked on both engines")
+    print()
+    print("| query | ticklake ms | DuckDB ms | ratio |")
+    print("|---|---:|---:|---:|")
+    results = []
+    for name, ours, theirs in QUERIES:
+        ours_sql = ours.format(t="stock_topic", **params)
+        duck_sql = (theirs or ours).format(t="t", **params)
+        ms, our_rows = ticklake(bin_, lake_dir, ours_sql, runs)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            to_arrow(con.sql(duck_sql))
+            times.append((time.perf_counter() - start) * 1000)
+        duck_rows = con.execute(duck_sql).fetchall()
+        ours_sums, duck_sums = checksums(our_rows), checksums(duck_rows)
+        if len(our_rows) != len(duck_rows) or len(ours_sums) != len(duck_sums) or not all(
+            agree(a, b) for a, b in zip(ours_sums, duck_sums)
+        ):
+            sys.exit(
+                f"results differ on {name!r}: ticklake {len(our_rows)} rows, column sums {ours_sums}; "
+                f"DuckDB {len(duck_rows)} rows, column sums {duck_sums}\n  ticklake: {ours_sql}\n  DuckDB: {duck_sql}"
+            )
+        duck_ms = median_ms(times)
+        print(f"| {name} | {ms:.1f} | {duck_ms:.1f} | {ms / duck_ms:.2f}x |", flush=True)
+        results.append({
+            "query": name, "ticklake_sql": ours_sql, "duckdb_sql": duck_sql, "rows": len(our_rows),
+            "ticklake_ms": ms, "duckdb_ms": duck_ms, "ratio": ms / duck_ms,
+        })
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump({"lake_rows": rows, "symbols": symbols, "dates": days, "runs": runs,
+                       "duckdb": duckdb.__version__, "queries": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
