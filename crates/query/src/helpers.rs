@@ -10,20 +10,24 @@
 //!   (`'5 minutes'`, `'1 hour'`, `'1 day'`, `'7 days'`) or `'1 month'`, `'3 months'`, `'1 year'`
 //!   (calendar bars). `SELECT * FROM ohlcv('prices', '1 day', 'AAPL') WHERE bar >= '2024-01-01'`
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array};
 use arrow::compute::kernels::cast_utils::parse_interval_month_day_nano;
-use arrow::datatypes::{DataType, Float64Type, IntervalMonthDayNano};
+use arrow::datatypes::{DataType, Field, FieldRef, Float64Type, IntervalMonthDayNano};
 use datafusion::catalog::{TableFunctionImpl, TableProvider};
 use datafusion::common::ScalarValue;
 use datafusion::datasource::{provider_as_source, ViewTable};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::functions::datetime::{date_bin, date_trunc};
 use datafusion::functions_aggregate::expr_fn::{count, first_value, last_value, max, min, sum};
+use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
+use datafusion::logical_expr::utils::format_state_name;
 use datafusion::logical_expr::{
-    col, create_udaf, lit, Accumulator, AggregateUDF, Expr, LogicalPlanBuilder, Volatility,
+    col, lit, Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, Expr, GroupsAccumulator,
+    LogicalPlanBuilder, Signature, Volatility,
 };
 
 /// The tables the `ohlcv` function can read, by name (kept up to date by the engine).
@@ -31,35 +35,77 @@ pub(crate) type Tables = Arc<RwLock<HashMap<String, Arc<dyn TableProvider>>>>;
 
 /// The `vwap(price, volume)` aggregate.
 pub(crate) fn vwap_udaf() -> AggregateUDF {
-    create_udaf(
-        "vwap",
-        vec![DataType::Float64, DataType::Float64],
-        Arc::new(DataType::Float64),
-        Volatility::Immutable,
-        Arc::new(|_| Ok(Box::new(Vwap::default()))),
-        Arc::new(vec![DataType::Float64, DataType::Float64]),
-    )
+    AggregateUDF::from(VwapFunction {
+        signature: Signature::exact(
+            vec![DataType::Float64, DataType::Float64],
+            Volatility::Immutable,
+        ),
+    })
 }
 
+/// `vwap` as DataFusion sees it: one accumulator per group when there is no `GROUP BY` or in a window,
+/// and a [`VwapGroups`] (flat vectors, one slot per group) for `GROUP BY`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct VwapFunction {
+    signature: Signature,
+}
+
+impl AggregateUDFImpl for VwapFunction {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn name(&self) -> &str {
+        "vwap"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Float64)
+    }
+
+    fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        Ok(Box::<Vwap>::default())
+    }
+
+    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        Ok(["price_volume", "volume"]
+            .into_iter()
+            .map(|part| {
+                Arc::new(Field::new(
+                    format_state_name(args.name, part),
+                    DataType::Float64,
+                    true,
+                ))
+            })
+            .collect())
+    }
+
+    fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
+        true
+    }
+
+    fn create_groups_accumulator(
+        &self,
+        _args: AccumulatorArgs,
+    ) -> Result<Box<dyn GroupsAccumulator>> {
+        Ok(Box::<VwapGroups>::default())
+    }
+}
+
+/// The running sums of one group.
 #[derive(Debug, Default)]
 struct Vwap {
     price_volume: f64,
     volume: f64,
 }
 
-impl Vwap {
-    fn add(&mut self, a: &ArrayRef, b: &ArrayRef) {
-        let (a, b) = (
-            a.as_primitive::<Float64Type>(),
-            b.as_primitive::<Float64Type>(),
-        );
-        for i in 0..a.len().min(b.len()) {
-            if a.is_valid(i) && b.is_valid(i) {
-                self.price_volume += a.value(i);
-                self.volume += b.value(i);
-            }
-        }
-    }
+/// The VWAP of sums: NULL when the volume sums to zero.
+fn vwap_of(price_volume: f64, volume: f64) -> Option<f64> {
+    (volume != 0.0).then(|| price_volume / volume)
 }
 
 impl Accumulator for Vwap {
@@ -78,9 +124,10 @@ impl Accumulator for Vwap {
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
-        Ok(ScalarValue::Float64(
-            (self.volume != 0.0).then(|| self.price_volume / self.volume),
-        ))
+        Ok(ScalarValue::Float64(vwap_of(
+            self.price_volume,
+            self.volume,
+        )))
     }
 
     fn size(&self) -> usize {
@@ -95,8 +142,155 @@ impl Accumulator for Vwap {
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        self.add(&states[0], &states[1]);
+        let (price_volume, volume) = (
+            states[0].as_primitive::<Float64Type>(),
+            states[1].as_primitive::<Float64Type>(),
+        );
+        for i in 0..price_volume.len() {
+            if price_volume.is_valid(i) && volume.is_valid(i) {
+                self.price_volume += price_volume.value(i);
+                self.volume += volume.value(i);
+            }
+        }
         Ok(())
+    }
+}
+
+/// The running sums of every group, indexed by group.
+#[derive(Debug, Default)]
+struct VwapGroups {
+    price_volume: Vec<f64>,
+    volume: Vec<f64>,
+}
+
+/// How a batch's two columns add to the sums: raw rows (`price * volume`, `volume`) or partial states
+/// (already summed).
+#[derive(Clone, Copy, PartialEq)]
+enum Input {
+    Rows,
+    States,
+}
+
+impl VwapGroups {
+    fn add(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+        input: Input,
+    ) {
+        self.price_volume.resize(total_num_groups, 0.0);
+        self.volume.resize(total_num_groups, 0.0);
+        let (a, b) = (
+            values[0].as_primitive::<Float64Type>(),
+            values[1].as_primitive::<Float64Type>(),
+        );
+        let weight = |a: f64, b: f64| if input == Input::Rows { a * b } else { a };
+        if a.null_count() == 0 && b.null_count() == 0 && opt_filter.is_none() {
+            for ((&g, &a), &b) in group_indices.iter().zip(a.values()).zip(b.values()) {
+                self.price_volume[g] += weight(a, b);
+                self.volume[g] += b;
+            }
+            return;
+        }
+        for (i, &g) in group_indices.iter().enumerate() {
+            let kept = opt_filter.is_none_or(|f| f.is_valid(i) && f.value(i));
+            if kept && a.is_valid(i) && b.is_valid(i) {
+                self.price_volume[g] += weight(a.value(i), b.value(i));
+                self.volume[g] += b.value(i);
+            }
+        }
+    }
+}
+
+impl GroupsAccumulator for VwapGroups {
+    fn update_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.add(
+            values,
+            group_indices,
+            opt_filter,
+            total_num_groups,
+            Input::Rows,
+        );
+        Ok(())
+    }
+
+    fn merge_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.add(
+            values,
+            group_indices,
+            opt_filter,
+            total_num_groups,
+            Input::States,
+        );
+        Ok(())
+    }
+
+    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        let price_volume = emit_to.take_needed(&mut self.price_volume);
+        let volume = emit_to.take_needed(&mut self.volume);
+        Ok(Arc::new(Float64Array::from_iter(
+            price_volume
+                .into_iter()
+                .zip(volume)
+                .map(|(pv, v)| vwap_of(pv, v)),
+        )))
+    }
+
+    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        Ok(vec![
+            Arc::new(Float64Array::from(
+                emit_to.take_needed(&mut self.price_volume),
+            )),
+            Arc::new(Float64Array::from(emit_to.take_needed(&mut self.volume))),
+        ])
+    }
+
+    /// One state per row (used when DataFusion skips partial aggregation of many small groups).
+    fn convert_to_state(
+        &self,
+        values: &[ArrayRef],
+        opt_filter: Option<&BooleanArray>,
+    ) -> Result<Vec<ArrayRef>> {
+        let (price, volume) = (
+            values[0].as_primitive::<Float64Type>(),
+            values[1].as_primitive::<Float64Type>(),
+        );
+        let (price_volume, volume): (Vec<f64>, Vec<f64>) = (0..price.len())
+            .map(|i| {
+                let kept = opt_filter.is_none_or(|f| f.is_valid(i) && f.value(i));
+                if kept && price.is_valid(i) && volume.is_valid(i) {
+                    (price.value(i) * volume.value(i), volume.value(i))
+                } else {
+                    (0.0, 0.0)
+                }
+            })
+            .unzip();
+        Ok(vec![
+            Arc::new(Float64Array::from(price_volume)),
+            Arc::new(Float64Array::from(volume)),
+        ])
+    }
+
+    fn supports_convert_to_state(&self) -> bool {
+        true
+    }
+
+    fn size(&self) -> usize {
+        (self.price_volume.capacity() + self.volume.capacity()) * std::mem::size_of::<f64>()
     }
 }
 
@@ -228,5 +422,100 @@ impl TableFunctionImpl for Ohlcv {
             ])?
             .build()?;
         Ok(Arc::new(ViewTable::new(plan, None)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{RecordBatch, StringArray};
+    use arrow::datatypes::Schema;
+    use datafusion::datasource::MemTable;
+    use datafusion::execution::context::{SessionConfig, SessionContext};
+
+    /// `vwap` per group, filtered, and over the whole table, on two partitions of rows with NULLs and
+    /// a group whose volume sums to zero.
+    async fn vwaps(config: SessionConfig) -> Vec<(String, Option<f64>, Option<f64>)> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("g", DataType::Utf8, false),
+            Field::new("p", DataType::Float64, true),
+            Field::new("v", DataType::Float64, true),
+        ]));
+        let batch = |g: Vec<&str>, p: Vec<Option<f64>>, v: Vec<Option<f64>>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from(g)),
+                    Arc::new(Float64Array::from(p)),
+                    Arc::new(Float64Array::from(v)),
+                ],
+            )
+            .unwrap()
+        };
+        let first = batch(
+            vec!["a", "a", "b", "c"],
+            vec![Some(10.0), None, Some(5.0), Some(1.0)],
+            vec![Some(1.0), Some(5.0), Some(0.0), Some(2.0)],
+        );
+        let second = batch(
+            vec!["a", "a", "b"],
+            vec![Some(20.0), Some(30.0), Some(7.0)],
+            vec![Some(3.0), None, Some(0.0)],
+        );
+        let table = MemTable::try_new(schema.clone(), vec![vec![first], vec![second]]).unwrap();
+        let ctx = SessionContext::new_with_config(config);
+        ctx.register_udaf(vwap_udaf());
+        ctx.register_table("t", Arc::new(table)).unwrap();
+        let sql = "SELECT g, vwap(p, v), vwap(p, v) FILTER (WHERE p > 10) FROM t GROUP BY g \
+                   UNION ALL SELECT 'all', vwap(p, v), vwap(p, v) FILTER (WHERE p > 10) FROM t \
+                   ORDER BY 1";
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        let mut rows = Vec::new();
+        for b in batches {
+            let g = arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
+            let (all, filtered) = (
+                b.column(1).as_primitive::<Float64Type>(),
+                b.column(2).as_primitive::<Float64Type>(),
+            );
+            for i in 0..b.num_rows() {
+                rows.push((
+                    g.as_string::<i32>().value(i).to_owned(),
+                    all.is_valid(i).then(|| all.value(i)),
+                    filtered.is_valid(i).then(|| filtered.value(i)),
+                ));
+            }
+        }
+        rows
+    }
+
+    fn expected() -> Vec<(String, Option<f64>, Option<f64>)> {
+        vec![
+            // (10*1 + 20*3) / (1 + 3): rows missing a price or a volume are left out.
+            ("a".into(), Some(17.5), Some(20.0)),
+            // (10*1 + 20*3 + 1*2) / (1 + 3 + 0 + 0 + 2)
+            ("all".into(), Some(12.0), Some(20.0)),
+            // Volume sums to zero: NULL, not a division by zero.
+            ("b".into(), None, None),
+            // No row passes the filter: NULL.
+            ("c".into(), Some(1.0), None),
+        ]
+    }
+
+    #[tokio::test]
+    async fn vwap_per_group_with_nulls_filters_and_zero_volume() {
+        assert_eq!(
+            vwaps(SessionConfig::new().with_target_partitions(2)).await,
+            expected()
+        );
+    }
+
+    #[tokio::test]
+    async fn vwap_when_partial_aggregation_is_skipped() {
+        // Forces DataFusion to hand rows straight to the final stage as states (`convert_to_state`).
+        let mut config = SessionConfig::new().with_target_partitions(2);
+        let exec = &mut config.options_mut().execution;
+        exec.skip_partial_aggregation_probe_rows_threshold = 1;
+        exec.skip_partial_aggregation_probe_ratio_threshold = 0.0;
+        assert_eq!(vwaps(config).await, expected());
     }
 }
