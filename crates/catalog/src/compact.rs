@@ -24,15 +24,19 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arrow::array::{new_null_array, ArrayRef, RecordBatch};
-use arrow::compute::{cast, concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
+use arrow::compute::{
+    cast, concat_batches, lexsort_to_indices, take_record_batch, SortColumn, SortOptions,
+};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 use ticklake_lake::{FileInfo, Lake};
+use ticklake_model::arrow::sort_column_indices;
 
 use crate::{Catalog, CatalogError, Partition, StorageFormat};
 
@@ -376,14 +380,29 @@ fn union(batches: &[RecordBatch]) -> Result<RecordBatch, CatalogError> {
     concat_batches(&schema, &projected).map_err(|e| CatalogError::Invalid(e.to_string()))
 }
 
-/// The batch sorted by `symbol`, then `ts` (those of them it has).
+/// The Parquet footer's record of the order lake files are written in (`symbol`, then `ts`, of those
+/// the file has; ascending, nulls last): readers such as the query engine use it to skip sorting.
+pub fn sorting_columns(schema: &Schema) -> Vec<SortingColumn> {
+    sort_column_indices(schema)
+        .into_iter()
+        .map(|i| SortingColumn {
+            column_idx: i as i32,
+            descending: false,
+            nulls_first: false,
+        })
+        .collect()
+}
+
+/// The batch sorted by `symbol`, then `ts` (those of them it has), as [`sorting_columns`] says.
 fn sort_by_symbol_ts(batch: &RecordBatch) -> Result<RecordBatch, CatalogError> {
-    let keys: Vec<SortColumn> = ["symbol", "ts"]
-        .iter()
-        .filter_map(|n| batch.column_by_name(n).cloned())
-        .map(|values| SortColumn {
-            values,
-            options: None,
+    let keys: Vec<SortColumn> = sort_column_indices(&batch.schema())
+        .into_iter()
+        .map(|i| SortColumn {
+            values: batch.column(i).clone(),
+            options: Some(SortOptions {
+                descending: false,
+                nulls_first: false,
+            }),
         })
         .collect();
     if keys.is_empty() {
@@ -409,6 +428,7 @@ async fn write_parquet(
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_max_row_group_row_count(Some(1 << 20))
+        .set_sorting_columns(Some(sorting_columns(&batch.schema())))
         .build();
     let mut offset = 0;
     let mut n = 0;

@@ -21,6 +21,19 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, TimeUnit};
 use crate::names::CORE_COLUMNS;
 use crate::{json, DecodeError, Record, Value};
 
+/// The columns a lake file's rows are sorted by, in this order (those of them the file has): ascending,
+/// nulls last. Writers record them in the Parquet footer (`sorting_columns`), so a reader knows the
+/// order without reading the rows.
+pub const SORT_COLUMNS: [&str; 2] = ["symbol", "ts"];
+
+/// The positions in `schema` of the [`SORT_COLUMNS`] it has, in sort order.
+pub fn sort_column_indices(schema: &Schema) -> Vec<usize> {
+    SORT_COLUMNS
+        .iter()
+        .filter_map(|name| schema.index_of(name).ok())
+        .collect()
+}
+
 /// The Arrow type of `ts`: microseconds, UTC.
 pub fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))

@@ -4,12 +4,15 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::compute::{lexsort_to_indices, take_record_batch, SortColumn};
+use arrow::compute::{lexsort_to_indices, take_record_batch, SortColumn, SortOptions};
 use arrow::datatypes::TimestampMicrosecondType;
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+
+use ticklake_catalog::sorting_columns;
+use ticklake_model::arrow::sort_column_indices;
 
 use crate::SinkError;
 
@@ -66,6 +69,7 @@ pub fn encode(batch: &RecordBatch, format: FileFormat) -> Result<Bytes, SinkErro
                 ))
                 .set_statistics_enabled(EnabledStatistics::Page)
                 .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+                .set_sorting_columns(Some(sorting_columns(&sorted.schema())))
                 .set_created_by(format!("ticklake {}", env!("CARGO_PKG_VERSION")))
                 .build();
             let mut w = ArrowWriter::try_new(&mut out, sorted.schema(), Some(props))
@@ -121,13 +125,14 @@ fn is_sorted(batch: &RecordBatch) -> bool {
 }
 
 fn sort(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
-    let schema = batch.schema();
-    let columns: Vec<SortColumn> = ["symbol", "ts"]
-        .iter()
-        .filter_map(|n| schema.index_of(n).ok())
+    let columns: Vec<SortColumn> = sort_column_indices(&batch.schema())
+        .into_iter()
         .map(|i| SortColumn {
             values: Arc::clone(batch.column(i)),
-            options: None,
+            options: Some(SortOptions {
+                descending: false,
+                nulls_first: false,
+            }),
         })
         .collect();
     if columns.is_empty() || batch.num_rows() < 2 || is_sorted(batch) {
