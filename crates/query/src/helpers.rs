@@ -14,19 +14,21 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array};
 use arrow::compute::kernels::cast_utils::parse_interval_month_day_nano;
-use arrow::datatypes::{DataType, Field, FieldRef, Float64Type, IntervalMonthDayNano};
+use arrow::datatypes::{
+    DataType, Field, FieldRef, Float64Type, Int64Type, IntervalMonthDayNano, TimeUnit,
+};
 use datafusion::catalog::{TableFunctionImpl, TableProvider};
 use datafusion::common::ScalarValue;
 use datafusion::datasource::{provider_as_source, ViewTable};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::functions::datetime::{date_bin, date_trunc};
-use datafusion::functions_aggregate::expr_fn::{count, first_value, last_value, max, min, sum};
+use datafusion::functions_aggregate::expr_fn::{count, max, min, sum};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::utils::format_state_name;
 use datafusion::logical_expr::{
-    col, lit, Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, Expr, GroupsAccumulator,
+    cast, col, lit, Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, Expr, GroupsAccumulator,
     LogicalPlanBuilder, Signature, Volatility,
 };
 
@@ -294,6 +296,229 @@ impl GroupsAccumulator for VwapGroups {
     }
 }
 
+/// Which row of a group [`ValueAtKey`] keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Pick {
+    /// The row with the smallest key (the first of equal keys seen).
+    First,
+    /// The row with the largest key (the last of equal keys seen).
+    Last,
+}
+
+impl Pick {
+    /// True when a row with `key` replaces the kept row with `kept`.
+    fn replaces(self, key: i64, kept: i64) -> bool {
+        match self {
+            Pick::First => key < kept,
+            Pick::Last => key >= kept,
+        }
+    }
+}
+
+/// `ohlcv`'s open and close: the value of the row with the smallest (`First`) or largest (`Last`) key,
+/// `value_at_key(value Float64, key Int64)`, like DuckDB's `arg_min`/`arg_max`. Unlike `first_value(x
+/// ORDER BY ts)` it needs no ordering, so DataFusion keeps its grouped accumulator whatever order the
+/// files arrive in (an ordered aggregate falls back to a boxed accumulator per group once the input is
+/// known to be sorted).
+fn value_at_key_udaf(pick: Pick) -> AggregateUDF {
+    AggregateUDF::from(ValueAtKey {
+        pick,
+        signature: Signature::exact(
+            vec![DataType::Float64, DataType::Int64],
+            Volatility::Immutable,
+        ),
+    })
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ValueAtKey {
+    pick: Pick,
+    signature: Signature,
+}
+
+impl AggregateUDFImpl for ValueAtKey {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn name(&self) -> &str {
+        match self.pick {
+            Pick::First => "value_at_first_key",
+            Pick::Last => "value_at_last_key",
+        }
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Float64)
+    }
+
+    fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        Ok(Box::new(KeptRow {
+            groups: KeptRows::new(self.pick),
+        }))
+    }
+
+    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        Ok(vec![
+            Arc::new(Field::new(
+                format_state_name(args.name, "value"),
+                DataType::Float64,
+                true,
+            )),
+            Arc::new(Field::new(
+                format_state_name(args.name, "key"),
+                DataType::Int64,
+                true,
+            )),
+        ])
+    }
+
+    fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
+        true
+    }
+
+    fn create_groups_accumulator(
+        &self,
+        _args: AccumulatorArgs,
+    ) -> Result<Box<dyn GroupsAccumulator>> {
+        Ok(Box::new(KeptRows::new(self.pick)))
+    }
+}
+
+/// The kept row of every group: its key (None before a row with a key is seen) and its value.
+#[derive(Debug)]
+struct KeptRows {
+    pick: Pick,
+    keys: Vec<Option<i64>>,
+    values: Vec<Option<f64>>,
+}
+
+impl KeptRows {
+    fn new(pick: Pick) -> Self {
+        KeptRows {
+            pick,
+            keys: Vec::new(),
+            values: Vec::new(),
+        }
+    }
+
+    /// Rows (or states, which have the same two columns) into the groups; rows without a key are
+    /// left out.
+    fn add(
+        &mut self,
+        columns: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) {
+        self.keys.resize(total_num_groups, None);
+        self.values.resize(total_num_groups, None);
+        let (values, keys) = (
+            columns[0].as_primitive::<Float64Type>(),
+            columns[1].as_primitive::<Int64Type>(),
+        );
+        for (i, &g) in group_indices.iter().enumerate() {
+            if !opt_filter.is_none_or(|f| f.is_valid(i) && f.value(i)) || keys.is_null(i) {
+                continue;
+            }
+            let key = keys.value(i);
+            if self.keys[g].is_none_or(|kept| self.pick.replaces(key, kept)) {
+                self.keys[g] = Some(key);
+                self.values[g] = values.is_valid(i).then(|| values.value(i));
+            }
+        }
+    }
+}
+
+impl GroupsAccumulator for KeptRows {
+    fn update_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.add(values, group_indices, opt_filter, total_num_groups);
+        Ok(())
+    }
+
+    fn merge_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.add(values, group_indices, opt_filter, total_num_groups);
+        Ok(())
+    }
+
+    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        emit_to.take_needed(&mut self.keys);
+        Ok(Arc::new(Float64Array::from(
+            emit_to.take_needed(&mut self.values),
+        )))
+    }
+
+    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        Ok(vec![
+            Arc::new(Float64Array::from(emit_to.take_needed(&mut self.values))),
+            Arc::new(Int64Array::from(emit_to.take_needed(&mut self.keys))),
+        ])
+    }
+
+    fn size(&self) -> usize {
+        self.keys.capacity() * std::mem::size_of::<Option<i64>>()
+            + self.values.capacity() * std::mem::size_of::<Option<f64>>()
+    }
+}
+
+/// [`KeptRows`] of one group, for an aggregate without `GROUP BY` or in a window.
+#[derive(Debug)]
+struct KeptRow {
+    groups: KeptRows,
+}
+
+impl KeptRow {
+    fn add(&mut self, columns: &[ArrayRef]) {
+        let one_group = vec![0; columns[0].len()];
+        self.groups.add(columns, &one_group, None, 1);
+    }
+}
+
+impl Accumulator for KeptRow {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        self.add(values);
+        Ok(())
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        self.add(states);
+        Ok(())
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        Ok(ScalarValue::Float64(
+            self.groups.values.first().copied().flatten(),
+        ))
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        Ok(vec![
+            ScalarValue::Float64(self.groups.values.first().copied().flatten()),
+            ScalarValue::Int64(self.groups.keys.first().copied().flatten()),
+        ])
+    }
+
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self) + self.groups.size()
+    }
+}
+
 /// The `ohlcv(table, interval [, symbol])` table function.
 #[derive(Debug)]
 pub(crate) struct Ohlcv {
@@ -401,16 +626,26 @@ impl TableFunctionImpl for Ohlcv {
         if let Some(symbol) = string_arg(args, 2, "symbol")? {
             plan = plan.filter(col("symbol").eq(lit(symbol)))?;
         }
-        let by_ts = || vec![col("ts").sort(true, false)];
+        // The bar's open and close are those of its earliest and latest rows, by `ts` in microseconds.
+        let micros = cast(
+            cast(
+                col("ts"),
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            ),
+            DataType::Int64,
+        );
+        let price = |c: &str| cast(col(c), DataType::Float64);
+        let open = value_at_key_udaf(Pick::First).call(vec![price("open"), micros.clone()]);
+        let close = value_at_key_udaf(Pick::Last).call(vec![price("close"), micros]);
         let vwap = Arc::new(vwap_udaf());
         let plan = plan
             .aggregate(
                 vec![col("symbol"), bar.alias("bar")],
                 vec![
-                    first_value(col("open"), by_ts()).alias("open"),
+                    open.alias("open"),
                     max(col("high")).alias("high"),
                     min(col("low")).alias("low"),
-                    last_value(col("close"), by_ts()).alias("close"),
+                    close.alias("close"),
                     sum(col("volume")).alias("volume"),
                     vwap.call(vec![col("close"), col("volume")]).alias("vwap"),
                     count(lit(1)).alias("rows"),
@@ -517,5 +752,70 @@ mod tests {
         exec.skip_partial_aggregation_probe_rows_threshold = 1;
         exec.skip_partial_aggregation_probe_ratio_threshold = 0.0;
         assert_eq!(vwaps(config).await, expected());
+    }
+
+    #[tokio::test]
+    async fn open_and_close_are_the_values_at_the_first_and_last_key() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("g", DataType::Utf8, false),
+            Field::new("v", DataType::Float64, true),
+            Field::new("k", DataType::Int64, true),
+        ]));
+        let batch = |g: Vec<&str>, v: Vec<Option<f64>>, k: Vec<Option<i64>>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from(g)),
+                    Arc::new(Float64Array::from(v)),
+                    Arc::new(Int64Array::from(k)),
+                ],
+            )
+            .unwrap()
+        };
+        // Keys out of order and split over two partitions; a row without a key never counts, a row
+        // without a value does (its NULL is the answer).
+        let first = batch(
+            vec!["a", "a", "b", "c"],
+            vec![Some(3.0), Some(9.0), None, Some(1.0)],
+            vec![Some(30), None, Some(1), Some(5)],
+        );
+        let second = batch(
+            vec!["a", "a", "b"],
+            vec![Some(1.0), Some(4.0), Some(2.0)],
+            vec![Some(10), Some(40), Some(2)],
+        );
+        let table = MemTable::try_new(schema, vec![vec![first], vec![second]]).unwrap();
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
+        ctx.register_udaf(value_at_key_udaf(Pick::First));
+        ctx.register_udaf(value_at_key_udaf(Pick::Last));
+        ctx.register_table("t", Arc::new(table)).unwrap();
+        let sql = "SELECT g, value_at_first_key(v, k), value_at_last_key(v, k) FROM t GROUP BY g \
+                   UNION ALL SELECT 'all', value_at_first_key(v, k), value_at_last_key(v, k) FROM t \
+                   ORDER BY 1";
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        let mut rows = Vec::new();
+        for b in batches {
+            let g = arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
+            let (open, close) = (
+                b.column(1).as_primitive::<Float64Type>(),
+                b.column(2).as_primitive::<Float64Type>(),
+            );
+            for i in 0..b.num_rows() {
+                rows.push((
+                    g.as_string::<i32>().value(i).to_owned(),
+                    open.is_valid(i).then(|| open.value(i)),
+                    close.is_valid(i).then(|| close.value(i)),
+                ));
+            }
+        }
+        assert_eq!(
+            rows,
+            vec![
+                ("a".to_owned(), Some(1.0), Some(4.0)),
+                ("all".to_owned(), None, Some(4.0)),
+                ("b".to_owned(), None, Some(2.0)),
+                ("c".to_owned(), Some(1.0), Some(1.0)),
+            ]
+        );
     }
 }
