@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use arrow::array::{RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::tree_node::TreeNode;
+use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::logical_expr::AggregateUDF;
+use datafusion::logical_expr::{AggregateUDF, LogicalPlan};
 use ticklake_catalog::Catalog;
 
 use datafusion::catalog::TableProvider;
@@ -296,7 +298,20 @@ impl Engine {
             .await
             .map_err(|e| QueryError::from_datafusion(e, sql))?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let batches = df
+        let (mut state, plan) = df.into_parts();
+        // Lake files declare their order (`symbol, ts`, see `LakeTable`). A window over it keeps the
+        // order through repartitioning (merging ordered streams) instead of sorting every row; other
+        // queries repartition freely (an order-preserving merge serialises parallel aggregation, and
+        // sorting their small results again costs nothing).
+        let window = plan
+            .exists(|node| Ok(matches!(node, LogicalPlan::Window(_))))
+            .unwrap_or(false);
+        state
+            .config_mut()
+            .options_mut()
+            .optimizer
+            .prefer_existing_sort = window;
+        let batches = DataFrame::new(state, plan)
             .collect()
             .await
             .map_err(|e| QueryError::from_datafusion(e, sql))?;

@@ -9,17 +9,18 @@ use std::any::Any;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::compute::SortOptions;
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::datasource::file_format::csv::CsvFormat;
 use datafusion::datasource::file_format::json::JsonFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::{FileFormat, FileMeta};
 use datafusion::datasource::listing::helpers::expr_applicable_for_cols;
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, FileScanConfigBuilder};
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::object_store::ObjectStoreUrl;
@@ -27,6 +28,7 @@ use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_expr::create_physical_expr;
 use datafusion::physical_expr::expressions::Column as ColumnExpr;
+use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 use datafusion::physical_plan::ExecutionPlan;
@@ -203,6 +205,115 @@ impl LakeTable {
     }
 }
 
+impl LakeTable {
+    /// The scan's file groups and, when every file's footer records the order of its rows (ticklake
+    /// writes `symbol, ts` as Parquet `sorting_columns`), the orderings that hold within each group.
+    ///
+    /// A partition column is constant in a file, so files sorted by `ts` in folders by `symbol` are
+    /// sorted by `symbol, ts` once grouped by their statistics (DataFusion's min/max bin packing,
+    /// which also proves the order it declares). A window `PARTITION BY symbol ORDER BY ts`, or an
+    /// `ORDER BY symbol, ts`, then merges ordered streams instead of sorting every row. Files without
+    /// the footer's order, or too unordered to fit the engine's partitions, are read as before.
+    async fn file_groups(
+        &self,
+        state: &dyn Session,
+        files: Vec<PartitionedFile>,
+        partition_fields: &[FieldRef],
+    ) -> (Vec<FileGroup>, Vec<LexOrdering>) {
+        let target = state.config_options().execution.target_partitions.max(1);
+        if !matches!(self.table.format, StorageFormat::Parquet) || files.is_empty() {
+            return (FileGroup::new(files).split_files(target), Vec::new());
+        }
+        let reads: Vec<_> = files
+            .iter()
+            .map(|f| {
+                let (format, store) = (self.format.clone(), self.storage.store.clone());
+                let (schema, object) = (self.file_schema.clone(), f.object_meta.clone());
+                async move {
+                    format
+                        .infer_stats_and_ordering(state, &store, schema, &object)
+                        .await
+                }
+            })
+            .collect();
+        let footers: Vec<_> = futures::stream::iter(reads).buffered(32).collect().await;
+        let mut file_order: Option<Vec<PhysicalSortExpr>> = None;
+        let mut described = Vec::with_capacity(files.len());
+        for (file, footer) in files.iter().zip(footers) {
+            let Ok(FileMeta {
+                statistics,
+                ordering: Some(ordering),
+                ..
+            }) = footer
+            else {
+                return (FileGroup::new(files).split_files(target), Vec::new());
+            };
+            let common = match file_order.take() {
+                None => ordering.to_vec(),
+                Some(order) => order
+                    .into_iter()
+                    .zip(ordering.iter())
+                    .take_while(|(a, b)| a == *b)
+                    .map(|(a, _)| a)
+                    .collect(),
+            };
+            if common.is_empty() {
+                return (FileGroup::new(files).split_files(target), Vec::new());
+            }
+            file_order = Some(common);
+            described.push(file.clone().with_statistics(Arc::new(statistics)));
+        }
+        let file_order = file_order.unwrap_or_default();
+        let mut table_fields: Vec<FieldRef> = self.file_schema.fields().to_vec();
+        table_fields.extend(partition_fields.iter().cloned());
+        let table_schema = Arc::new(Schema::new(table_fields));
+        let key = |name: &str| {
+            let i = table_schema.index_of(name).ok()?;
+            Some(PhysicalSortExpr::new(
+                Arc::new(ColumnExpr::new(name, i)),
+                SortOptions {
+                    descending: false,
+                    nulls_first: false,
+                },
+            ))
+        };
+        // Folders by symbol: `symbol, ts` and `symbol, <the other keys>, ts` (volatility per symbol
+        // and date); otherwise the keys in their order, then the files' own order.
+        let keys = self.table.partition_names();
+        let mut leads: Vec<Vec<&str>> = Vec::new();
+        if keys.contains(&"symbol") {
+            leads.push(vec!["symbol"]);
+            let mut all = vec!["symbol"];
+            all.extend(keys.iter().copied().filter(|k| *k != "symbol"));
+            if all.len() > 1 {
+                leads.push(all);
+            }
+        } else {
+            leads.push(keys.clone());
+        }
+        let orderings: Vec<LexOrdering> = leads
+            .iter()
+            .filter_map(|lead| {
+                let exprs: Option<Vec<_>> = lead.iter().map(|k| key(k)).collect();
+                LexOrdering::new(exprs?.into_iter().chain(file_order.iter().cloned()))
+            })
+            .collect();
+        let grouped = orderings.first().and_then(|primary| {
+            FileScanConfig::split_groups_by_statistics_with_target_partitions(
+                &table_schema,
+                &[FileGroup::new(described.clone())],
+                primary,
+                target,
+            )
+            .ok()
+        });
+        match grouped {
+            Some(groups) if groups.len() <= target => (groups, orderings),
+            _ => (FileGroup::new(described).split_files(target), Vec::new()),
+        }
+    }
+}
+
 fn partition_value(p: &Partition, i: usize) -> Option<String> {
     p.values
         .get(i)
@@ -276,7 +387,7 @@ impl TableProvider for LakeTable {
         if files.is_empty() {
             return Ok(Arc::new(EmptyExec::new(projected)));
         }
-        let partition_fields = self
+        let partition_fields: Vec<FieldRef> = self
             .table
             .partition_keys
             .iter()
@@ -286,12 +397,12 @@ impl TableProvider for LakeTable {
             self.format
                 .file_source(datafusion::datasource::table_schema::TableSchema::new(
                     self.file_schema.clone(),
-                    partition_fields,
+                    partition_fields.clone(),
                 ));
-        let groups =
-            FileGroup::new(files).split_files(state.config_options().execution.target_partitions);
+        let (groups, orderings) = self.file_groups(state, files, &partition_fields).await;
         let config = FileScanConfigBuilder::new(self.storage.url.clone(), source)
             .with_file_groups(groups)
+            .with_output_ordering(orderings)
             .with_projection_indices(projection.cloned())?
             .with_limit(limit)
             .build();
