@@ -83,13 +83,14 @@ pub(crate) struct Position {
 struct Routes(HashMap<i64, HashMap<Box<str>, String>>);
 
 impl Routes {
-    /// Beyond this many buckets or symbols in a bucket (a replay of a long history), the cache starts
-    /// over, so it stays small.
+    /// Beyond this many time buckets (a replay of a long history), the cache starts over.
+    const MAX_BUCKETS: usize = 64;
+    /// Beyond this many symbols in a bucket, that bucket's entries start over, so the cache stays small.
     const MAX_ENTRIES: usize = 100_000;
 
     fn path(&mut self, partitioning: &Partitioning, symbol: &str, ts: i64) -> &str {
         let bucket = partitioning.time_bucket(ts);
-        if self.0.len() > 64 && !self.0.contains_key(&bucket) {
+        if self.0.len() > Self::MAX_BUCKETS && !self.0.contains_key(&bucket) {
             self.0.clear();
         }
         let symbols = self.0.entry(bucket).or_default();
