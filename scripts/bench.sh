@@ -7,8 +7,10 @@
 #   scripts/bench.sh --quick      skip criterion
 #   scripts/bench.sh --sink-only  only the sink runs
 #   scripts/bench.sh --kafka      only the Apache Kafka runs (ticklake and kcat side by side)
-#   scripts/bench.sh --query      only the query latencies: helper queries on a 10M-row simulated lake,
-#                                 ticklake and DuckDB side by side on the same files
+#   scripts/bench.sh --query      only the query latencies: 15 queries on a 10M-row simulated lake,
+#                                 ticklake and DuckDB side by side on the same files, every answer
+#                                 checked on both engines first; also written to benchmarks/queries.json
+#                                 (BENCH_QUERY_ROWS, _RUNS, _JSON change the lake size, runs, file)
 #   scripts/bench.sh --compaction a live feed (event time = wall time) at a steady rate into a running
 #                                 sink, Hive and Iceberg, at 10 and 10,000 symbols: files per partition
 #                                 and their size before and after `ticklake compact`, its throughput,
@@ -167,7 +169,7 @@ if [ "$MODE" = "--query" ]; then
   echo "== queries: a lake of $ROWS simulated records, 10 symbols, 1 s bars (date,symbol partitions)"
   (cd "$q" && "$bin" -q produce --simulate --symbols 10 --count "$ROWS" >/dev/null)
   (cd "$q" && "$bin" -q sink --once | head -1)
-  "$MOTO_VENV/bin/python" scripts/bench_queries.py "$bin" "$q" "$RUNS" "${BENCH_QUERY_JSON:-}"
+  "$MOTO_VENV/bin/python" scripts/bench_queries.py "$bin" "$q" "$RUNS" "${BENCH_QUERY_JSON:-benchmarks/queries.json}"
   exit 0
 fi
 

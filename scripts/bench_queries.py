@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -160,6 +161,13 @@ def ticklake(bin_, lake_dir, sql, runs):
     return median_ms(times), [[None if v == "" else v for v in r] for r in rows]
 
 
+def machine():
+    """Cores, CPU model and memory of this machine (Linux)."""
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
+    mem_kib = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
+    return {"cores": os.cpu_count(), "cpu": model, "memory_gib": round(mem_kib / 2**20, 1)}
+
+
 def main():
     bin_, lake_dir, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
     json_out = sys.argv[4] if len(sys.argv) > 4 else None
@@ -207,7 +215,7 @@ def main():
         })
     if json_out:
         with open(json_out, "w") as f:
-            json.dump({"lake_rows": rows, "symbols": symbols, "dates": days, "runs": runs,
+            json.dump({"machine": machine(), "lake_rows": rows, "symbols": symbols, "dates": days, "runs": runs,
                        "duckdb": duckdb.__version__, "queries": results}, f, indent=2)
 
 
