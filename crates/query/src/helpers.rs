@@ -668,59 +668,72 @@ mod tests {
     use datafusion::datasource::MemTable;
     use datafusion::execution::context::{SessionConfig, SessionContext};
 
-    /// `vwap` per group, filtered, and over the whole table, on two partitions of rows with NULLs and
-    /// a group whose volume sums to zero.
-    async fn vwaps(config: SessionConfig) -> Vec<(String, Option<f64>, Option<f64>)> {
+    /// One partition of `t(g, x, y)`: a group name, a Float64 and a Float64 or Int64 column.
+    type Rows = (Vec<&'static str>, Vec<Option<f64>>, ArrayRef);
+
+    /// Runs `sql` over `t` (two partitions) with `udafs` registered; returns its rows as (text of the
+    /// first column, the second and third as numbers).
+    async fn answer(
+        config: SessionConfig,
+        udafs: Vec<AggregateUDF>,
+        partitions: [Rows; 2],
+        sql: &str,
+    ) -> Vec<(String, Option<f64>, Option<f64>)> {
         let schema = Arc::new(Schema::new(vec![
             Field::new("g", DataType::Utf8, false),
-            Field::new("p", DataType::Float64, true),
-            Field::new("v", DataType::Float64, true),
+            Field::new("x", DataType::Float64, true),
+            Field::new("y", partitions[0].2.data_type().clone(), true),
         ]));
-        let batch = |g: Vec<&str>, p: Vec<Option<f64>>, v: Vec<Option<f64>>| {
-            RecordBatch::try_new(
-                schema.clone(),
-                vec![
-                    Arc::new(StringArray::from(g)),
-                    Arc::new(Float64Array::from(p)),
-                    Arc::new(Float64Array::from(v)),
-                ],
-            )
-            .unwrap()
-        };
-        let first = batch(
-            vec!["a", "a", "b", "c"],
-            vec![Some(10.0), None, Some(5.0), Some(1.0)],
-            vec![Some(1.0), Some(5.0), Some(0.0), Some(2.0)],
-        );
-        let second = batch(
-            vec!["a", "a", "b"],
-            vec![Some(20.0), Some(30.0), Some(7.0)],
-            vec![Some(3.0), None, Some(0.0)],
-        );
-        let table = MemTable::try_new(schema.clone(), vec![vec![first], vec![second]]).unwrap();
+        let batches = partitions.map(|(g, x, y)| {
+            let columns: Vec<ArrayRef> = vec![
+                Arc::new(StringArray::from(g)),
+                Arc::new(Float64Array::from(x)),
+                y,
+            ];
+            vec![RecordBatch::try_new(schema.clone(), columns).unwrap()]
+        });
+        let table = MemTable::try_new(schema, batches.to_vec()).unwrap();
         let ctx = SessionContext::new_with_config(config);
-        ctx.register_udaf(vwap_udaf());
+        for udaf in udafs {
+            ctx.register_udaf(udaf);
+        }
         ctx.register_table("t", Arc::new(table)).unwrap();
-        let sql = "SELECT g, vwap(p, v), vwap(p, v) FILTER (WHERE p > 10) FROM t GROUP BY g \
-                   UNION ALL SELECT 'all', vwap(p, v), vwap(p, v) FILTER (WHERE p > 10) FROM t \
-                   ORDER BY 1";
-        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
         let mut rows = Vec::new();
-        for b in batches {
+        for b in ctx.sql(sql).await.unwrap().collect().await.unwrap() {
             let g = arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
-            let (all, filtered) = (
+            let (a, c) = (
                 b.column(1).as_primitive::<Float64Type>(),
                 b.column(2).as_primitive::<Float64Type>(),
             );
             for i in 0..b.num_rows() {
                 rows.push((
                     g.as_string::<i32>().value(i).to_owned(),
-                    all.is_valid(i).then(|| all.value(i)),
-                    filtered.is_valid(i).then(|| filtered.value(i)),
+                    a.is_valid(i).then(|| a.value(i)),
+                    c.is_valid(i).then(|| c.value(i)),
                 ));
             }
         }
         rows
+    }
+
+    /// `vwap(x, y)` per group, filtered, and over the whole table, on rows with NULLs and a group whose
+    /// volume sums to zero.
+    async fn vwaps(config: SessionConfig) -> Vec<(String, Option<f64>, Option<f64>)> {
+        let volumes = |v: Vec<Option<f64>>| Arc::new(Float64Array::from(v)) as ArrayRef;
+        let first = (
+            vec!["a", "a", "b", "c"],
+            vec![Some(10.0), None, Some(5.0), Some(1.0)],
+            volumes(vec![Some(1.0), Some(5.0), Some(0.0), Some(2.0)]),
+        );
+        let second = (
+            vec!["a", "a", "b"],
+            vec![Some(20.0), Some(30.0), Some(7.0)],
+            volumes(vec![Some(3.0), None, Some(0.0)]),
+        );
+        let sql = "SELECT g, vwap(x, y), vwap(x, y) FILTER (WHERE x > 10) FROM t GROUP BY g \
+                   UNION ALL SELECT 'all', vwap(x, y), vwap(x, y) FILTER (WHERE x > 10) FROM t \
+                   ORDER BY 1";
+        answer(config, vec![vwap_udaf()], [first, second], sql).await
     }
 
     fn expected() -> Vec<(String, Option<f64>, Option<f64>)> {
@@ -756,60 +769,29 @@ mod tests {
 
     #[tokio::test]
     async fn open_and_close_are_the_values_at_the_first_and_last_key() {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("g", DataType::Utf8, false),
-            Field::new("v", DataType::Float64, true),
-            Field::new("k", DataType::Int64, true),
-        ]));
-        let batch = |g: Vec<&str>, v: Vec<Option<f64>>, k: Vec<Option<i64>>| {
-            RecordBatch::try_new(
-                schema.clone(),
-                vec![
-                    Arc::new(StringArray::from(g)),
-                    Arc::new(Float64Array::from(v)),
-                    Arc::new(Int64Array::from(k)),
-                ],
-            )
-            .unwrap()
-        };
+        let keys = |k: Vec<Option<i64>>| Arc::new(Int64Array::from(k)) as ArrayRef;
         // Keys out of order and split over two partitions; a row without a key never counts, a row
         // without a value does (its NULL is the answer).
-        let first = batch(
+        let first = (
             vec!["a", "a", "b", "c"],
             vec![Some(3.0), Some(9.0), None, Some(1.0)],
-            vec![Some(30), None, Some(1), Some(5)],
+            keys(vec![Some(30), None, Some(1), Some(5)]),
         );
-        let second = batch(
+        let second = (
             vec!["a", "a", "b"],
             vec![Some(1.0), Some(4.0), Some(2.0)],
-            vec![Some(10), Some(40), Some(2)],
+            keys(vec![Some(10), Some(40), Some(2)]),
         );
-        let table = MemTable::try_new(schema, vec![vec![first], vec![second]]).unwrap();
-        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
-        ctx.register_udaf(value_at_key_udaf(Pick::First));
-        ctx.register_udaf(value_at_key_udaf(Pick::Last));
-        ctx.register_table("t", Arc::new(table)).unwrap();
-        let sql = "SELECT g, value_at_first_key(v, k), value_at_last_key(v, k) FROM t GROUP BY g \
-                   UNION ALL SELECT 'all', value_at_first_key(v, k), value_at_last_key(v, k) FROM t \
+        let sql = "SELECT g, value_at_first_key(x, y), value_at_last_key(x, y) FROM t GROUP BY g \
+                   UNION ALL SELECT 'all', value_at_first_key(x, y), value_at_last_key(x, y) FROM t \
                    ORDER BY 1";
-        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-        let mut rows = Vec::new();
-        for b in batches {
-            let g = arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
-            let (open, close) = (
-                b.column(1).as_primitive::<Float64Type>(),
-                b.column(2).as_primitive::<Float64Type>(),
-            );
-            for i in 0..b.num_rows() {
-                rows.push((
-                    g.as_string::<i32>().value(i).to_owned(),
-                    open.is_valid(i).then(|| open.value(i)),
-                    close.is_valid(i).then(|| close.value(i)),
-                ));
-            }
-        }
+        let udafs = vec![
+            value_at_key_udaf(Pick::First),
+            value_at_key_udaf(Pick::Last),
+        ];
+        let config = SessionConfig::new().with_target_partitions(2);
         assert_eq!(
-            rows,
+            answer(config, udafs, [first, second], sql).await,
             vec![
                 ("a".to_owned(), Some(1.0), Some(4.0)),
                 ("all".to_owned(), None, Some(4.0)),
