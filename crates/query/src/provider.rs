@@ -203,9 +203,7 @@ impl LakeTable {
         files.sort_by(|a, b| a.object_meta.location.cmp(&b.object_meta.location));
         Ok(files)
     }
-}
 
-impl LakeTable {
     /// The scan's file groups and, when every file's footer records the order of its rows (ticklake
     /// writes `symbol, ts` as Parquet `sorting_columns`), the orderings that hold within each group.
     ///
