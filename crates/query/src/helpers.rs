@@ -16,9 +16,7 @@ use std::sync::{Arc, RwLock};
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array};
 use arrow::compute::kernels::cast_utils::parse_interval_month_day_nano;
-use arrow::datatypes::{
-    DataType, Field, FieldRef, Float64Type, Int64Type, IntervalMonthDayNano, TimeUnit,
-};
+use arrow::datatypes::{DataType, Field, FieldRef, Float64Type, Int64Type, IntervalMonthDayNano};
 use datafusion::catalog::{TableFunctionImpl, TableProvider};
 use datafusion::common::ScalarValue;
 use datafusion::datasource::{provider_as_source, ViewTable};
@@ -31,6 +29,7 @@ use datafusion::logical_expr::{
     cast, col, lit, Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, Expr, GroupsAccumulator,
     LogicalPlanBuilder, Signature, Volatility,
 };
+use ticklake_model::arrow::ts_type;
 
 /// The tables the `ohlcv` function can read, by name (kept up to date by the engine).
 pub(crate) type Tables = Arc<RwLock<HashMap<String, Arc<dyn TableProvider>>>>;
@@ -98,62 +97,55 @@ impl AggregateUDFImpl for VwapFunction {
     }
 }
 
-/// The running sums of one group.
-#[derive(Debug, Default)]
-struct Vwap {
-    price_volume: f64,
-    volume: f64,
-}
-
 /// The VWAP of sums: NULL when the volume sums to zero.
 fn vwap_of(price_volume: f64, volume: f64) -> Option<f64> {
     (volume != 0.0).then(|| price_volume / volume)
 }
 
+/// [`VwapGroups`] of one group, for an aggregate without `GROUP BY` or in a window.
+#[derive(Debug, Default)]
+struct Vwap {
+    groups: VwapGroups,
+}
+
+impl Vwap {
+    fn add(&mut self, columns: &[ArrayRef], input: Input) {
+        let one_group = vec![0; columns[0].len()];
+        self.groups.add(columns, &one_group, None, 1, input);
+    }
+
+    /// (sum of price * volume, sum of volume) so far.
+    fn sums(&self) -> (f64, f64) {
+        let first = |v: &[f64]| v.first().copied().unwrap_or(0.0);
+        (first(&self.groups.price_volume), first(&self.groups.volume))
+    }
+}
+
 impl Accumulator for Vwap {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let (price, volume) = (
-            values[0].as_primitive::<Float64Type>(),
-            values[1].as_primitive::<Float64Type>(),
-        );
-        for i in 0..price.len() {
-            if price.is_valid(i) && volume.is_valid(i) {
-                self.price_volume += price.value(i) * volume.value(i);
-                self.volume += volume.value(i);
-            }
-        }
+        self.add(values, Input::Rows);
         Ok(())
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
-        Ok(ScalarValue::Float64(vwap_of(
-            self.price_volume,
-            self.volume,
-        )))
+        let (price_volume, volume) = self.sums();
+        Ok(ScalarValue::Float64(vwap_of(price_volume, volume)))
     }
 
     fn size(&self) -> usize {
-        std::mem::size_of_val(self)
+        std::mem::size_of_val(self) + self.groups.size()
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        let (price_volume, volume) = self.sums();
         Ok(vec![
-            ScalarValue::Float64(Some(self.price_volume)),
-            ScalarValue::Float64(Some(self.volume)),
+            ScalarValue::Float64(Some(price_volume)),
+            ScalarValue::Float64(Some(volume)),
         ])
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        let (price_volume, volume) = (
-            states[0].as_primitive::<Float64Type>(),
-            states[1].as_primitive::<Float64Type>(),
-        );
-        for i in 0..price_volume.len() {
-            if price_volume.is_valid(i) && volume.is_valid(i) {
-                self.price_volume += price_volume.value(i);
-                self.volume += volume.value(i);
-            }
-        }
+        self.add(states, Input::States);
         Ok(())
     }
 }
@@ -627,13 +619,7 @@ impl TableFunctionImpl for Ohlcv {
             plan = plan.filter(col("symbol").eq(lit(symbol)))?;
         }
         // The bar's open and close are those of its earliest and latest rows, by `ts` in microseconds.
-        let micros = cast(
-            cast(
-                col("ts"),
-                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            ),
-            DataType::Int64,
-        );
+        let micros = cast(cast(col("ts"), ts_type()), DataType::Int64);
         let price = |c: &str| cast(col(c), DataType::Float64);
         let open = value_at_key_udaf(Pick::First).call(vec![price("open"), micros.clone()]);
         let close = value_at_key_udaf(Pick::Last).call(vec![price("close"), micros]);
