@@ -60,6 +60,9 @@ fn ext(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
 
+/// Listings and footer reads a scan has in flight at once.
+const STORE_REQUESTS: usize = 32;
+
 /// A catalog table that DataFusion can scan.
 #[derive(Debug)]
 pub struct LakeTable {
@@ -195,7 +198,7 @@ impl LakeTable {
                 )
             }
         }))
-        .buffer_unordered(32)
+        .buffer_unordered(STORE_REQUESTS)
         .try_collect::<Vec<_>>()
         .await
         .map_err(ext)?;
@@ -219,8 +222,9 @@ impl LakeTable {
         partition_fields: &[FieldRef],
     ) -> (Vec<FileGroup>, Vec<LexOrdering>) {
         let target = state.config_options().execution.target_partitions.max(1);
+        let unordered = |files| (FileGroup::new(files).split_files(target), Vec::new());
         if !matches!(self.table.format, StorageFormat::Parquet) || files.is_empty() {
-            return (FileGroup::new(files).split_files(target), Vec::new());
+            return unordered(files);
         }
         let reads: Vec<_> = files
             .iter()
@@ -234,7 +238,10 @@ impl LakeTable {
                 }
             })
             .collect();
-        let footers: Vec<_> = futures::stream::iter(reads).buffered(32).collect().await;
+        let footers: Vec<_> = futures::stream::iter(reads)
+            .buffered(STORE_REQUESTS)
+            .collect()
+            .await;
         let mut file_order: Option<Vec<PhysicalSortExpr>> = None;
         let mut described = Vec::with_capacity(files.len());
         for (file, footer) in files.iter().zip(footers) {
@@ -244,7 +251,7 @@ impl LakeTable {
                 ..
             }) = footer
             else {
-                return (FileGroup::new(files).split_files(target), Vec::new());
+                return unordered(files);
             };
             let common = match file_order.take() {
                 None => ordering.to_vec(),
@@ -256,7 +263,7 @@ impl LakeTable {
                     .collect(),
             };
             if common.is_empty() {
-                return (FileGroup::new(files).split_files(target), Vec::new());
+                return unordered(files);
             }
             file_order = Some(common);
             described.push(file.clone().with_statistics(Arc::new(statistics)));
@@ -307,7 +314,7 @@ impl LakeTable {
         });
         match grouped {
             Some(groups) if groups.len() <= target => (groups, orderings),
-            _ => (FileGroup::new(described).split_files(target), Vec::new()),
+            _ => unordered(described),
         }
     }
 }
