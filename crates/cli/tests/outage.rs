@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{multiset, simulated_records, terminate, text, Env};
+use common::{crate_dir, multiset, simulated_records, terminate, text, Env};
 use ticklake_model::Record;
 
 /// A TCP proxy on 127.0.0.1 to `upstream` that can be switched off: then it closes every open
@@ -206,11 +206,12 @@ struct OwnBroker {
 
 impl OwnBroker {
     fn start(dir: &std::path::Path) -> OwnBroker {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/services.sh");
+        let script = crate_dir().join("../../scripts/services.sh");
         let out = std::process::Command::new("bash")
             .arg("-c")
             .arg(format!(
-                "source '{script}' && start_kafka '{}' >/dev/null && echo $KAFKA_PID $KAFKA_ADDR",
+                "source '{}' && start_kafka '{}' >/dev/null && echo $KAFKA_PID $KAFKA_ADDR",
+                script.display(),
                 dir.display()
             ))
             .output()

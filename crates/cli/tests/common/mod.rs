@@ -10,9 +10,16 @@ use ticklake_model::Record;
 /// A sample shipped in the project's `data/` folder: the HSI file the demo uses and the dirty GSPTSE
 /// file (dd/mm/yyyy dates, thousands of blank rows).
 pub fn shared_data(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../data")
-        .join(name)
+    crate_dir().join("../../data").join(name)
+}
+
+/// This crate's folder in the checkout the tests run from. Read when the test runs (cargo sets it), not
+/// baked in at build time: a test binary built from another checkout sharing the target folder would
+/// otherwise use that checkout's scripts and data.
+pub fn crate_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 pub struct Env {
@@ -337,12 +344,9 @@ pub fn reference(args: &[&str], input: &str, vars: &[(String, String)]) -> serde
         "TICKLAKE_TEST_PYTHON is not set: run scripts/test.sh, which installs DuckDB and boto3",
     );
     let mut cmd = Command::new(python);
-    cmd.arg(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/reference/reference.py"
-    ))
-    .args(args)
-    .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    cmd.arg(crate_dir().join("tests/reference/reference.py"))
+        .args(args)
+        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let out = run_with_input(cmd, input.as_bytes());
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "reference.py {args:?}: {stderr}");
