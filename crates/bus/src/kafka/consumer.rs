@@ -1,0 +1,294 @@
+//! The consumer: a group member with manual commits whose revoked partitions' messages are dropped
+//! inside `poll`, or a reader of every partition.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message as _;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use super::{client_config, kerr, partition_count, METADATA_TIMEOUT};
+use crate::{
+    BusError, Consumer, ConsumerOptions, Message, PartitionLag, RebalanceListener, StartAt,
+};
+
+struct GroupContext {
+    listener: Option<Arc<dyn RebalanceListener>>,
+    /// Partitions revoked since the consumer last looked: `poll` drops the messages of these partitions
+    /// that it gathered before the revocation, since their next owner replays them.
+    revoked: Mutex<Vec<i32>>,
+}
+
+impl ClientContext for GroupContext {}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<i32> {
+    tpl.elements().iter().map(|e| e.partition()).collect()
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let parts = partitions_of(tpl);
+            if parts.is_empty() {
+                return;
+            }
+            if let Some(l) = &self.listener {
+                l.on_revoke(&parts);
+            }
+            self.revoked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(parts);
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                if let Some(l) = &self.listener {
+                    l.on_assign(&partitions_of(tpl));
+                }
+            }
+            Rebalance::Error(e) => tracing::warn!("kafka rebalance error: {e}"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+/// A Kafka consumer: a group member with manual commits, or (without a group) a reader of every partition.
+pub struct KafkaConsumer {
+    topic: String,
+    consumer: BaseConsumer<GroupContext>,
+    grouped: bool,
+    /// Next offset per partition, as far as this consumer has returned messages.
+    positions: BTreeMap<i32, i64>,
+}
+
+impl KafkaConsumer {
+    /// Connects and subscribes (with a group) or assigns every partition (without).
+    pub fn new(
+        brokers: &str,
+        settings: &[(String, String)],
+        options: ConsumerOptions,
+    ) -> Result<Self, BusError> {
+        let reset = match options.start {
+            StartAt::Earliest => "earliest",
+            StartAt::Latest => "latest",
+        };
+        let reader_group = format!("ticklake-reader-{}", std::process::id());
+        let group = options.group.as_deref().unwrap_or(&reader_group);
+        let consumer: BaseConsumer<GroupContext> = client_config(
+            brokers,
+            settings,
+            &[
+                ("group.id", group),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", reset),
+                ("enable.partition.eof", "false"),
+                // A crashed member's partitions move on after 10 s (Kafka's default is 45 s).
+                ("session.timeout.ms", "10000"),
+                ("heartbeat.interval.ms", "2000"),
+                // Fresh data within a fraction of a second even on brokers that wait out the fetch.
+                ("fetch.wait.max.ms", "100"),
+                // librdkafka stops fetching a partition while 100,000 messages are queued locally and
+                // looks again only after `fetch.queue.backoff.ms` (1 s by default): a consumer that
+                // drains 100,000 messages in a tenth of a second then idles the rest of that second.
+                // Look again soon. The queue's own bounds stay librdkafka's (100,000 messages, 64 MiB).
+                ("fetch.queue.backoff.ms", "10"),
+            ],
+        )
+        .create_with_context(GroupContext {
+            revoked: Mutex::new(Vec::new()),
+            listener: options.listener.clone(),
+        })
+        .map_err(|e| BusError::Config(format!("kafka consumer: {e}")))?;
+        let topic = options.topic.clone();
+        if options.group.is_some() {
+            consumer.subscribe(&[&topic]).map_err(kerr)?;
+        } else {
+            let n = partition_count(consumer.client(), &topic)?
+                .ok_or_else(|| BusError::NoSuchTopic(topic.clone()))?;
+            let mut tpl = TopicPartitionList::new();
+            let start = match options.start {
+                StartAt::Earliest => Offset::Beginning,
+                StartAt::Latest => Offset::End,
+            };
+            for p in 0..n {
+                tpl.add_partition_offset(&topic, p, start).map_err(kerr)?;
+            }
+            consumer.assign(&tpl).map_err(kerr)?;
+            if let Some(l) = &options.listener {
+                l.on_assign(&(0..n).collect::<Vec<_>>());
+            }
+        }
+        Ok(KafkaConsumer {
+            topic,
+            consumer,
+            grouped: options.group.is_some(),
+            positions: BTreeMap::new(),
+        })
+    }
+}
+
+fn fatal(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::UnknownTopicOrPartition
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::GroupAuthorizationFailed
+            | RDKafkaErrorCode::Fatal
+    )
+}
+
+impl Consumer for KafkaConsumer {
+    fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Message>, BusError> {
+        let mut out = Vec::new();
+        let mut wait = timeout;
+        while out.len() < max {
+            let Some(result) = self.consumer.poll(wait) else {
+                break;
+            };
+            wait = Duration::ZERO;
+            // A rebalance inside this poll revoked partitions: what was gathered of them before is not
+            // ours to hand out any more (the next owner replays it from the committed offset).
+            let revoked = std::mem::take(
+                &mut *self
+                    .consumer
+                    .context()
+                    .revoked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()),
+            );
+            if !revoked.is_empty() {
+                out.retain(|m: &Message| !revoked.contains(&m.partition));
+                for p in &revoked {
+                    self.positions.remove(p);
+                }
+            }
+            match result {
+                Ok(m) => {
+                    self.positions.insert(m.partition(), m.offset() + 1);
+                    out.push(Message {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().map(<[u8]>::to_vec),
+                        timestamp_ms: m.timestamp().to_millis(),
+                    });
+                }
+                Err(KafkaError::MessageConsumption(code)) if !fatal(code) => {
+                    tracing::warn!("kafka consumer: {code} (retrying)");
+                }
+                Err(e) => return Err(kerr(e)),
+            }
+        }
+        // Forget positions of partitions no longer assigned.
+        let assigned = self.assignment();
+        self.positions.retain(|p, _| assigned.contains(p));
+        Ok(out)
+    }
+
+    fn commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), BusError> {
+        if !self.grouped {
+            return Err(BusError::NoGroup);
+        }
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let assigned = self.assignment();
+        let mut tpl = TopicPartitionList::new();
+        for (p, off) in offsets {
+            if !assigned.contains(p) {
+                return Err(BusError::NotAssigned(*p));
+            }
+            tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*off))
+                .map_err(kerr)?;
+        }
+        self.consumer.commit(&tpl, CommitMode::Sync).map_err(kerr)
+    }
+
+    fn committed(&mut self, partition: i32) -> Result<Option<i64>, BusError> {
+        if !self.grouped {
+            return Ok(None);
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, partition);
+        let tpl = self
+            .consumer
+            .committed_offsets(tpl, METADATA_TIMEOUT)
+            .map_err(kerr)?;
+        Ok(tpl.elements().iter().find_map(|e| match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        }))
+    }
+
+    fn seek(&mut self, partition: i32, offset: i64) -> Result<(), BusError> {
+        // Right after an assignment the partition's fetcher may still be starting, which librdkafka
+        // answers with a state error: try again briefly.
+        let mut tries = 0;
+        loop {
+            match self.consumer.seek(
+                &self.topic,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(10),
+            ) {
+                Ok(()) => break,
+                Err(e) if tries < 3 => {
+                    tries += 1;
+                    tracing::debug!("seek of partition {partition} to {offset}: {e}; retrying");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(kerr(e)),
+            }
+        }
+        self.positions.insert(partition, offset);
+        Ok(())
+    }
+
+    fn assignment(&self) -> Vec<i32> {
+        self.consumer
+            .assignment()
+            .map(|tpl| partitions_of(&tpl))
+            .unwrap_or_default()
+    }
+
+    fn lag(&mut self) -> Result<Vec<PartitionLag>, BusError> {
+        let assigned = self.assignment();
+        let mut committed = BTreeMap::new();
+        if self.grouped && assigned.iter().any(|p| !self.positions.contains_key(p)) {
+            let tpl = self.consumer.committed(METADATA_TIMEOUT).map_err(kerr)?;
+            for e in tpl.elements() {
+                if let Offset::Offset(o) = e.offset() {
+                    committed.insert(e.partition(), o);
+                }
+            }
+        }
+        assigned
+            .into_iter()
+            .map(|p| {
+                let (low, high) = self
+                    .consumer
+                    .fetch_watermarks(&self.topic, p, METADATA_TIMEOUT)
+                    .map_err(kerr)?;
+                let position = self
+                    .positions
+                    .get(&p)
+                    .or_else(|| committed.get(&p))
+                    .copied()
+                    .unwrap_or(low);
+                Ok(PartitionLag {
+                    partition: p,
+                    position,
+                    high_watermark: high,
+                })
+            })
+            .collect()
+    }
+}
