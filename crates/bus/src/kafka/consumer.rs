@@ -270,6 +270,16 @@ impl Consumer for KafkaConsumer {
                 }
             }
         }
+        // librdkafka's own position also moves past transaction markers, which take an offset but are
+        // never returned as messages: after a transactional producer's last commit, the last message's
+        // offset + 1 is the marker's, one short of the end. (A seek resets librdkafka's position, so
+        // it is only ahead of ours by markers.)
+        let mut past_markers = BTreeMap::new();
+        for e in self.consumer.position().map_err(kerr)?.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                past_markers.insert(e.partition(), o);
+            }
+        }
         assigned
             .into_iter()
             .map(|p| {
@@ -277,12 +287,13 @@ impl Consumer for KafkaConsumer {
                     .consumer
                     .fetch_watermarks(&self.topic, p, METADATA_TIMEOUT)
                     .map_err(kerr)?;
-                let position = self
-                    .positions
-                    .get(&p)
-                    .or_else(|| committed.get(&p))
-                    .copied()
-                    .unwrap_or(low);
+                let ours = self.positions.get(&p).copied();
+                let position = match (ours, past_markers.get(&p)) {
+                    (Some(o), Some(&l)) => Some(o.max(l)),
+                    (o, _) => o,
+                }
+                .or_else(|| committed.get(&p).copied())
+                .unwrap_or(low);
                 Ok(PartitionLag {
                     partition: p,
                     position,
