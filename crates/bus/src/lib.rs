@@ -1,6 +1,6 @@
 //! One producer/consumer interface over two message buses.
 //!
-//! * [`kafka`]: any Kafka-protocol broker through librdkafka: an idempotent, compressing producer keyed by
+//! * [`kafka`]: any Kafka-protocol broker through librdkafka: a transactional (exactly-once), compressing producer keyed by
 //!   symbol, consumer groups with manual offset commits, and any librdkafka setting passed through.
 //! * [`embedded`]: a durable, partitioned log in a SQLite file on local disk, for running with no broker.
 //!   Producers and consumers may be separate processes; consumer groups split partitions and keep

@@ -1,12 +1,13 @@
 //! The Kafka bus (librdkafka through `rdkafka`).
 //!
-//! Producer defaults (`producer`): idempotence on (no duplicates or reordering on retry), lz4 compression, Kafka's
-//! murmur2 partitioner (the Java client's, and the embedded log's), 20 ms linger and 1 MB batches; a full
-//! local queue blocks `send` (back-pressure) rather than letting messages expire in it. Consumer (`consumer`)
-//! defaults: no auto-commit (offsets are committed by the caller after the data is safe), start from the
-//! earliest offset, a 10 s session timeout (a crashed member's partitions move on quickly), fetches that
-//! wait at most 100 ms, and a full local fetch queue that pauses fetching for 10 ms rather than
-//! librdkafka's 1 s. Any librdkafka setting given as `-X key=value` overrides these.
+//! Producer (`producer`): transactional (every message reaches the topic exactly once, also when a broker
+//! restarts mid-stream), lz4 compression, Kafka's murmur2 partitioner (the Java client's, and the
+//! embedded log's), 20 ms linger and 1 MB batches; a full local queue blocks `send` (back-pressure).
+//! Consumer (`consumer`): no auto-commit (offsets are committed by the caller after the data is safe),
+//! only committed transactions read (`read_committed`, librdkafka's default), start from the earliest
+//! offset, a 10 s session timeout (a crashed member's partitions move on quickly), fetches that wait at
+//! most 100 ms, and a full local fetch queue that pauses fetching for 10 ms rather than librdkafka's 1 s.
+//! Any librdkafka setting given as `-X key=value` overrides these.
 
 mod consumer;
 mod producer;
