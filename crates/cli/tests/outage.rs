@@ -483,7 +483,21 @@ fn glue_outage_during_registration() {
         "2000",
     ]);
     let sink = env.spawn(&[&glue[..], &["sink", "--flush-interval", "1s"]].concat());
-    std::thread::sleep(Duration::from_secs(3));
+    // Cut Glue off once the sink has registered the table (a slow start must not meet the outage at
+    // its first call): new date partitions keep coming, so registrations fall into the outage.
+    let started = std::time::Instant::now();
+    let count_sql = ["query", "SELECT count(*) FROM stock_topic"];
+    while !env
+        .run(&[&glue[..], &count_sql[..]].concat())
+        .status
+        .success()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the sink registered the table"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     proxy.answer_503.store(true, Ordering::SeqCst);
     proxy.set_down(true);
     std::thread::sleep(Duration::from_secs(20));
