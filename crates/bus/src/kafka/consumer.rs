@@ -287,13 +287,15 @@ impl Consumer for KafkaConsumer {
                     .consumer
                     .fetch_watermarks(&self.topic, p, METADATA_TIMEOUT)
                     .map_err(kerr)?;
-                let ours = self.positions.get(&p).copied();
-                let position = match (ours, past_markers.get(&p)) {
-                    (Some(o), Some(&l)) => Some(o.max(l)),
-                    (o, _) => o,
-                }
-                .or_else(|| committed.get(&p).copied())
-                .unwrap_or(low);
+                // librdkafka's position also counts when no message of the partition came since its
+                // assignment: resuming at a committed offset that is a marker returns no message.
+                let position = [self.positions.get(&p), past_markers.get(&p)]
+                    .into_iter()
+                    .flatten()
+                    .max()
+                    .or_else(|| committed.get(&p))
+                    .copied()
+                    .unwrap_or(low);
                 Ok(PartitionLag {
                     partition: p,
                     position,
