@@ -18,12 +18,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use backon::ExponentialBackoff;
+use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
 
 use super::{client_config, kerr};
-use crate::{BusError, Delivery, Producer};
+use crate::{outage_backoff, BusError, Delivery, Producer};
 
 /// How long a transaction stays open before it is committed.
 pub const TRANSACTION_SPAN: Duration = Duration::from_millis(200);
@@ -31,8 +32,6 @@ pub const TRANSACTION_SPAN: Duration = Duration::from_millis(200);
 pub const TRANSACTION_MESSAGES: usize = 500_000;
 /// How long one transactional call (init, commit, abort) may block before it is tried again.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long the producer waits out brokers that do not take its transactions before it gives up.
-const OUTAGE_PATIENCE: Duration = Duration::from_secs(600);
 
 /// A transactional, compressing producer to one topic.
 pub struct KafkaProducer {
@@ -44,6 +43,8 @@ pub struct KafkaProducer {
 /// The producer and the open transaction's messages, shared with the committer thread.
 struct Transactions {
     topic: String,
+    /// The producer's settings, to start a new instance after a fatal error.
+    config: ClientConfig,
     producer: ThreadedProducer<DefaultProducerContext>,
     held: HeldMessages,
     /// When the open transaction got its first message.
@@ -105,7 +106,7 @@ impl KafkaProducer {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos())
         );
-        let producer: ThreadedProducer<DefaultProducerContext> = client_config(
+        let config = client_config(
             brokers,
             settings,
             &[
@@ -120,25 +121,11 @@ impl KafkaProducer {
                 // librdkafka's own queue (100,000 messages) stays: a full queue makes `send` wait for
                 // the broker (back-pressure).
             ],
-        )
-        .create()
-        .map_err(|e| BusError::Config(format!("kafka producer: {e}")))?;
-        let mut patience = Patience::new();
-        loop {
-            match producer.init_transactions(CALL_TIMEOUT) {
-                Ok(()) => break,
-                Err(e) if !is_fatal(&e) && patience.wait(&e) => {}
-                Err(e) => {
-                    return Err(BusError::Kafka(format!(
-                        "the brokers did not start a transactional producer (ticklake's Kafka \
-                         producer needs transactions, Kafka 0.11 or later): {e}"
-                    )))
-                }
-            }
-        }
-        producer.begin_transaction().map_err(kerr)?;
+        );
+        let producer = start_producer(&config, &mut Patience::new())?;
         let state = Arc::new(Mutex::new(Transactions {
             topic: topic.to_owned(),
+            config,
             producer,
             held: HeldMessages::default(),
             opened: None,
@@ -163,6 +150,31 @@ impl KafkaProducer {
     fn lock(&self) -> MutexGuard<'_, Transactions> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Creates a producer, registers its transactional id with the brokers (which aborts any transaction an
+/// earlier instance with this id left open) and begins its first transaction.
+fn start_producer(
+    config: &ClientConfig,
+    patience: &mut Patience,
+) -> Result<ThreadedProducer<DefaultProducerContext>, BusError> {
+    let producer: ThreadedProducer<DefaultProducerContext> = config
+        .create()
+        .map_err(|e| BusError::Config(format!("kafka producer: {e}")))?;
+    loop {
+        match producer.init_transactions(CALL_TIMEOUT) {
+            Ok(()) => break,
+            Err(e) if !is_fatal(&e) && patience.wait(&e) => {}
+            Err(e) => {
+                return Err(BusError::Kafka(format!(
+                    "the brokers did not start a transactional producer (ticklake's Kafka \
+                     producer needs transactions, Kafka 0.11 or later): {e}"
+                )))
+            }
+        }
+    }
+    producer.begin_transaction().map_err(kerr)?;
+    Ok(producer)
 }
 
 /// The committer thread: commits the open transaction once it is [`TRANSACTION_SPAN`] old, so that
@@ -210,12 +222,19 @@ impl Transactions {
             return Err(e);
         }
         if let Err(e) = self.produce(key, payload, timestamp_ms) {
-            if !matches!(e, KafkaError::MessageProduction(RDKafkaErrorCode::State)) {
+            if !matches!(
+                e,
+                KafkaError::MessageProduction(RDKafkaErrorCode::State | RDKafkaErrorCode::Fatal)
+            ) {
                 return Err(kerr(e));
             }
-            // The transaction cannot take more messages (an abortable error): settle it, which aborts
-            // and resends what it held, and put this message into the next one.
-            self.commit()?;
+            // The transaction cannot take more messages (an abortable or a fatal error): settle it,
+            // which sends what it held again where needed, and put this message into the next one.
+            if self.held.len() == 0 {
+                self.restart(&mut Patience::new())?;
+            } else {
+                self.commit()?;
+            }
             self.produce(key, payload, timestamp_ms).map_err(kerr)?;
         }
         self.held.push(key, payload, timestamp_ms);
@@ -227,8 +246,11 @@ impl Transactions {
     }
 
     /// Commits the open transaction and begins the next. When librdkafka says the transaction must be
-    /// aborted (messages failed, the coordinator timed it out), aborts it, sends its messages again in a
-    /// new one, and commits that; waits out brokers that are away for up to [`OUTAGE_PATIENCE`].
+    /// aborted (messages failed, the coordinator timed it out), aborts it and sends its messages again in
+    /// a new one; after a fatal error (librdkafka cannot abort a transaction the coordinator already
+    /// timed out, confluentinc/librdkafka#3297), starts a new producer instance with the same
+    /// transactional id, which aborts the old one's transaction, and sends them again there. Waits out
+    /// brokers that are away for up to [`crate::OUTAGE_PATIENCE`].
     fn commit(&mut self) -> Result<(), BusError> {
         if self.held.len() == 0 {
             return Ok(());
@@ -244,10 +266,12 @@ impl Transactions {
                 }
                 Err(e) => e,
             };
-            if is_fatal(&e) || !patience.wait(&e) {
+            if fenced(&e) || !patience.wait(&e) {
                 return Err(undelivered(self.held.len(), &e));
             }
-            if requires_abort(&e) {
+            if is_fatal(&e) {
+                self.restart(&mut patience)?;
+            } else if requires_abort(&e) {
                 self.abort_and_resend(&mut patience)?;
             }
         }
@@ -258,11 +282,30 @@ impl Transactions {
         loop {
             match self.producer.abort_transaction(CALL_TIMEOUT) {
                 Ok(()) => break,
-                Err(e) if !is_fatal(&e) && patience.wait(&e) => {}
-                Err(e) => return Err(undelivered(self.held.len(), &e)),
+                Err(e) if fenced(&e) => return Err(undelivered(self.held.len(), &e)),
+                Err(e) if !patience.wait(&e) => return Err(undelivered(self.held.len(), &e)),
+                Err(e) if is_fatal(&e) => return self.restart(patience),
+                Err(_) => {}
             }
         }
         self.producer.begin_transaction().map_err(kerr)?;
+        self.resend();
+        Ok(())
+    }
+
+    /// Replaces a producer that hit a fatal error with a new instance under the same transactional id
+    /// (registering it aborts the old instance's open transaction), and sends the held messages again.
+    fn restart(&mut self, patience: &mut Patience) -> Result<(), BusError> {
+        tracing::warn!(
+            "starting a new Kafka producer, to send the {} messages of a failed transaction again",
+            self.held.len()
+        );
+        self.producer = start_producer(&self.config, patience)?;
+        self.resend();
+        Ok(())
+    }
+
+    fn resend(&self) {
         for (key, payload, ts) in self.held.iter() {
             if let Err(e) = self.produce(key, payload, ts) {
                 // The new transaction failed too; the caller's commit reports it and starts over.
@@ -270,7 +313,6 @@ impl Transactions {
                 break;
             }
         }
-        Ok(())
     }
 }
 
@@ -283,6 +325,14 @@ fn transaction_error(e: &KafkaError) -> Option<&rdkafka::error::RDKafkaError> {
 
 fn is_fatal(e: &KafkaError) -> bool {
     transaction_error(e).is_some_and(|t| t.is_fatal())
+}
+
+/// Another producer with the same transactional id took over: this one must stop, not fight it.
+fn fenced(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced)
+    )
 }
 
 fn requires_abort(e: &KafkaError) -> bool {
@@ -304,13 +354,7 @@ struct Patience {
 impl Patience {
     fn new() -> Patience {
         Patience {
-            backoff: ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(200))
-                .with_max_delay(Duration::from_secs(10))
-                .with_jitter()
-                .without_max_times()
-                .with_total_delay(Some(OUTAGE_PATIENCE))
-                .build(),
+            backoff: outage_backoff(),
         }
     }
 
