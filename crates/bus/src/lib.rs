@@ -45,6 +45,23 @@ pub struct Delivery {
     pub last_error: Option<String>,
 }
 
+/// How long ticklake waits for a service that is away (a broker, the object store, the catalog, a full
+/// disk) before it gives up on the step that needs it.
+pub const OUTAGE_PATIENCE: Duration = Duration::from_secs(600);
+
+/// The waits between attempts while a service is away: 0.2 s doubling to 10 s, with jitter, until
+/// [`OUTAGE_PATIENCE`] is spent. Shared by the Kafka producer and the sink's flush steps.
+pub fn outage_backoff() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times()
+        .with_total_delay(Some(OUTAGE_PATIENCE))
+        .build()
+}
+
 /// Sends messages to one topic.
 pub trait Producer: Send {
     /// Queues one message; `key` chooses the partition. May block briefly when the queue is full.

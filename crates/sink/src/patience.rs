@@ -1,16 +1,12 @@
 //! Waiting out outages: an unavailable object store, catalog or disk is retried with exponential
-//! back-off (backon) for up to [`OUTAGE_PATIENCE`], and every wait is logged with what failed, so an
+//! back-off (backon) for up to [`ticklake_bus::OUTAGE_PATIENCE`], and every wait is logged with what failed, so an
 //! operator sees "waiting for the lake" instead of a dead sink. Errors that waiting cannot fix
 //! (permissions, a read-only file system, bad settings) end the flush at once; nothing is committed then.
 
-use std::time::Duration;
-
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use backon::ExponentialBackoff;
+use ticklake_bus::outage_backoff;
 
 use crate::SinkError;
-
-/// How long one step of a flush waits for an outage to end before the sink gives up.
-pub(crate) const OUTAGE_PATIENCE: Duration = Duration::from_secs(600);
 
 /// The back-off of one operation.
 pub(crate) struct Patience {
@@ -22,13 +18,7 @@ impl Patience {
     pub(crate) fn new(what: &'static str) -> Patience {
         Patience {
             what,
-            backoff: ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(200))
-                .with_max_delay(Duration::from_secs(10))
-                .with_jitter()
-                .without_max_times()
-                .with_total_delay(Some(OUTAGE_PATIENCE))
-                .build(),
+            backoff: outage_backoff(),
         }
     }
 
