@@ -195,7 +195,7 @@ start_kafka "$work/kafka" >/dev/null
 secs() { python3 -c "import time; print(time.time())"; }
 rate() { python3 -c "print(f'{$1} records in {$3-$2:.2f}s, {$1/($3-$2):,.0f} records/s')"; }
 k=$work/k; mkdir -p "$k"
-echo "== ticklake produce -> Apache Kafka $KAFKA_VERSION: $COUNT simulated records, lz4, idempotent, 4 partitions"
+echo "== ticklake produce -> Apache Kafka $KAFKA_VERSION: $COUNT simulated records, lz4, transactional (200 ms), 4 partitions"
 (cd "$k" && "$bin" -q --brokers "$KAFKA_ADDR" --topic tl produce --simulate --symbols "$SYMBOLS" --count "$COUNT") | tail -1
 (cd "$k" && "$bin" -q --brokers "$KAFKA_ADDR" --topic tl consume --values > "$k/messages.jsonl")
 echo "== kcat -P, the same $(wc -l < "$k/messages.jsonl") messages (one per line), lz4, idempotent, 4 partitions"
