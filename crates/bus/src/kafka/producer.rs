@@ -289,8 +289,7 @@ impl Transactions {
             }
         }
         self.producer.begin_transaction().map_err(kerr)?;
-        self.resend();
-        Ok(())
+        self.resend()
     }
 
     /// Replaces a producer that hit a fatal error with a new instance under the same transactional id
@@ -301,18 +300,23 @@ impl Transactions {
             self.held.len()
         );
         self.producer = start_producer(&self.config, patience)?;
-        self.resend();
-        Ok(())
+        self.resend()
     }
 
-    fn resend(&self) {
+    /// Sends the held messages into the open transaction. When the transaction fails again meanwhile,
+    /// stops: the caller's commit gets that error and starts over. Any other failure ends the run, so a
+    /// commit never counts copies that were not sent.
+    fn resend(&self) -> Result<(), BusError> {
         for (key, payload, ts) in self.held.iter() {
-            if let Err(e) = self.produce(key, payload, ts) {
-                // The new transaction failed too; the caller's commit reports it and starts over.
-                tracing::debug!("resending an aborted transaction: {e}");
-                break;
+            match self.produce(key, payload, ts) {
+                Ok(()) => {}
+                Err(KafkaError::MessageProduction(
+                    RDKafkaErrorCode::State | RDKafkaErrorCode::Fatal,
+                )) => return Ok(()),
+                Err(e) => return Err(undelivered(self.held.len(), &e)),
             }
         }
+        Ok(())
     }
 }
 
