@@ -89,7 +89,9 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
     }
     // The catalog's clients run on this runtime, which lives as long as the sink.
     let io = runtime()?;
-    let catalog = g.open_catalog(&io)?;
+    let catalog = io
+        .block_on(ticklake_sink::open_catalog(&g.catalog_config()))
+        .with_context(|| format!("cannot open the {} catalog", g.catalog))?;
     let table = args
         .table
         .clone()

@@ -444,8 +444,9 @@ fn full_and_read_only_disk() {
     drop(disk);
 }
 
-/// The catalog (AWS Glue on moto) answers 503 for 20 s during registration: the sink waits, says so,
-/// and afterwards every partition is registered and queries through Glue see every record.
+/// The catalog (AWS Glue on moto) answers 503 for 4 s as the sink starts and for 20 s during
+/// registration: the sink waits, says so, and afterwards every partition is registered and queries
+/// through Glue see every record.
 #[test]
 fn glue_outage_during_registration() {
     let moto = common::moto_url();
@@ -482,9 +483,14 @@ fn glue_outage_during_registration() {
         "--rate",
         "2000",
     ]);
+    // Glue is away when the sink starts: it waits for the catalog to open, then carries on.
+    proxy.answer_503.store(true, Ordering::SeqCst);
+    proxy.set_down(true);
     let sink = env.spawn(&[&glue[..], &["sink", "--flush-interval", "1s"]].concat());
-    // Cut Glue off once the sink has registered the table (a slow start must not meet the outage at
-    // its first call): new date partitions keep coming, so registrations fall into the outage.
+    std::thread::sleep(Duration::from_secs(4));
+    proxy.set_down(false);
+    // Cut Glue off again once the sink has registered the table: new date partitions keep coming, so
+    // registrations fall into the outage.
     let started = std::time::Instant::now();
     let count_sql = ["query", "SELECT count(*) FROM stock_topic"];
     while !env

@@ -26,6 +26,14 @@ pub use format::FileFormat;
 pub use sink::{FlushPolicy, Sink, SinkConfig, Stats, TableFormat, DEFAULT_MAX_MESSAGE_BYTES};
 pub use ticklake_lake::{Lake, PartitionKey, Partitioning};
 
+/// Opens the catalog the sink registers its tables in, waiting out an outage of it (AWS Glue answering
+/// 5xx or unreachable) as a flush does, so a sink started while the catalog is briefly away carries on.
+pub async fn open_catalog(
+    config: &ticklake_catalog::CatalogConfig,
+) -> Result<std::sync::Arc<dyn ticklake_catalog::Catalog>, SinkError> {
+    patience::patiently("the catalog", || ticklake_catalog::open(config)).await
+}
+
 /// Errors of the sink.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
