@@ -9,6 +9,13 @@ use common::{path_str, reference, text, Env};
 /// A simulated lake: 6 symbols, 30 s bars over about a week, partitioned by date and symbol.
 fn simulated_lake(records: u64) -> Env {
     let env = Env::embedded();
+    produce_six_symbols(&env, records, "2024-01-02T14:30:00Z");
+    env.ok(&["sink", "--once", "-q"]);
+    env
+}
+
+/// Simulates `records` records of six symbols, one every 30 s from `start`, onto the environment's topic.
+fn produce_six_symbols(env: &Env, records: u64, start: &str) {
     env.ok(&[
         "produce",
         "--simulate",
@@ -18,10 +25,10 @@ fn simulated_lake(records: u64) -> Env {
         "6",
         "--interval",
         "30s",
+        "--start",
+        start,
         "-q",
     ]);
-    env.ok(&["sink", "--once", "-q"]);
-    env
 }
 
 /// The rows of a `--format csv` result.
@@ -188,19 +195,7 @@ fn windows_use_the_files_order_and_stay_right_when_files_overlap() {
     // whose times interleave with the others', so files may only follow each other where their
     // statistics prove it.
     let feed = |start: &str| {
-        env.ok(&[
-            "produce",
-            "--simulate",
-            "--count",
-            "30000",
-            "--symbols",
-            "6",
-            "--interval",
-            "30s",
-            "--start",
-            start,
-            "-q",
-        ]);
+        produce_six_symbols(&env, 30_000, start);
         env.ok(&["sink", "--once", "-q"]);
     };
     // Two interleaved feeds still fit two ordered groups of files (one per feed)...
@@ -862,22 +857,7 @@ fn assert_rows_agree(what: &str, a: &[Vec<String>], b: &[Vec<String>]) {
 /// checkpoints, ticklake's answers against the Hive table's and pyiceberg's, a compaction that changes
 /// no answer and leaves fewer files, and a second sink that resumes where the table ends.
 fn iceberg_catalog_round_trip(env: &Env, catalog: &[&str], reference_args: &[&str]) {
-    let produce = |count: &str, start: &str| {
-        env.ok(&[
-            "produce",
-            "--simulate",
-            "--count",
-            count,
-            "--symbols",
-            "6",
-            "--interval",
-            "30s",
-            "--start",
-            start,
-            "-q",
-        ])
-    };
-    produce("60000", "2024-01-02T14:30:00Z");
+    produce_six_symbols(env, 60_000, "2024-01-02T14:30:00Z");
     env.ok(&[catalog, &["sink", "--once", "-q"]].concat());
     let out = env.sink_into_iceberg("ice", &[catalog, &["--flush-records", "20000"]].concat());
     assert!(out.contains("Iceberg table"), "{out}");
@@ -940,7 +920,7 @@ fn iceberg_catalog_round_trip(env: &Env, catalog: &[&str], reference_args: &[&st
         .any(|s| s["summary"]["operation"] == "replace"));
 
     // More records: a new sink resumes where the table's snapshots say the topic ends.
-    produce("6000", "2024-02-01T00:00:00Z");
+    produce_six_symbols(env, 6_000, "2024-02-01T00:00:00Z");
     env.sink_into_iceberg("ice", catalog);
     let (stdout, _) = env.ok(&[
         catalog,
