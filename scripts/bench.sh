@@ -20,6 +20,15 @@
 #                                 (BENCH_COMPACTION_SECONDS, _RATE, _SYMBOLS, _FORMATS pick the runs;
 #                                 BENCH_COMPACTION_DRAIN=0 skips the drain and latency runs)
 #   scripts/bench.sh --iceberg-latency  only that checkpoint latency
+#   scripts/bench.sh --seed       the seed's Python pipeline (scripts/bench_seed.py: pandas and kafka-python
+#                                 producer, a consumer writing one JSON object per message to S3 with
+#                                 boto3) against ticklake on the same Apache Kafka and moto S3, every
+#                                 output checked (object count, lake count, sum of closes); written to
+#                                 benchmarks/seed.json (BENCH_SEED_COUNT: the seed's records, 10,000)
+#   scripts/bench.sh --scaling    the sink's records/s and peak RSS at 10, 100, 1,000 and 10,000 symbols
+#                                 and at 1, 4 and 16 partitions (embedded log and Apache Kafka), every
+#                                 lake read back first; benchmarks/scaling.json and two PNG charts
+#                                 (BENCH_SCALING_COUNT: records per run, 2,000,000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -27,7 +36,8 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$TICKLAKE_CACHE/target}
 COUNT=${BENCH_COUNT:-1000000}
 SYMBOLS=${BENCH_SYMBOLS:-100}
 
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB"
+export BENCH_MACHINE="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB, disk $(df -h . | awk 'NR==2{print $2}')"
+echo "machine: $BENCH_MACHINE"
 MODE=${1:-}
 if [ -z "$MODE" ]; then
   cargo bench -p ticklake-model -p ticklake-feed --locked --benches 2>&1 \
@@ -158,6 +168,91 @@ EOF
     (cd "$d" && "$bin" sink --once --table-format "$format" --table "drain_$format" --group "drain_$format" | head -1)
   done
   iceberg_latency "$d"
+  exit 0
+fi
+
+# Python tools the benchmark needs beyond the test venv's (the seed's libraries, the charts).
+bench_python() {
+  ensure_moto
+  "$MOTO_VENV/bin/python" -c "import pandas, kafka, matplotlib" 2>/dev/null \
+    || "$MOTO_VENV/bin/pip" install -q pandas kafka-python matplotlib >/dev/null
+}
+
+if [ "$MODE" = "--seed" ]; then
+  # The seed's pipeline (scripts/bench_seed.py) against ticklake, on the same Apache Kafka and moto S3.
+  SEED_COUNT=${BENCH_SEED_COUNT:-10000}
+  bench_python
+  ensure_kafka
+  start_kafka "$work/kafka" >/dev/null
+  start_moto "$work/moto" >/dev/null
+  export AWS_ENDPOINT_URL=$MOTO_URL AWS_ALLOW_HTTP=true AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
+  "$MOTO_VENV/bin/python" -c "import boto3; [boto3.client('s3').create_bucket(Bucket=b) for b in ('seed', 'lake')]"
+  csv=data/indexProcessed-HSI.csv root=$PWD
+  s=$work/seed; mkdir -p "$s"
+  echo "== the seed's pipeline (pandas + kafka-python producer, kafka-python consumer, one boto3 PUT per message), $SEED_COUNT records"
+  "$MOTO_VENV/bin/python" -W ignore scripts/bench_seed.py produce "$KAFKA_ADDR" seed "$csv" "$SEED_COUNT" > "$s/produce.json"
+  "$MOTO_VENV/bin/python" -W ignore scripts/bench_seed.py consume "$KAFKA_ADDR" seed seed "$SEED_COUNT" > "$s/consume.json"
+  "$MOTO_VENV/bin/python" -W ignore scripts/bench_seed.py verify seed "$SEED_COUNT" > "$s/verify.json"
+  # ticklake on the same broker and S3: the same file replayed in a loop, the sink into a Parquet lake on
+  # S3, one folder per symbol as `ticklake demo` does for these daily bars (`date` folders would hold a
+  # row or two each: 35 years of one index).
+  secs() { python3 -c "import time; print(time.time())"; }
+  for n in "$SEED_COUNT" "$COUNT"; do
+    d=$work/ticklake-$n; mkdir -p "$d"
+    echo "== ticklake: produce --source $csv --loop, sink --once into s3://lake/t$n, $n records"
+    t0=$(secs)
+    (cd "$d" && "$bin" -q --brokers "$KAFKA_ADDR" --topic "t$n" produce --source "$root/$csv" --loop --count "$n" >/dev/null)
+    t1=$(secs)
+    (cd "$d" && "$bin" -q --brokers "$KAFKA_ADDR" --topic "t$n" --lake "s3://lake/t$n" sink --once --partition-by symbol >/dev/null)
+    t2=$(secs)
+    got=$(cd "$d" && "$bin" -q --lake "s3://lake/t$n" query --format csv "SELECT count(*), sum(close) FROM t$n" | tail -1)
+    echo "{\"records\": $n, \"produce_seconds\": $(python3 -c "print($t1-$t0)"), \"sink_seconds\": $(python3 -c "print($t2-$t1)"), \"lake\": \"$got\"}" > "$s/ticklake-$n.json"
+  done
+  "$MOTO_VENV/bin/python" - "$s" "$csv" "$SEED_COUNT" "$COUNT" "${BENCH_SEED_JSON:-benchmarks/seed.json}" <<'EOF'
+import csv, json, math, os, sys
+s, path, seed_n, big_n, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+load = lambda name: json.load(open(os.path.join(s, name)))
+produce, consume, verify = load("produce.json"), load("consume.json"), load("verify.json")
+# Every check before any number: the seed's objects are all there with the closes it sent, and
+# ticklake's lake holds every record of the looped file with the same sum of closes.
+assert consume["records"] == seed_n, f"the seed's consumer wrote {consume['records']} of {seed_n}"
+assert verify["objects"] == seed_n, f"S3 holds {verify['objects']} of the seed's {seed_n} objects"
+assert math.isclose(verify["close_sum"], produce["close_sum"], rel_tol=1e-9), "the seed's objects lost closes"
+closes = [float(row["Close"]) for row in csv.DictReader(open(path))]
+runs = {}
+for n in (seed_n, big_n):
+    t = load(f"ticklake-{n}.json")
+    count, total = t["lake"].split(",")
+    expected = sum(closes[i % len(closes)] for i in range(n))
+    assert int(count) == n, f"ticklake's lake holds {count} of {n} records"
+    assert math.isclose(float(total), expected, rel_tol=1e-9), f"ticklake's sum of closes {total} != {expected}"
+    runs[n] = t
+seed_p = seed_n / produce["seconds"]
+seed_c = seed_n / consume["seconds"]
+seed_e = seed_n / (produce["seconds"] + consume["seconds"])
+rows = [("the seed (Python)", seed_n, seed_p, seed_c, seed_e)]
+for n, t in runs.items():
+    rows.append(("ticklake", n, n / t["produce_seconds"], n / t["sink_seconds"],
+                 n / (t["produce_seconds"] + t["sink_seconds"])))
+print("| pipeline | records | produce records/s | consume -> S3 records/s | produce then consume, records/s | vs the seed |")
+print("|---|---:|---:|---:|---:|---:|")
+for name, n, p, c, e in rows:
+    print(f"| {name} | {n:,} | {p:,.0f} | {c:,.0f} | {e:,.0f} | {e / seed_e:,.0f}x |")
+json.dump({"machine": os.environ.get("BENCH_MACHINE"), "date": __import__("datetime").date.today().isoformat(),
+           "seed": {"records": seed_n, "produce": produce, "consume": consume, "verify": verify},
+           "ticklake": {str(n): t for n, t in runs.items()}}, open(out, "w"), indent=2)
+print(f"(written to {out})")
+EOF
+  exit 0
+fi
+
+if [ "$MODE" = "--scaling" ]; then
+  bench_python
+  ensure_kafka
+  start_kafka "$work/kafka" >/dev/null
+  echo "== scaling: sink --once of ${BENCH_SCALING_COUNT:-2000000} records at 10-10,000 symbols and 1-16 partitions"
+  "$MOTO_VENV/bin/python" scripts/bench_scaling.py "$bin" "$work" "${BENCH_SCALING_COUNT:-2000000}" \
+    "${BENCH_SCALING_OUT:-benchmarks}" "$KAFKA_ADDR"
   exit 0
 fi
 
