@@ -20,8 +20,17 @@ fn real_files_into_the_lake(env: &Env, partition_by: &str) {
     env.ok(&["-q", "produce", "--source", path_str(&gsptse)]);
     env.ok(&["-q", "produce", "--source", path_str(&hsi)]);
     let sink = ["-q", "sink", "--once", "--partition-by", partition_by];
-    let (stdout, _) = env.ok(&sink);
+    let (stdout, stderr) = env.ok(&sink);
     assert_eq!(written(&stdout), 10526 + 5693, "{stdout}");
+    // Daily bars in date folders: one file per row, which the sink points out (once) with the fix.
+    let warned = stderr
+        .matches("files of 1.0 records on average into `date,symbol`")
+        .count();
+    let want = usize::from(partition_by == "date,symbol");
+    assert_eq!(warned, want, "small-files warnings:\n{stderr}");
+    if want == 1 {
+        assert!(stderr.contains("--partition-by symbol"), "{stderr}");
+    }
 
     let table = env.table();
     let lake = env.lake_records();

@@ -72,6 +72,17 @@ impl FromStr for Partitioning {
     }
 }
 
+impl std::fmt::Display for Partitioning {
+    /// As `--partition-by` spells it: `date,symbol`, ..., or `none`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("none");
+        }
+        let names: Vec<&str> = self.0.iter().map(|k| k.name()).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
 impl Partitioning {
     /// The partition columns, outermost first.
     pub fn keys(&self) -> &[PartitionKey] {

@@ -171,7 +171,14 @@ pub struct Sink {
     iceberg: Option<iceberg::IcebergState>,
     stats: Stats,
     started: Instant,
+    /// Whether the small-files warning was given (once per run).
+    warned_small_files: bool,
 }
+
+/// A flush of at least this many files ...
+const SMALL_FILES_FLUSH: u64 = 1000;
+/// ... holding fewer records than this per file on average gets the small-files warning.
+const SMALL_FILE_RECORDS: u64 = 100;
 
 /// How often the status callback and the lag metrics are refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
@@ -298,6 +305,7 @@ impl Sink {
                 elapsed: Duration::ZERO,
             },
             started: Instant::now(),
+            warned_small_files: false,
         })
     }
 
@@ -752,6 +760,23 @@ impl Sink {
             f.files,
             f.bytes
         );
+        let records = f.records + f.rewritten + f.dead;
+        if !self.warned_small_files
+            && f.files >= SMALL_FILES_FLUSH
+            && records < f.files * SMALL_FILE_RECORDS
+        {
+            self.warned_small_files = true;
+            tracing::warn!(
+                "a flush wrote {} files of {:.1} records on average into `{}` partition folders: so \
+                 many small files slow the sink and every query. For daily or coarser bars over many \
+                 dates use --partition-by symbol; for many symbols, --partition-by date (files stay \
+                 sorted by symbol, so a symbol's rows are still found fast) or --compact-every 10m to \
+                 merge them as partitions go quiet (said once per run)",
+                f.files,
+                records as f64 / f.files as f64,
+                self.config.partitioning
+            );
+        }
     }
 }
 
