@@ -323,18 +323,50 @@ pub fn set_retention(
     }
 }
 
-/// A producer for `topic`, which must exist (see [`ensure_topic`]).
+/// How a producer sends, beyond the bus's own settings.
+#[derive(Debug, Clone, Default)]
+pub struct ProducerOptions {
+    /// Kafka: how long a transaction stays open before it commits (default
+    /// [`kafka::TRANSACTION_SPAN`], 200 ms; within [`kafka::TRANSACTION_SPANS`]).
+    /// Readers see messages when their transaction commits; sends wait while one commits, so longer
+    /// spans send faster and show messages later. The embedded log has no transactions: giving a
+    /// span for it is a configuration error.
+    pub transaction_span: Option<Duration>,
+}
+
+/// A producer for `topic`, which must exist (see [`ensure_topic`]), with the default options.
 pub fn producer(config: &BusConfig, topic: &str) -> Result<Box<dyn Producer>, BusError> {
+    producer_with(config, topic, &ProducerOptions::default())
+}
+
+/// A producer for `topic`, which must exist (see [`ensure_topic`]).
+pub fn producer_with(
+    config: &BusConfig,
+    topic: &str,
+    options: &ProducerOptions,
+) -> Result<Box<dyn Producer>, BusError> {
     validate_topic(topic)?;
     Ok(match config {
+        BusConfig::Embedded { .. } if options.transaction_span.is_some() => {
+            return Err(BusError::Config(
+                "a transaction span is for Kafka: the embedded log has no transactions (its appends \
+                 are visible as soon as they are durable)"
+                    .into(),
+            ))
+        }
         BusConfig::Embedded { dir } => Box::new(embedded::EmbeddedProducer::open(
             dir,
             topic,
             embedded::ProducerSettings::default(),
         )?),
-        BusConfig::Kafka { brokers, settings } => {
-            Box::new(kafka::KafkaProducer::new(brokers, settings, topic)?)
-        }
+        BusConfig::Kafka { brokers, settings } => Box::new(kafka::KafkaProducer::new(
+            brokers,
+            settings,
+            topic,
+            options
+                .transaction_span
+                .unwrap_or(kafka::TRANSACTION_SPAN),
+        )?),
     })
 }
 

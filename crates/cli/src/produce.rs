@@ -105,6 +105,12 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     pub replication_factor: i32,
 
+    /// Kafka: commit the producer's transaction this often, 10ms to 5s [default: 200ms]. Consumers
+    /// see messages when their transaction commits; sending waits while one commits, so a longer span
+    /// sends faster (a history replay) and a shorter one shows messages sooner (a live feed).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub transaction_span: Option<Duration>,
+
     /// Embedded log: keep what was appended within this long (e.g. 7d, 12h), like Kafka's
     /// retention.ms. Set once, it stays the topic's until set again; producers delete older batches.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
@@ -158,7 +164,16 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
             topic.partitions
         );
     }
-    let mut producer = ticklake_bus::producer(&bus, &g.topic)?;
+    if args.transaction_span.is_some() && matches!(bus, ticklake_bus::BusConfig::Embedded { .. }) {
+        anyhow::bail!(
+            "--transaction-span is for Kafka (--brokers): the embedded log has no transactions, its \
+             appends are visible as soon as they are durable"
+        );
+    }
+    let options = ticklake_bus::ProducerOptions {
+        transaction_span: args.transaction_span,
+    };
+    let mut producer = ticklake_bus::producer_with(&bus, &g.topic, &options)?;
     let stop = stop_flag()?;
     let started = Instant::now();
 

@@ -78,6 +78,27 @@ fn real_files_through_kafka() {
     replay_real_files(&Env::kafka());
 }
 
+/// The Kafka producer's transaction span: a long one still delivers every message exactly once (the
+/// last transaction commits at the end of the run), and one past the broker's transaction timeout is
+/// refused before anything is sent.
+#[test]
+fn transaction_span_on_kafka() {
+    let env = Env::kafka();
+    let args = ["produce", "--simulate", "--count", "20000"];
+    let (stdout, _) = env.ok(&[&args[..], &["--transaction-span", "2s"]].concat());
+    assert!(stdout.contains("20000 acknowledged"), "{stdout}");
+    let values = env.values();
+    assert_eq!(values.len(), 20000);
+    let distinct: std::collections::HashSet<&String> = values.iter().collect();
+    assert_eq!(distinct.len(), 20000, "no message twice");
+
+    let out = env.run(&[&args[..], &["--transaction-span", "1h"]].concat());
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("out of range: use 10ms to 5s"), "{stderr}");
+    assert_eq!(env.values().len(), 20000, "nothing more was sent");
+}
+
 #[test]
 fn simulator_is_deterministic_and_counts() {
     let a = Env::embedded();
@@ -220,6 +241,17 @@ fn user_errors_are_clear_and_do_not_panic() {
             "invalid topic name",
         ),
         (vec!["--topic", "missing", "consume"], "does not exist"),
+        (
+            vec![
+                "produce",
+                "--simulate",
+                "--count",
+                "1",
+                "--transaction-span",
+                "2s",
+            ],
+            "--transaction-span is for Kafka",
+        ),
     ];
     for (args, want) in cases {
         let out = env.run(&args);

@@ -9,9 +9,12 @@
 //! `isolation.level=read_committed`, librdkafka's default and the sink's, never see aborted messages) and
 //! sends the copies again in a new one.
 //!
-//! A transaction is committed every [`TRANSACTION_SPAN`] (also when no new message comes: a background
-//! thread looks), after [`TRANSACTION_MESSAGES`] messages, and at `flush`. Readers see messages when their
-//! transaction commits, so the span bounds the delay it adds.
+//! A transaction is committed once it is a span old ([`TRANSACTION_SPAN`] unless the producer is given
+//! another; also when no new message comes: a background thread looks), after [`TRANSACTION_MESSAGES`]
+//! messages, and at `flush`. Readers see messages when their transaction commits, so the span bounds the
+//! delay it adds. Sends wait while a transaction commits (librdkafka takes no message then), so a longer
+//! span sends faster: 1 M simulated records took a median 4.1 s with 200 ms spans and 3.1 s with 2 s spans
+//! on the 2-core machine (BENCHMARKS.md).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,8 +29,12 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, Threa
 use super::{client_config, kerr};
 use crate::{outage_backoff, BusError, Delivery, Producer};
 
-/// How long a transaction stays open before it is committed.
+/// How long a transaction stays open before it is committed, by default.
 pub const TRANSACTION_SPAN: Duration = Duration::from_millis(200);
+/// The shortest and longest spans a producer accepts: a transaction must commit well within
+/// `transaction.timeout.ms` (10 s), or the broker aborts it.
+pub const TRANSACTION_SPANS: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(10)..=Duration::from_secs(5);
 /// How many messages a transaction holds at most (their copies are kept until it commits).
 pub const TRANSACTION_MESSAGES: usize = 500_000;
 /// How long one transactional call (init, commit, abort) may block before it is tried again.
@@ -47,6 +54,8 @@ struct Transactions {
     config: ClientConfig,
     producer: ThreadedProducer<DefaultProducerContext>,
     held: HeldMessages,
+    /// How long a transaction stays open before it is committed.
+    span: Duration,
     /// When the open transaction got its first message.
     opened: Option<Instant>,
     /// Messages in committed transactions.
@@ -91,14 +100,24 @@ impl HeldMessages {
 }
 
 impl KafkaProducer {
-    /// Connects a producer for `topic` and opens its first transaction. Its `transactional.id` is
-    /// unique to this producer unless the settings give one (a fixed id lets a restarted producer fence
-    /// off the previous instance and abort its open transaction at once).
+    /// Connects a producer for `topic` and opens its first transaction, which commits every `span`
+    /// (within [`TRANSACTION_SPANS`]). Its `transactional.id` is unique to this producer unless the
+    /// settings give one (a fixed id lets a restarted producer fence off the previous instance and
+    /// abort its open transaction at once).
     pub fn new(
         brokers: &str,
         settings: &[(String, String)],
         topic: &str,
+        span: Duration,
     ) -> Result<Self, BusError> {
+        if !TRANSACTION_SPANS.contains(&span) {
+            return Err(BusError::Config(format!(
+                "a transaction span of {span:?} is out of range: use {:?} to {:?} (the broker aborts \
+                 transactions open longer than transaction.timeout.ms, 10 s)",
+                TRANSACTION_SPANS.start(),
+                TRANSACTION_SPANS.end()
+            )));
+        }
         let id = format!(
             "ticklake-{topic}-{}-{}",
             std::process::id(),
@@ -128,6 +147,7 @@ impl KafkaProducer {
             config,
             producer,
             held: HeldMessages::default(),
+            span,
             opened: None,
             committed: 0,
             failure: None,
@@ -137,7 +157,7 @@ impl KafkaProducer {
             let (state, stop) = (state.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("kafka-commit".into())
-                .spawn(move || commit_when_due(&state, &stop))
+                .spawn(move || commit_when_due(&state, &stop, span))
                 .map_err(|e| BusError::Kafka(format!("cannot start the commit thread: {e}")))?
         };
         Ok(KafkaProducer {
@@ -177,11 +197,12 @@ fn start_producer(
     Ok(producer)
 }
 
-/// The committer thread: commits the open transaction once it is [`TRANSACTION_SPAN`] old, so that
-/// messages become visible without waiting for the next `send`.
-fn commit_when_due(state: &Mutex<Transactions>, stop: &AtomicBool) {
+/// The committer thread: commits the open transaction once it is a span old, so that messages become
+/// visible without waiting for the next `send`.
+fn commit_when_due(state: &Mutex<Transactions>, stop: &AtomicBool, span: Duration) {
+    let look_every = (span / 4).min(Duration::from_millis(100));
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(TRANSACTION_SPAN / 4);
+        std::thread::sleep(look_every);
         let mut t = state.lock().unwrap_or_else(|p| p.into_inner());
         if t.failure.is_none() && t.due() {
             if let Err(e) = t.commit() {
@@ -193,9 +214,8 @@ fn commit_when_due(state: &Mutex<Transactions>, stop: &AtomicBool) {
 
 impl Transactions {
     fn due(&self) -> bool {
-        self.opened.is_some_and(|at| {
-            at.elapsed() >= TRANSACTION_SPAN || self.held.len() >= TRANSACTION_MESSAGES
-        })
+        self.opened
+            .is_some_and(|at| at.elapsed() >= self.span || self.held.len() >= TRANSACTION_MESSAGES)
     }
 
     /// Hands one message to librdkafka, waiting while its queue is full.
