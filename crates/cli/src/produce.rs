@@ -140,6 +140,15 @@ struct Totals {
 
 pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
     let bus = g.bus()?;
+    if args.transaction_span.is_some() && matches!(bus, ticklake_bus::BusConfig::Embedded { .. }) {
+        anyhow::bail!(
+            "--transaction-span is for Kafka (--brokers): the embedded log has no transactions, its \
+             appends are visible as soon as they are durable"
+        );
+    }
+    if let Some(span) = args.transaction_span {
+        ticklake_bus::kafka::check_transaction_span(span).context("--transaction-span")?;
+    }
     let pacing = match (args.rate, args.realtime) {
         (Some(r), _) => Pacing::Rate(r),
         (None, true) => Pacing::Realtime { speed: args.speed },
@@ -162,12 +171,6 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
             "created topic {} with {} partitions",
             g.topic,
             topic.partitions
-        );
-    }
-    if args.transaction_span.is_some() && matches!(bus, ticklake_bus::BusConfig::Embedded { .. }) {
-        anyhow::bail!(
-            "--transaction-span is for Kafka (--brokers): the embedded log has no transactions, its \
-             appends are visible as soon as they are durable"
         );
     }
     let options = ticklake_bus::ProducerOptions {

@@ -23,7 +23,7 @@ use rdkafka::util::Timeout;
 use crate::{BusError, TopicInfo};
 
 pub use consumer::KafkaConsumer;
-pub use producer::{KafkaProducer, TRANSACTION_SPAN, TRANSACTION_SPANS};
+pub use producer::{check_transaction_span, KafkaProducer, TRANSACTION_SPAN, TRANSACTION_SPANS};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
 

@@ -35,6 +35,19 @@ pub const TRANSACTION_SPAN: Duration = Duration::from_millis(200);
 /// `transaction.timeout.ms` (10 s), or the broker aborts it.
 pub const TRANSACTION_SPANS: std::ops::RangeInclusive<Duration> =
     Duration::from_millis(10)..=Duration::from_secs(5);
+/// Checks that a transaction span is within [`TRANSACTION_SPANS`].
+pub fn check_transaction_span(span: Duration) -> Result<(), BusError> {
+    if TRANSACTION_SPANS.contains(&span) {
+        return Ok(());
+    }
+    Err(BusError::Config(format!(
+        "a transaction span of {span:?} is out of range: use {:?} to {:?} (the broker aborts \
+         transactions open longer than transaction.timeout.ms, 10 s)",
+        TRANSACTION_SPANS.start(),
+        TRANSACTION_SPANS.end()
+    )))
+}
+
 /// How many messages a transaction holds at most (their copies are kept until it commits).
 pub const TRANSACTION_MESSAGES: usize = 500_000;
 /// How long one transactional call (init, commit, abort) may block before it is tried again.
@@ -110,14 +123,7 @@ impl KafkaProducer {
         topic: &str,
         span: Duration,
     ) -> Result<Self, BusError> {
-        if !TRANSACTION_SPANS.contains(&span) {
-            return Err(BusError::Config(format!(
-                "a transaction span of {span:?} is out of range: use {:?} to {:?} (the broker aborts \
-                 transactions open longer than transaction.timeout.ms, 10 s)",
-                TRANSACTION_SPANS.start(),
-                TRANSACTION_SPANS.end()
-            )));
-        }
+        check_transaction_span(span)?;
         let id = format!(
             "ticklake-{topic}-{}-{}",
             std::process::id(),
