@@ -334,6 +334,21 @@ pub struct ProducerOptions {
     pub transaction_span: Option<Duration>,
 }
 
+impl ProducerOptions {
+    /// Checks the options against the bus, so a caller can refuse them before touching the topic.
+    pub fn check(&self, config: &BusConfig) -> Result<(), BusError> {
+        match (config, self.transaction_span) {
+            (_, None) => Ok(()),
+            (BusConfig::Embedded { .. }, Some(_)) => Err(BusError::Config(
+                "--transaction-span is for Kafka (--brokers): the embedded log has no transactions, \
+                 its appends are visible as soon as they are durable"
+                    .into(),
+            )),
+            (BusConfig::Kafka { .. }, Some(span)) => kafka::check_transaction_span(span),
+        }
+    }
+}
+
 /// A producer for `topic`, which must exist (see [`ensure_topic`]), with the default options.
 pub fn producer(config: &BusConfig, topic: &str) -> Result<Box<dyn Producer>, BusError> {
     producer_with(config, topic, &ProducerOptions::default())
@@ -346,14 +361,8 @@ pub fn producer_with(
     options: &ProducerOptions,
 ) -> Result<Box<dyn Producer>, BusError> {
     validate_topic(topic)?;
+    options.check(config)?;
     Ok(match config {
-        BusConfig::Embedded { .. } if options.transaction_span.is_some() => {
-            return Err(BusError::Config(
-                "a transaction span is for Kafka: the embedded log has no transactions (its appends \
-                 are visible as soon as they are durable)"
-                    .into(),
-            ))
-        }
         BusConfig::Embedded { dir } => Box::new(embedded::EmbeddedProducer::open(
             dir,
             topic,
@@ -363,9 +372,7 @@ pub fn producer_with(
             brokers,
             settings,
             topic,
-            options
-                .transaction_span
-                .unwrap_or(kafka::TRANSACTION_SPAN),
+            options.transaction_span.unwrap_or(kafka::TRANSACTION_SPAN),
         )?),
     })
 }

@@ -140,15 +140,11 @@ struct Totals {
 
 pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
     let bus = g.bus()?;
-    if args.transaction_span.is_some() && matches!(bus, ticklake_bus::BusConfig::Embedded { .. }) {
-        anyhow::bail!(
-            "--transaction-span is for Kafka (--brokers): the embedded log has no transactions, its \
-             appends are visible as soon as they are durable"
-        );
-    }
-    if let Some(span) = args.transaction_span {
-        ticklake_bus::kafka::check_transaction_span(span).context("--transaction-span")?;
-    }
+    // Refused before the topic is created or changed.
+    let options = ticklake_bus::ProducerOptions {
+        transaction_span: args.transaction_span,
+    };
+    options.check(&bus)?;
     let pacing = match (args.rate, args.realtime) {
         (Some(r), _) => Pacing::Rate(r),
         (None, true) => Pacing::Realtime { speed: args.speed },
@@ -173,9 +169,6 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
             topic.partitions
         );
     }
-    let options = ticklake_bus::ProducerOptions {
-        transaction_span: args.transaction_span,
-    };
     let mut producer = ticklake_bus::producer_with(&bus, &g.topic, &options)?;
     let stop = stop_flag()?;
     let started = Instant::now();
