@@ -36,7 +36,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$TICKLAKE_CACHE/target}
 COUNT=${BENCH_COUNT:-1000000}
 SYMBOLS=${BENCH_SYMBOLS:-100}
 
-export BENCH_MACHINE="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB, disk $(df -h . | awk 'NR==2{print $2}')"
+export BENCH_MACHINE="$(bench_machine)"
 echo "machine: $BENCH_MACHINE"
 MODE=${1:-}
 if [ -z "$MODE" ]; then

@@ -44,7 +44,7 @@ ensure_iceberg_rest
 ensure_moto
 PY=$MOTO_VENV/bin/python
 
-export BENCH_MACHINE="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB, disk $(df -h . | awk 'NR==2{print $2}')"
+export BENCH_MACHINE="$(bench_machine)"
 echo "machine: $BENCH_MACHINE"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/ticklake-bench-connect.XXXXXX")

@@ -191,3 +191,8 @@ start_moto() {
 }
 
 stop_moto() { stop_service MOTO_PID; }
+
+# The machine, for benchmark reports: cores, CPU model, RAM, disk size.
+bench_machine() {
+  echo "$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB, disk $(df -h . | awk 'NR==2{print $2}')"
+}
