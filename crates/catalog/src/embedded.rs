@@ -116,6 +116,21 @@ impl Catalog for EmbeddedCatalog {
         Ok(())
     }
 
+    async fn create_table(&self, table: &Table) -> Result<Table, CatalogError> {
+        validate_name("table", &table.name)?;
+        let json = serde_json::to_string(table).map_err(|e| self.err(e))?;
+        self.conn()
+            .execute(
+                "INSERT INTO tables (database, name, definition) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (database, name) DO NOTHING",
+                params![self.database, table.name, json],
+            )
+            .map_err(|e| self.err(e))?;
+        self.get_table(&table.name)
+            .await?
+            .ok_or_else(|| CatalogError::NoSuchTable(table.name.clone()))
+    }
+
     async fn add_partitions(
         &self,
         table: &str,
@@ -282,6 +297,20 @@ mod tests {
         // Another database in the same file sees none of it.
         let other = EmbeddedCatalog::open(&path, "other").unwrap();
         assert!(other.list_tables().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_first_creation_of_a_table_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = EmbeddedCatalog::open(&dir.path().join("catalog.sqlite"), "ticklake").unwrap();
+        let first = table("prices");
+        assert_eq!(c.create_table(&first).await.unwrap(), first);
+        let mut second = table("prices");
+        second.partition_keys = vec![Column::new("symbol", "string")];
+        // The second writer gets the first one's table, unchanged.
+        assert_eq!(c.create_table(&second).await.unwrap(), first);
+        assert_eq!(c.get_table("prices").await.unwrap().unwrap(), first);
+        assert!(c.create_table(&table("../x")).await.is_err());
     }
 
     #[tokio::test]

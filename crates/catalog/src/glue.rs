@@ -327,6 +327,28 @@ impl Catalog for GlueCatalog {
         }
     }
 
+    async fn create_table(&self, table: &Table) -> Result<Table, CatalogError> {
+        validate_name("table", &table.name)?;
+        let input = self.table_input(table)?;
+        match self
+            .client
+            .create_table()
+            .database_name(&self.database)
+            .table_input(input)
+            .send()
+            .await
+        {
+            Ok(_) => {}
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_already_exists_exception()) => {}
+            Err(e) => return Err(glue_err("CreateTable", e)),
+        }
+        self.get_table(&table.name)
+            .await?
+            .ok_or_else(|| CatalogError::NoSuchTable(table.name.clone()))
+    }
+
     async fn add_partitions(
         &self,
         table: &str,

@@ -72,6 +72,11 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// Creates the table, or replaces its definition (its partitions are kept).
     async fn put_table(&self, table: &Table) -> Result<(), CatalogError>;
 
+    /// Creates the table unless one of that name exists, in one step (of two writers creating it at
+    /// once, one wins), and returns the table the catalog holds afterwards: `table`, or the one that
+    /// was there first.
+    async fn create_table(&self, table: &Table) -> Result<Table, CatalogError>;
+
     /// Adds partitions; those already registered are left as they are. Returns how many were new.
     async fn add_partitions(
         &self,
