@@ -122,6 +122,109 @@ impl Partitioning {
     }
 }
 
+/// A flush writing at least this many files ...
+pub const SMALL_FILES: u64 = 1_000;
+/// ... of fewer records than this on average writes too many small files for its layout (the sink
+/// warns about such flushes).
+pub const SMALL_FILE_RECORDS: u64 = 100;
+/// A new table's first flush making [`SMALL_FILES`] or more `date,symbol` files of fewer records than
+/// this on average gets a coarser layout ([`Partitioning::choose`]).
+pub const CHOSEN_FILE_RECORDS: u64 = 1_000;
+
+/// How the records of a flush spread over `date,symbol` folders: what [`Partitioning::choose`] looks at.
+#[derive(Debug, Default, Clone)]
+pub struct FeedShape {
+    records: u64,
+    folders: u64,
+    dates: std::collections::HashSet<String>,
+    symbols: std::collections::HashSet<String>,
+}
+
+impl FeedShape {
+    /// Counts `records` records in the `date,symbol` folder `folder` (as [`Partitioning::path_for`]
+    /// of the default layout writes it, e.g. `date=2024-01-02/symbol=AAPL`).
+    pub fn add(&mut self, folder: &str, records: u64) {
+        let (date, symbol) = folder.split_once('/').unwrap_or((folder, ""));
+        self.records += records;
+        self.folders += 1;
+        if !self.dates.contains(date) {
+            self.dates.insert(date.to_owned());
+        }
+        if !self.symbols.contains(symbol) {
+            self.symbols.insert(symbol.to_owned());
+        }
+    }
+
+    /// Records counted.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+}
+
+/// The layout [`Partitioning::choose`] picked, and why, for the sink's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayoutChoice {
+    /// The partition columns picked.
+    pub partitioning: Partitioning,
+    /// Why, in words a user can check against their feed.
+    pub reason: String,
+}
+
+impl Partitioning {
+    /// The layout for a new table, from the records of its first flush (in `date,symbol` folders):
+    /// `date,symbol` (the default, what a live feed of a few hundred symbols wants) unless it would
+    /// write [`SMALL_FILES`] or more files of under [`CHOSEN_FILE_RECORDS`] records on average; then
+    /// `date` or `symbol`, whichever has fewer folders: `symbol` for daily or coarser history (one row
+    /// per symbol and day), `date` for a feed of thousands of symbols (its files stay sorted by symbol,
+    /// so a symbol's rows are still found by their statistics).
+    pub fn choose(shape: &FeedShape) -> LayoutChoice {
+        let per_folder = shape.records as f64 / shape.folders.max(1) as f64;
+        if shape.folders < SMALL_FILES || shape.records >= shape.folders * CHOSEN_FILE_RECORDS {
+            return LayoutChoice {
+                partitioning: Partitioning::default(),
+                reason: format!(
+                    "{} records in {} date,symbol folders ({per_folder:.0} per folder)",
+                    shape.records, shape.folders
+                ),
+            };
+        }
+        let (dates, symbols) = (shape.dates.len(), shape.symbols.len());
+        let (key, folders) = if dates <= symbols {
+            (PartitionKey::Date, dates)
+        } else {
+            (PartitionKey::Symbol, symbols)
+        };
+        LayoutChoice {
+            partitioning: Partitioning(vec![key]),
+            reason: format!(
+                "date,symbol would make {} files of {per_folder:.1} records on average ({} records, \
+                 {dates} dates, {symbols} symbols); `{}` makes {folders}",
+                shape.folders,
+                shape.records,
+                key.name()
+            ),
+        }
+    }
+
+    /// The folder in this layout of a record whose folder in `from` is `path`, when this layout's
+    /// columns are some of `from`'s, in the same order (`date,symbol` to `date` or `symbol`);
+    /// `None` otherwise.
+    pub fn coarsen(&self, from: &Partitioning, path: &str) -> Option<String> {
+        let mut from_keys = from.0.iter();
+        if !self.0.iter().all(|k| from_keys.any(|f| f == k)) {
+            return None;
+        }
+        let kept: Vec<&str> = path
+            .split('/')
+            .filter(|seg| {
+                let name = seg.split_once('=').map_or(*seg, |(n, _)| n);
+                self.0.iter().any(|k| k.name() == name)
+            })
+            .collect();
+        Some(kept.join("/"))
+    }
+}
+
 /// The file name for a group of records: `<topic>+<partition>+<first offset as 20 digits>.<ext>`.
 ///
 /// The same records always get the same name, which is what makes a replay overwrite rather than
@@ -189,6 +292,63 @@ mod tests {
             .parse::<Partitioning>()
             .unwrap_err()
             .contains("unknown key"));
+    }
+
+    fn shape(dates: usize, symbols: usize, per_folder: u64) -> FeedShape {
+        let mut shape = FeedShape::default();
+        for d in 0..dates {
+            for s in 0..symbols {
+                shape.add(&format!("date=2024-{:04}/symbol=S{s}", d), per_folder);
+            }
+        }
+        shape
+    }
+
+    #[test]
+    fn the_layout_follows_the_feed() {
+        let pick = |s: &FeedShape| Partitioning::choose(s).partitioning.to_string();
+        // A live feed: one date, a few hundred symbols, many records each.
+        assert_eq!(pick(&shape(1, 100, 10_000)), "date,symbol");
+        // A small first flush is no evidence: the default stays.
+        assert_eq!(pick(&shape(3, 10, 1)), "date,symbol");
+        // Daily bars of a few symbols over many years: one record per folder.
+        assert_eq!(pick(&shape(5_000, 14, 1)), "symbol");
+        // Thousands of symbols, a few records each.
+        assert_eq!(pick(&shape(1, 10_000, 20)), "date");
+        // Daily bars of 10,000 symbols over 100 days: fewer dates than symbols.
+        assert_eq!(pick(&shape(100, 10_000, 1)), "date");
+        // Exactly at the bound: 1,000 records per folder is fine; fewer is not.
+        assert_eq!(pick(&shape(1, 2_000, 1_000)), "date,symbol");
+        assert_eq!(pick(&shape(1, 2_000, 999)), "date");
+        // A daily history replayed in a loop: each date,symbol folder gets a few hundred records.
+        assert_eq!(pick(&shape(5_693, 1, 125)), "symbol");
+        let c = Partitioning::choose(&shape(5_000, 14, 1));
+        assert!(
+            c.reason.contains("70000 files of 1.0 records"),
+            "{}",
+            c.reason
+        );
+    }
+
+    #[test]
+    fn coarser_layouts_keep_their_columns() {
+        let fine = Partitioning::default();
+        let path = "date=2024-01-02/symbol=A%2FB";
+        let date: Partitioning = "date".parse().unwrap();
+        let symbol: Partitioning = "symbol".parse().unwrap();
+        let none: Partitioning = "none".parse().unwrap();
+        assert_eq!(date.coarsen(&fine, path).unwrap(), "date=2024-01-02");
+        assert_eq!(symbol.coarsen(&fine, path).unwrap(), "symbol=A%2FB");
+        assert_eq!(none.coarsen(&fine, path).unwrap(), "");
+        assert_eq!(fine.coarsen(&fine, path).unwrap(), path);
+        let hourly: Partitioning = "date,hour,symbol".parse().unwrap();
+        assert_eq!(hourly.coarsen(&fine, path), None);
+        assert_eq!(fine.coarsen(&date, "date=2024-01-02"), None);
+        // The same symbol coarsened from any date lands in one folder.
+        assert_eq!(
+            symbol.coarsen(&fine, &fine.path_for("X", TS)),
+            symbol.coarsen(&fine, &fine.path_for("X", TS + 86_400_000_000 * 400))
+        );
     }
 
     #[test]

@@ -8,7 +8,10 @@ pub mod lake;
 pub mod layout;
 
 pub use lake::{FileInfo, Lake};
-pub use layout::{hive_escape, hive_unescape, PartitionKey, Partitioning};
+pub use layout::{
+    hive_escape, hive_unescape, FeedShape, LayoutChoice, PartitionKey, Partitioning,
+    CHOSEN_FILE_RECORDS, SMALL_FILES, SMALL_FILE_RECORDS,
+};
 
 /// Errors of the lake's storage.
 #[derive(Debug, thiserror::Error)]
