@@ -9,7 +9,7 @@ use bytesize::ByteSize;
 use clap::Args as ClapArgs;
 use indicatif::HumanCount;
 use ticklake_sink::{
-    BackgroundCompaction, CompactionTarget, FileFormat, FlushPolicy, Lake, Partitioning, Sink,
+    BackgroundCompaction, CompactionTarget, FileFormat, FlushPolicy, Lake, PartitionBy, Sink,
     SinkConfig, Stats, TableFormat,
 };
 
@@ -30,9 +30,12 @@ pub struct Args {
     #[arg(long)]
     pub table: Option<String>,
 
-    /// Partition folders: date,symbol | date | date,hour | date,hour,symbol | symbol | none.
-    #[arg(long, default_value = "date,symbol")]
-    pub partition_by: Partitioning,
+    /// Partition folders: auto | date,symbol | date | date,hour | date,hour,symbol | symbol | none.
+    /// auto: a table that exists keeps its own; a new one gets date,symbol unless its first flush
+    /// would write 1,000+ files of under 1,000 records on average, then date (thousands of symbols) or
+    /// symbol (daily bars over years), whichever makes fewer folders.
+    #[arg(long, default_value = "auto", value_name = "KEYS")]
+    pub partition_by: PartitionBy,
 
     /// File format: parquet (zstd, sorted by symbol and time), json (one object per line) or csv.
     #[arg(long, default_value = "parquet")]
@@ -104,7 +107,7 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
         topic: g.topic.clone(),
         group: args.group.clone(),
         table: table.clone(),
-        partitioning: args.partition_by.clone(),
+        partition_by: args.partition_by.clone(),
         format: args.format,
         flush: FlushPolicy {
             records: args.flush_records,

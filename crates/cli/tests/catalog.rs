@@ -323,6 +323,15 @@ fn glue_catalog_on_moto_matches_the_embedded_catalog() {
         assert_eq!(p["values"], serde_json::json!(values));
     }
 
+    // The table's layout is Glue's to keep: a sink asking for another is refused before it consumes.
+    let refused = env.run(&[&glue[..], &["sink", "--once", "--partition-by", "symbol"]].concat());
+    assert!(!refused.status.success());
+    let (_, stderr) = text(&refused);
+    assert!(
+        stderr.contains("is partitioned by (date,symbol), not (symbol)"),
+        "{stderr}"
+    );
+
     // A crawl into another Glue database catalogs the same table.
     let crawled = ["--catalog", "glue", "--database", crawled_db.as_str()];
     env.ok(&[&crawled[..], &["crawl"]].concat());

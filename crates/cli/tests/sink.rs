@@ -12,21 +12,27 @@ use ticklake_bus::{producer, BusConfig};
 use ticklake_feed::sim::{SimOptions, Simulator};
 use ticklake_model::Record;
 
-/// Replays both real files, drains with `--once`, and checks the lake holds exactly the accepted rows,
-/// each in its partition folder; a second `--once` adds nothing.
-fn real_files_into_the_lake(env: &Env, partition_by: &str) {
+/// Replays both real files, drains with `--once` (with `--partition-by`, or without it: `auto`), and
+/// checks the lake holds exactly the accepted rows, each in its folder of `layout`; a second `--once`
+/// adds nothing.
+fn real_files_into_the_lake(env: &Env, partition_by: &str, layout: &str) {
     let gsptse = shared_data("indexProcessed-GSPTSE-raw.csv");
     let hsi = shared_data("indexProcessed-HSI.csv");
     env.ok(&["-q", "produce", "--source", path_str(&gsptse)]);
     env.ok(&["-q", "produce", "--source", path_str(&hsi)]);
     let sink = ["-q", "sink", "--once", "--partition-by", partition_by];
-    let (stdout, stderr) = env.ok(&sink);
+    let sink = if partition_by == "auto" {
+        &sink[..3]
+    } else {
+        &sink[..]
+    };
+    let (stdout, stderr) = env.ok(sink);
     assert_eq!(written(&stdout), 10526 + 5693, "{stdout}");
     // Daily bars in date folders: one file per row, which the sink points out (once) with the fix.
     let warned = stderr
         .matches("files of 1.0 records on average into `date,symbol`")
         .count();
-    let want = usize::from(partition_by == "date,symbol");
+    let want = usize::from(layout == "date,symbol");
     assert_eq!(warned, want, "small-files warnings:\n{stderr}");
     if want == 1 {
         assert!(stderr.contains("--partition-by symbol"), "{stderr}");
@@ -34,7 +40,7 @@ fn real_files_into_the_lake(env: &Env, partition_by: &str) {
 
     let table = env.table();
     let lake = env.lake_records();
-    let partitioning: ticklake_sink::Partitioning = partition_by.parse().unwrap();
+    let partitioning: ticklake_sink::Partitioning = layout.parse().unwrap();
     for (folder, r) in &lake {
         let want = format!("{table}/{}", partitioning.path_for(&r.symbol, r.ts));
         assert_eq!(folder, &want, "{r:?} in the wrong folder");
@@ -60,9 +66,37 @@ fn real_files_into_the_lake(env: &Env, partition_by: &str) {
         .all(|r| r.extra.iter().any(|(n, _)| &**n == "close_usd")));
 
     let files = env.lake_files(&table).len();
-    let (stdout, _) = env.ok(&sink);
+    let (stdout, _) = env.ok(sink);
     assert_eq!(written(&stdout), 0, "nothing new: {stdout}");
     assert_eq!(env.lake_files(&table).len(), files);
+    // The table keeps its layout: the catalog has it, and another one is refused before anything is
+    // consumed; without --partition-by a sink takes the table's.
+    let (out, _) = env.ok(&[
+        "query",
+        "--format",
+        "csv",
+        &format!("SHOW PARTITIONS {table}"),
+    ]);
+    let first = out.lines().nth(1).unwrap_or_default();
+    let keys: Vec<&str> = first
+        .split('/')
+        .map(|seg| seg.split('=').next().unwrap_or_default())
+        .collect();
+    assert_eq!(keys.join(","), layout, "SHOW PARTITIONS:\n{out}");
+    let other = if layout == "symbol" {
+        "date,symbol"
+    } else {
+        "symbol"
+    };
+    let refused = env.run(&["sink", "--once", "--partition-by", other]);
+    let (_, stderr) = text(&refused);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains(&format!("is partitioned by ({layout}), not ({other})")),
+        "{stderr}"
+    );
+    let (stdout, _) = env.ok(&["-q", "sink", "--once"]);
+    assert_eq!(written(&stdout), 0, "{stdout}");
 }
 
 // Daily bars partitioned by date make one file per row (16,219 files): fine on local disk, but far too
@@ -70,22 +104,30 @@ fn real_files_into_the_lake(env: &Env, partition_by: &str) {
 
 #[test]
 fn real_files_embedded_log_to_local_lake() {
-    real_files_into_the_lake(&Env::embedded(), "date,symbol");
+    real_files_into_the_lake(&Env::embedded(), "date,symbol", "date,symbol");
 }
 
 #[test]
 fn real_files_kafka_to_local_lake() {
-    real_files_into_the_lake(&Env::kafka(), "date,symbol");
+    real_files_into_the_lake(&Env::kafka(), "date,symbol", "date,symbol");
+}
+
+// Without --partition-by, a new table's layout comes from its first flush: daily bars of two indexes
+// over decades would be 16,219 date,symbol folders of one row, so the sink picks symbol folders.
+
+#[test]
+fn real_files_choose_their_layout() {
+    real_files_into_the_lake(&Env::embedded(), "auto", "symbol");
 }
 
 #[test]
 fn real_files_embedded_log_to_s3_lake() {
-    real_files_into_the_lake(&Env::embedded().with_s3_lake(), "symbol");
+    real_files_into_the_lake(&Env::embedded().with_s3_lake(), "auto", "symbol");
 }
 
 #[test]
 fn real_files_kafka_to_s3_lake() {
-    real_files_into_the_lake(&Env::kafka().with_s3_lake(), "symbol");
+    real_files_into_the_lake(&Env::kafka().with_s3_lake(), "symbol", "symbol");
 }
 
 fn bus_of(env: &Env) -> BusConfig {

@@ -9,12 +9,17 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
-use arrow::datatypes::SchemaRef;
+use std::sync::Arc;
+
+use arrow::array::{new_null_array, RecordBatch};
+use arrow::compute::concat_batches;
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::error::ArrowError;
 use base64::Engine as _;
 use bytes::Bytes;
 use ticklake_bus::Message;
 use ticklake_lake::layout::file_name;
-use ticklake_lake::Partitioning;
+use ticklake_lake::{FeedShape, Partitioning};
 use ticklake_model::arrow::BatchBuilder;
 use ticklake_model::{json, Record};
 
@@ -47,6 +52,9 @@ struct FileGroup {
 struct PartitionCheckpoint {
     /// The offset the checkpoint starts at (its ledger entry's `from`).
     from: i64,
+    /// The layout its groups' folders follow: the table's, or `date,symbol` while a new table's is
+    /// not chosen yet (a flush then merges them into the chosen one's folders).
+    routed_by: Partitioning,
     groups: BTreeMap<String, FileGroup>,
     dead: Vec<u8>,
     dead_first: Option<i64>,
@@ -80,7 +88,11 @@ pub(crate) struct Position {
 
 /// The folder of each (time bucket, symbol) seen lately, so that routing a record formats no string.
 #[derive(Default)]
-struct Routes(HashMap<i64, HashMap<Box<str>, String>>);
+struct Routes {
+    /// The layout of the folders cached.
+    layout: Partitioning,
+    folders: HashMap<i64, HashMap<Box<str>, String>>,
+}
 
 impl Routes {
     /// Beyond this many time buckets (a replay of a long history), the cache starts over.
@@ -89,11 +101,15 @@ impl Routes {
     const MAX_ENTRIES: usize = 100_000;
 
     fn path(&mut self, partitioning: &Partitioning, symbol: &str, ts: i64) -> &str {
-        let bucket = partitioning.time_bucket(ts);
-        if self.0.len() > Self::MAX_BUCKETS && !self.0.contains_key(&bucket) {
-            self.0.clear();
+        if self.layout != *partitioning {
+            self.layout = partitioning.clone();
+            self.folders.clear();
         }
-        let symbols = self.0.entry(bucket).or_default();
+        let bucket = partitioning.time_bucket(ts);
+        if self.folders.len() > Self::MAX_BUCKETS && !self.folders.contains_key(&bucket) {
+            self.folders.clear();
+        }
+        let symbols = self.folders.entry(bucket).or_default();
         if !symbols.contains_key(symbol) {
             if symbols.len() >= Self::MAX_ENTRIES {
                 symbols.clear();
@@ -350,6 +366,7 @@ impl Checkpoint {
                 .entry(m.partition)
                 .or_insert_with(|| PartitionCheckpoint {
                     from,
+                    routed_by: rules.partitioning.clone(),
                     ..Default::default()
                 });
             pc.next_offset = m.offset + 1;
@@ -359,7 +376,7 @@ impl Checkpoint {
             let record = decoded.and_then(|mut r| rules.types.fit(&mut r).map(|()| r));
             match record {
                 Ok(r) => {
-                    let path = self.routes.path(rules.partitioning, &r.symbol, r.ts);
+                    let path = self.routes.path(&pc.routed_by, &r.symbol, r.ts);
                     if !pc.groups.contains_key(path) {
                         pc.bytes += GROUP_OVERHEAD;
                         self.bytes += GROUP_OVERHEAD;
@@ -385,8 +402,23 @@ impl Checkpoint {
         }
     }
 
-    /// Turns the checkpoint into the files of a flush: one per group, named by the Kafka partition and
-    /// the group's first offset, and one dead-letter file per partition that has dead letters.
+    /// How its records spread over `date,symbol` folders (records routed by another layout are not
+    /// counted), for choosing a new table's layout.
+    pub(crate) fn shape(&self) -> FeedShape {
+        let mut shape = FeedShape::default();
+        let default = Partitioning::default();
+        for pc in self.parts.values().filter(|pc| pc.routed_by == default) {
+            for (path, g) in &pc.groups {
+                shape.add(path, g.builder.len() as u64);
+            }
+        }
+        shape
+    }
+
+    /// Turns the checkpoint into the files of a flush in the folders of `partitioning`: one per group,
+    /// named by the Kafka partition and the group's first offset, and one dead-letter file per
+    /// partition that has dead letters. Groups routed by a finer layout (before a new table's was
+    /// chosen) are merged into their folders in `partitioning` first.
     pub(crate) fn plan(
         self,
         topic: &str,
@@ -407,11 +439,9 @@ impl Checkpoint {
             dead: 0,
         };
         for (p, pc) in self.parts {
-            for (path, mut g) in pc.groups {
-                let batch = g
-                    .builder
-                    .finish_typed(|name| types.arrow_type(name))
-                    .map_err(|e| SinkError::Encode(e.to_string()))?;
+            for (path, first_offset, batch) in
+                group_files(pc.groups, &pc.routed_by, partitioning, types)?
+            {
                 if !plan.schemas.contains(&batch.schema()) {
                     plan.schemas.push(batch.schema());
                 }
@@ -423,7 +453,7 @@ impl Checkpoint {
                 } else {
                     drop_columns(batch, partitioning.keys().iter().map(|k| k.name()))
                 };
-                let name = file_name(topic, p, g.first_offset, ext);
+                let name = file_name(topic, p, first_offset, ext);
                 let rel = if path.is_empty() {
                     format!("{table}/{name}")
                 } else {
@@ -459,6 +489,83 @@ impl Checkpoint {
 }
 
 /// The batch without the named columns.
+/// The groups of one partition's checkpoint as (folder in `to`, first offset, records): one per
+/// group when they were routed by `to`, else the groups of each folder of `to` merged into one.
+fn group_files(
+    groups: BTreeMap<String, FileGroup>,
+    routed_by: &Partitioning,
+    to: &Partitioning,
+    types: &ColumnTypes,
+) -> Result<Vec<(String, i64, RecordBatch)>, SinkError> {
+    let finish = |mut g: FileGroup| {
+        g.builder
+            .finish_typed(|name| types.arrow_type(name))
+            .map_err(|e| SinkError::Encode(e.to_string()))
+    };
+    if routed_by == to {
+        return groups
+            .into_iter()
+            .map(|(path, g)| Ok((path, g.first_offset, finish(g)?)))
+            .collect();
+    }
+    let mut merged: BTreeMap<String, (i64, Vec<RecordBatch>)> = BTreeMap::new();
+    for (path, g) in groups {
+        let Some(folder) = to.coarsen(routed_by, &path) else {
+            return Err(SinkError::Config(format!(
+                "records routed into `{routed_by}` folders cannot be written in `{to}` folders                  (another sink created the table with that layout meanwhile): start the sink again"
+            )));
+        };
+        let first = g.first_offset;
+        let entry = merged.entry(folder).or_insert((first, Vec::new()));
+        entry.0 = entry.0.min(first);
+        entry.1.push(finish(g)?);
+    }
+    merged
+        .into_iter()
+        .map(|(folder, (first, batches))| {
+            let batch = concat_aligned(batches).map_err(|e| SinkError::Encode(e.to_string()))?;
+            Ok((folder, first, batch))
+        })
+        .collect()
+}
+
+/// The rows of `batches` in one batch; a column some of them lack is null in their rows.
+fn concat_aligned(mut batches: Vec<RecordBatch>) -> Result<RecordBatch, ArrowError> {
+    if batches.len() == 1 {
+        return Ok(batches.remove(0));
+    }
+    let mut fields: Vec<Field> = Vec::new();
+    for b in &batches {
+        for f in b.schema().fields() {
+            if !fields.iter().any(|x| x.name() == f.name()) {
+                fields.push(f.as_ref().clone());
+            }
+        }
+    }
+    for f in &mut fields {
+        if batches.iter().any(|b| b.column_by_name(f.name()).is_none()) {
+            *f = f.clone().with_nullable(true);
+        }
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let aligned = batches
+        .iter()
+        .map(|b| {
+            let columns = schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    b.column_by_name(f.name())
+                        .cloned()
+                        .unwrap_or_else(|| new_null_array(f.data_type(), b.num_rows()))
+                })
+                .collect();
+            RecordBatch::try_new(schema.clone(), columns)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    concat_batches(&schema, &aligned)
+}
+
 fn drop_columns<'a>(
     batch: arrow::array::RecordBatch,
     names: impl Iterator<Item = &'a str>,
@@ -570,6 +677,99 @@ mod tests {
         assert_eq!(dead, plan.dead as usize);
         assert_eq!(rows + dead, n, "every message is a record or a dead letter");
         (rows, dead, reasons)
+    }
+
+    #[test]
+    fn groups_routed_by_date_and_symbol_merge_into_a_coarser_layout() {
+        let fine = Partitioning::default();
+        let mut types = ColumnTypes::default();
+        let mut cp = Checkpoint::default();
+        cp.positions.insert(0, Position::default());
+        let day = |d: u32| format!("2024-01-{d:02}T10:00:00Z");
+        let payloads = [
+            format!(r#"{{"symbol":"A","ts":"{}","close":1.0}}"#, day(3)),
+            format!(r#"{{"symbol":"B","ts":"{}","close":2.0}}"#, day(1)),
+            format!(
+                r#"{{"symbol":"A","ts":"{}","close":3.0,"note":"x"}}"#,
+                day(1)
+            ),
+            format!(r#"{{"symbol":"A","ts":"{}","close":4.0}}"#, day(2)),
+        ];
+        let batch = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Message {
+                partition: 0,
+                offset: 10 + i as i64,
+                key: None,
+                payload: Some(p.clone().into_bytes()),
+                timestamp_ms: Some(0),
+            })
+            .collect();
+        cp.absorb(
+            batch,
+            &mut Rules {
+                topic: "t",
+                partitioning: &fine,
+                max_message_bytes: 1 << 20,
+                types: &mut types,
+            },
+        );
+        assert_eq!(cp.shape().records(), 4);
+        let symbol: Partitioning = "symbol".parse().unwrap();
+        let plan = cp
+            .plan("t", "t", &symbol, FileFormat::Parquet, &types)
+            .unwrap();
+        let files: Vec<(&str, usize)> = plan
+            .files
+            .iter()
+            .map(|(rel, job)| match job {
+                Job::Data(b) => {
+                    encode(b, FileFormat::Parquet).unwrap();
+                    (rel.as_str(), b.num_rows())
+                }
+                Job::Raw(_) => panic!("no dead letters here"),
+            })
+            .collect();
+        // A's three dates are one file, named by A's first offset (10); B's is its own.
+        assert_eq!(
+            files,
+            [
+                ("t/symbol=A/t+0+00000000000000000010.parquet", 3),
+                ("t/symbol=B/t+0+00000000000000000011.parquet", 1)
+            ]
+        );
+        assert_eq!(plan.folders, ["symbol=A", "symbol=B"]);
+        // The column only one of A's records has is null in the others.
+        let Job::Data(a) = &plan.files[0].1 else {
+            unreachable!()
+        };
+        let note = a.column_by_name("note").expect("the extra column is kept");
+        assert_eq!(note.null_count(), 2);
+        // A layout that is not made of date,symbol's columns cannot take these groups.
+        let mut cp = Checkpoint::default();
+        cp.positions.insert(0, Position::default());
+        cp.absorb(
+            vec![Message {
+                partition: 0,
+                offset: 0,
+                key: None,
+                payload: Some(payloads[0].clone().into_bytes()),
+                timestamp_ms: Some(0),
+            }],
+            &mut Rules {
+                topic: "t",
+                partitioning: &fine,
+                max_message_bytes: 1 << 20,
+                types: &mut types,
+            },
+        );
+        let hourly: Partitioning = "date,hour,symbol".parse().unwrap();
+        let err = cp
+            .plan("t", "t", &hourly, FileFormat::Parquet, &types)
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("start the sink again"), "{err}");
     }
 
     #[test]

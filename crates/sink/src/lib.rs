@@ -23,7 +23,9 @@ mod sink;
 
 pub use compaction::{BackgroundCompaction, CompactionTarget};
 pub use format::FileFormat;
-pub use sink::{FlushPolicy, Sink, SinkConfig, Stats, TableFormat, DEFAULT_MAX_MESSAGE_BYTES};
+pub use sink::{
+    FlushPolicy, PartitionBy, Sink, SinkConfig, Stats, TableFormat, DEFAULT_MAX_MESSAGE_BYTES,
+};
 pub use ticklake_lake::{Lake, PartitionKey, Partitioning};
 
 /// Opens the catalog the sink registers its tables in, waiting out an outage of it (AWS Glue answering

@@ -27,6 +27,28 @@ impl Registrar {
         }
     }
 
+    /// The catalog, for messages.
+    pub(crate) fn describe(&self) -> String {
+        self.catalog.describe()
+    }
+
+    /// Creates the table, without columns yet, partitioned by `partitioning` unless it exists (another
+    /// sink created it first); returns it as the catalog has it.
+    pub(crate) async fn claim(
+        &mut self,
+        lake: &Lake,
+        name: &str,
+        partitioning: &Partitioning,
+        format: FileFormat,
+    ) -> Result<Table, SinkError> {
+        let table = self
+            .catalog
+            .create_table(&new_table(lake, name, partitioning, format))
+            .await?;
+        self.table = Some(table.clone());
+        Ok(table)
+    }
+
     /// The table as the catalog has it now, if it exists.
     pub(crate) async fn current(&self, name: &str) -> Result<Option<Table>, SinkError> {
         Ok(self.catalog.get_table(name).await?)
@@ -72,24 +94,7 @@ impl Registrar {
                     // the write and the registration): registering again is harmless.
                     (t, true)
                 }
-                None => (
-                    Table {
-                        name: name.to_owned(),
-                        location: lake.url_of(name),
-                        columns: Vec::new(),
-                        partition_keys: keys.iter().map(|k| Column::new(*k, "string")).collect(),
-                        format: match format {
-                            FileFormat::Parquet => StorageFormat::Parquet,
-                            FileFormat::Json => StorageFormat::Json,
-                            FileFormat::Csv => StorageFormat::Csv {
-                                header: true,
-                                delimiter: b',',
-                            },
-                        },
-                        parameters: BTreeMap::from([("created_by".into(), "ticklake sink".into())]),
-                    },
-                    false,
-                ),
+                None => (new_table(lake, name, partitioning, format), false),
             },
         };
         let before = table.clone();
@@ -137,4 +142,46 @@ impl Registrar {
         self.known.extend(paths.iter().cloned());
         Ok(self.table.insert(table))
     }
+}
+
+/// A table the sink is about to write, as the catalog gets it before it has columns.
+fn new_table(lake: &Lake, name: &str, partitioning: &Partitioning, format: FileFormat) -> Table {
+    Table {
+        name: name.to_owned(),
+        location: lake.url_of(name),
+        columns: Vec::new(),
+        partition_keys: partitioning
+            .keys()
+            .iter()
+            .map(|k| Column::new(k.name(), "string"))
+            .collect(),
+        format: match format {
+            FileFormat::Parquet => StorageFormat::Parquet,
+            FileFormat::Json => StorageFormat::Json,
+            FileFormat::Csv => StorageFormat::Csv {
+                header: true,
+                delimiter: b',',
+            },
+        },
+        parameters: BTreeMap::from([("created_by".into(), "ticklake sink".into())]),
+    }
+}
+
+/// The partition folders of a table in the catalog, as the sink writes them (`catalog` names it in
+/// the error for a layout the sink cannot write, such as a crawled table's `year` folders).
+pub(crate) fn layout_of(table: &Table, catalog: &str) -> Result<Partitioning, SinkError> {
+    let names = table.partition_names();
+    let spelled = if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(",")
+    };
+    spelled.parse().map_err(|_| {
+        SinkError::Config(format!(
+            "table {:?} in the {catalog} is partitioned by ({}), which the sink does not write \
+             (it writes date, hour and symbol folders): write another --table",
+            table.name,
+            names.join(",")
+        ))
+    })
 }

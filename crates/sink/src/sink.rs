@@ -17,9 +17,9 @@ use crate::columns::ColumnTypes;
 use crate::format::{encode, FileFormat};
 use crate::ledger::{Claim, Ledger};
 use crate::patience::Patience;
-use crate::register::Registrar;
+use crate::register::{self, Registrar};
 use crate::SinkError;
-use ticklake_lake::{Lake, Partitioning};
+use ticklake_lake::{Lake, Partitioning, SMALL_FILES, SMALL_FILE_RECORDS};
 
 mod iceberg;
 
@@ -54,7 +54,7 @@ pub struct SinkConfig {
     /// The table folder inside the lake.
     pub table: String,
     /// The partition folders.
-    pub partitioning: Partitioning,
+    pub partition_by: PartitionBy,
     /// The file format.
     pub format: FileFormat,
     /// When to flush.
@@ -72,6 +72,39 @@ pub struct SinkConfig {
     pub table_format: TableFormat,
     /// Where Iceberg tables are and which catalog keeps them (needed with [`TableFormat::Iceberg`]).
     pub iceberg: Option<ticklake_iceberg::IcebergConfig>,
+}
+
+/// The partition folders of a Hive table.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum PartitionBy {
+    /// A table that exists keeps its own; a new one gets [`Partitioning::choose`]'s pick from the
+    /// records of its first flush, claimed in the catalog before any file is written (so sinks of
+    /// one group agree, and restarts keep it). Without a catalog: `date,symbol`.
+    #[default]
+    Auto,
+    /// These columns; a table that exists with others is refused before anything is consumed.
+    Keys(Partitioning),
+}
+
+impl std::str::FromStr for PartitionBy {
+    type Err = String;
+
+    /// `auto`, or what [`Partitioning`] parses (`date,symbol`, `symbol`, `none`, ...).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "auto" => Ok(PartitionBy::Auto),
+            keys => keys.parse().map(PartitionBy::Keys),
+        }
+    }
+}
+
+impl std::fmt::Display for PartitionBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PartitionBy::Auto => f.write_str("auto"),
+            PartitionBy::Keys(p) => p.fmt(f),
+        }
+    }
 }
 
 /// How a table is kept in the lake.
@@ -173,12 +206,10 @@ pub struct Sink {
     started: Instant,
     /// Whether the small-files warning was given (once per run).
     warned_small_files: bool,
+    /// The table's partition folders; `None` until a new table's are chosen (records are routed into
+    /// `date,symbol` folders meanwhile, see [`PartitionBy::Auto`]).
+    layout: Option<Partitioning>,
 }
-
-/// A flush of at least this many files ...
-const SMALL_FILES_FLUSH: u64 = 1000;
-/// ... holding fewer records than this per file on average gets the small-files warning.
-const SMALL_FILE_RECORDS: u64 = 100;
 
 /// How often the status callback and the lag metrics are refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
@@ -276,9 +307,24 @@ impl Sink {
             .filter(|_| config.table_format == TableFormat::Hive)
             .map(Registrar::new);
         let mut types = ColumnTypes::default();
+        let mut layout = match (&config.partition_by, &registrar) {
+            (PartitionBy::Keys(p), _) => Some(p.clone()),
+            (PartitionBy::Auto, None) => Some(Partitioning::default()),
+            (PartitionBy::Auto, Some(_)) => None,
+        };
         if let Some(r) = &registrar {
             if let Some(table) = runtime.block_on(r.current(&config.table))? {
                 types.learn(&table);
+                let theirs = register::layout_of(&table, &r.describe())?;
+                if layout.as_ref().is_some_and(|given| *given != theirs) {
+                    return Err(SinkError::Config(format!(
+                        "table {:?} in the {} is partitioned by ({theirs}), not ({}); leave                          --partition-by out to keep its own, or write another --table",
+                        config.table,
+                        r.describe(),
+                        config.partition_by
+                    )));
+                }
+                layout = Some(theirs);
             }
         }
         Ok(Sink {
@@ -306,6 +352,7 @@ impl Sink {
             },
             started: Instant::now(),
             warned_small_files: false,
+            layout,
         })
     }
 
@@ -495,15 +542,55 @@ impl Sink {
 
     /// Decodes messages into the open checkpoint.
     fn absorb(&mut self, batch: Vec<Message>) {
+        let routing = self.layout.clone().unwrap_or_default();
         lock(&self.buffer).absorb(
             batch,
             &mut Rules {
                 topic: &self.config.topic,
-                partitioning: &self.config.partitioning,
+                partitioning: &routing,
                 max_message_bytes: self.config.max_message_bytes,
                 types: &mut self.types,
             },
         );
+    }
+
+    /// Picks a new table's partition folders from the records of its first flush and claims them in
+    /// the catalog before any file is written: the table is created with them unless another sink
+    /// created it first, whose layout is then kept.
+    fn choose_layout(&mut self, taken: &Checkpoint) -> Result<Partitioning, SinkError> {
+        let choice = Partitioning::choose(&taken.shape());
+        let Some(registrar) = &mut self.registrar else {
+            return Ok(Partitioning::default());
+        };
+        let cfg = &self.config;
+        let lake = &self.lake;
+        let table = self.runtime.block_on(async {
+            let mut patience = Patience::new("the catalog");
+            loop {
+                match registrar
+                    .claim(lake, &cfg.table, &choice.partitioning, cfg.format)
+                    .await
+                {
+                    Err(e) if patience.wait(&e).await => continue,
+                    other => break other,
+                }
+            }
+        })?;
+        let layout = register::layout_of(&table, &registrar.describe())?;
+        if layout == choice.partitioning {
+            tracing::info!(
+                "table {:?}: partitioned by {layout}: {}",
+                cfg.table,
+                choice.reason
+            );
+        } else {
+            tracing::info!(
+                "table {:?}: partitioned by {layout}, as the sink that created it meanwhile chose",
+                cfg.table
+            );
+        }
+        self.layout = Some(layout.clone());
+        Ok(layout)
     }
 
     /// Writes every open checkpoint, then commits the offsets after them.
@@ -556,14 +643,12 @@ impl Sink {
         if taken.is_empty() {
             return Ok(());
         }
+        let layout = match self.layout.clone() {
+            Some(layout) => layout,
+            None => self.choose_layout(&taken)?,
+        };
         let cfg = &self.config;
-        let plan = taken.plan(
-            &cfg.topic,
-            &cfg.table,
-            &cfg.partitioning,
-            cfg.format,
-            &self.types,
-        )?;
+        let plan = taken.plan(&cfg.topic, &cfg.table, &layout, cfg.format, &self.types)?;
         let Plan {
             files: jobs,
             folders,
@@ -650,14 +735,7 @@ impl Sink {
                 let mut patience = Patience::new("the catalog");
                 loop {
                     match registrar
-                        .register(
-                            lake,
-                            &cfg.table,
-                            &cfg.partitioning,
-                            cfg.format,
-                            &schemas,
-                            &folders,
-                        )
+                        .register(lake, &cfg.table, &layout, cfg.format, &schemas, &folders)
                         .await
                     {
                         Ok(t) => break Ok(t.clone()),
@@ -762,7 +840,7 @@ impl Sink {
         );
         let records = f.records + f.rewritten + f.dead;
         if !self.warned_small_files
-            && f.files >= SMALL_FILES_FLUSH
+            && f.files >= SMALL_FILES
             && records < f.files * SMALL_FILE_RECORDS
         {
             self.warned_small_files = true;
@@ -774,7 +852,7 @@ impl Sink {
                  merge them as partitions go quiet (said once per run)",
                 f.files,
                 records as f64 / f.files as f64,
-                self.config.partitioning
+                self.layout.clone().unwrap_or_default()
             );
         }
     }

@@ -93,7 +93,7 @@ impl Sink {
         } = taken.plan(
             &cfg.topic,
             &cfg.table,
-            &cfg.partitioning,
+            &self.layout.clone().unwrap_or_default(),
             // Iceberg data files are Parquet whatever --format says (the CLI refuses other formats).
             FileFormat::Parquet,
             &self.types,
