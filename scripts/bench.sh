@@ -3,7 +3,18 @@
 # and end-to-end runs of the release binary: produce into the embedded log and into Apache Kafka (beside
 # kcat, plain librdkafka, producing and consuming the same messages in the same run), and the sink.
 #
-#   scripts/bench.sh              everything
+#   scripts/bench.sh --report     ONE RUN OF EVERYTHING, verified, into BENCHMARKS.md: --ingest, --query,
+#                                 --seed, --scaling and scripts/bench_connect.sh, each writing its JSON to
+#                                 benchmarks/, then scripts/bench_report.py lays them out with each goal of
+#                                 issue 10 beside its measure, between the markers at the top of
+#                                 BENCHMARKS.md (BENCH_CONNECT=0 skips the Connect peer; about an hour
+#                                 on 2 cores)
+#   scripts/bench.sh --ingest     every way into the lake, verified: BENCH_INGEST_COUNT (10,000,000)
+#                                 records into the embedded log and Apache Kafka, each sunk into a local
+#                                 and a moto S3 lake as Hive and Iceberg; producer and sink at once; kcat
+#                                 (the broker's ceiling) on the same messages; freshness at 1k, 10k and
+#                                 100k records/s; benchmarks/ingest.json (scripts/bench_ingest.py)
+#   scripts/bench.sh              the older runs: criterion, produce, Kafka beside kcat, sink, freshness
 #   scripts/bench.sh --quick      skip criterion
 #   scripts/bench.sh --sink-only  only the sink runs
 #   scripts/bench.sh --kafka      only the Apache Kafka runs (ticklake and kcat side by side)
@@ -39,6 +50,23 @@ SYMBOLS=${BENCH_SYMBOLS:-100}
 export BENCH_MACHINE="$(bench_machine)"
 echo "machine: $BENCH_MACHINE"
 MODE=${1:-}
+if [ "$MODE" = "--report" ]; then
+  # Each part is its own run of this script (its own services and work folder), on one release build.
+  if [ -z "${BENCH_BIN:-}" ]; then
+    cargo build --release --locked -p ticklake-cli --quiet
+  fi
+  export BENCH_BIN=${BENCH_BIN:-$CARGO_TARGET_DIR/release/ticklake}
+  for part in --ingest --query --seed --scaling; do
+    echo "== scripts/bench.sh $part"
+    "$0" "$part"
+  done
+  if [ "${BENCH_CONNECT:-1}" != 0 ]; then
+    echo "== scripts/bench_connect.sh"
+    scripts/bench_connect.sh
+  fi
+  "$MOTO_VENV/bin/python" scripts/bench_report.py benchmarks BENCHMARKS.md "$(git rev-parse --short HEAD)"
+  exit 0
+fi
 if [ -z "$MODE" ]; then
   cargo bench -p ticklake-model -p ticklake-feed --locked --benches 2>&1 \
     | grep -E '^(codec|feed)/|thrpt:' | sed 's/^ *//'
@@ -246,6 +274,20 @@ EOF
   exit 0
 fi
 
+if [ "$MODE" = "--ingest" ]; then
+  command -v kcat >/dev/null || { apt-get install -y -qq kcat >/dev/null; }
+  ensure_kafka
+  ensure_moto
+  start_kafka "$work/kafka" >/dev/null
+  start_moto "$work/moto" >/dev/null
+  export AWS_ENDPOINT_URL=$MOTO_URL AWS_ALLOW_HTTP=true AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
+  "$MOTO_VENV/bin/python" -c "import boto3; boto3.client('s3').create_bucket(Bucket='bench')"
+  echo "== ingest: ${BENCH_INGEST_COUNT:-10000000} records every way into the lake, the broker's ceiling, freshness"
+  "$MOTO_VENV/bin/python" scripts/bench_ingest.py "$bin" "$work" "${BENCH_INGEST_COUNT:-10000000}" \
+    "${BENCH_INGEST_JSON:-benchmarks/ingest.json}" "$KAFKA_ADDR"
+  exit 0
+fi
+
 if [ "$MODE" = "--scaling" ]; then
   bench_python
   ensure_kafka
@@ -263,7 +305,7 @@ if [ "$MODE" = "--query" ]; then
   q=$work/query; mkdir -p "$q"
   echo "== queries: a lake of $ROWS simulated records, 10 symbols, 1 s bars (date,symbol partitions)"
   (cd "$q" && "$bin" -q produce --simulate --symbols 10 --count "$ROWS" >/dev/null)
-  (cd "$q" && "$bin" -q sink --once | head -1)
+  (cd "$q" && "$bin" -q sink --once --partition-by date,symbol | head -1)
   "$MOTO_VENV/bin/python" scripts/bench_queries.py "$bin" "$q" "$RUNS" "${BENCH_QUERY_JSON:-benchmarks/queries.json}"
   exit 0
 fi

@@ -50,8 +50,17 @@ def one_run(binary, work, name, records, symbols, partitions, brokers):
     if int(written.group(1)) != records or count != records or distinct != symbols:
         sys.exit(f"{name}: the lake holds {count} records of {distinct} symbols, expected {records} of {symbols}")
     files, data = int(written.group(2)), size(written.group(3))
+    # The layout the sink chose (`--partition-by auto`): the folder names down to the first data file.
+    keys, folder = [], os.path.join(d, "lake", table)
+    while True:
+        sub = sorted(e for e in os.listdir(folder) if "=" in e)
+        if not sub:
+            break
+        keys.append(sub[0].split("=")[0])
+        folder = os.path.join(folder, sub[0])
     result = {"run": name, "bus": "kafka" if brokers else "embedded", "records": records,
-              "symbols": symbols, "partitions": partitions, "records_per_s": int(written.group(4)),
+              "symbols": symbols, "partitions": partitions, "layout": ",".join(keys) or "none",
+              "records_per_s": int(written.group(4)),
               "files": files, "mean_file_bytes": data / max(files, 1), "peak_rss_bytes": size(rss.group(1))}
     subprocess.run(["rm", "-rf", d])
     return result
@@ -108,10 +117,10 @@ def main():
           f"sink --once, {records:,} records, 4 partitions, local lake", os.path.join(out, "scaling-symbols.png"))
     chart([r for r in runs if "partitions-" in r["run"]], "partitions",
           f"sink --once, {records:,} records, 100 symbols, local lake", os.path.join(out, "scaling-partitions.png"))
-    print("| bus | symbols | partitions | sink records/s | files | mean file | peak RSS |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| bus | symbols | partitions | layout | sink records/s | files | mean file | peak RSS |")
+    print("|---|---:|---:|---|---:|---:|---:|---:|")
     for r in runs:
-        print(f"| {r['bus']} | {r['symbols']:,} | {r['partitions']} | {r['records_per_s']:,} | {r['files']:,} | "
+        print(f"| {r['bus']} | {r['symbols']:,} | {r['partitions']} | {r['layout']} | {r['records_per_s']:,} | {r['files']:,} | "
               f"{r['mean_file_bytes'] / 1024:,.0f} KiB | {r['peak_rss_bytes'] / 2**20:,.0f} MiB |")
     print(f"(written to {out}/scaling.json, scaling-symbols.png, scaling-partitions.png)")
 
