@@ -92,7 +92,9 @@ fn real_files_into_the_lake(env: &Env, partition_by: &str, layout: &str) {
     let (_, stderr) = text(&refused);
     assert!(!refused.status.success());
     assert!(
-        stderr.contains(&format!("is partitioned by ({layout}), not ({other})")),
+        stderr.contains(&format!(
+            "is partitioned by ({layout}), not ({other}); leave --partition-by out"
+        )),
         "{stderr}"
     );
     let (stdout, _) = env.ok(&["-q", "sink", "--once"]);
@@ -140,6 +142,50 @@ fn bus_of(env: &Env) -> BusConfig {
             dir: env.dir.path().join("lake/_ticklake/log"),
         },
     }
+}
+
+/// A first flush of dead letters only shows nothing of the feed: the new table's layout stays open until
+/// records come, and is then chosen from them.
+#[test]
+fn a_flush_of_dead_letters_only_leaves_the_layout_open() {
+    let env = Env::embedded();
+    ticklake_bus::ensure_topic(&bus_of(&env), &env.topic, 1, 1).unwrap();
+    let mut p = producer(&bus_of(&env), &env.topic).unwrap();
+    for m in [&b"not json"[..], br#"{"symbol":"A"}"#] {
+        p.send(b"P", m, 0).unwrap();
+    }
+    p.flush().unwrap();
+    drop(p);
+    let (stdout, _) = env.ok(&["-q", "sink", "--once"]);
+    assert_eq!(written(&stdout), 0, "{stdout}");
+    let (tables, _) = env.ok(&["query", "--format", "csv", "SHOW TABLES"]);
+    assert!(!tables.contains(&env.table()), "no table yet: {tables}");
+
+    // Then 35 years of daily bars of one index: symbol folders, not one file per row.
+    let hsi = shared_data("indexProcessed-HSI.csv");
+    env.ok(&["-q", "produce", "--source", path_str(&hsi)]);
+    let (stdout, stderr) = env.ok(&["-q", "sink", "--once"]);
+    assert_eq!(written(&stdout), 5693, "{stdout}");
+    assert!(!stderr.contains("small files"), "{stderr}");
+    let files = env.lake_files(&env.table());
+    assert!(
+        !files.is_empty()
+            && files
+                .iter()
+                .all(|f| f.contains("/symbol=") && !f.contains("date=")),
+        "{files:?}"
+    );
+    let (parts, _) = env.ok(&[
+        "query",
+        "--format",
+        "csv",
+        &format!("SHOW PARTITIONS {}", env.table()),
+    ]);
+    assert_eq!(
+        parts.lines().skip(1).collect::<Vec<_>>(),
+        ["symbol=HSI"],
+        "{parts}"
+    );
 }
 
 #[test]

@@ -512,7 +512,8 @@ fn group_files(
     for (path, g) in groups {
         let Some(folder) = to.coarsen(routed_by, &path) else {
             return Err(SinkError::Config(format!(
-                "records routed into `{routed_by}` folders cannot be written in `{to}` folders                  (another sink created the table with that layout meanwhile): start the sink again"
+                "records routed into `{routed_by}` folders cannot be written in `{to}` folders \
+                 (another sink created the table with that layout meanwhile): start the sink again"
             )));
         };
         let first = g.first_offset;
@@ -769,7 +770,11 @@ mod tests {
             .plan("t", "t", &hourly, FileFormat::Parquet, &types)
             .err()
             .expect("refused");
-        assert!(err.to_string().contains("start the sink again"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("`date,hour,symbol` folders (another sink created"),
+            "{err}"
+        );
     }
 
     #[test]

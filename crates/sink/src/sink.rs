@@ -318,7 +318,8 @@ impl Sink {
                 let theirs = register::layout_of(&table, &r.describe())?;
                 if layout.as_ref().is_some_and(|given| *given != theirs) {
                     return Err(SinkError::Config(format!(
-                        "table {:?} in the {} is partitioned by ({theirs}), not ({}); leave                          --partition-by out to keep its own, or write another --table",
+                        "table {:?} in the {} is partitioned by ({theirs}), not ({}); leave \
+                         --partition-by out to keep its own, or write another --table",
                         config.table,
                         r.describe(),
                         config.partition_by
@@ -645,6 +646,8 @@ impl Sink {
         }
         let layout = match self.layout.clone() {
             Some(layout) => layout,
+            // Only dead letters: no evidence of the feed's shape yet, and no folder to place.
+            None if taken.records == 0 => Partitioning::default(),
             None => self.choose_layout(&taken)?,
         };
         let cfg = &self.config;
@@ -729,7 +732,8 @@ impl Sink {
             }
         }
         // Every file of the checkpoint is durable: register what is new, then move the offsets past it.
-        if let Some(registrar) = &mut self.registrar {
+        // (A new table whose layout is not chosen yet has no data file to register.)
+        if let Some(registrar) = self.registrar.as_mut().filter(|_| self.layout.is_some()) {
             let lake = &self.lake;
             let table = self.runtime.block_on(async {
                 let mut patience = Patience::new("the catalog");
