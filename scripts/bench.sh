@@ -7,8 +7,9 @@
 #                                 --seed, --scaling and scripts/bench_connect.sh, each writing its JSON to
 #                                 benchmarks/, then scripts/bench_report.py lays them out with each goal of
 #                                 issue 10 beside its measure, between the markers at the top of
-#                                 BENCHMARKS.md (BENCH_CONNECT=0 skips the Connect peer; about an hour
-#                                 on 2 cores)
+#                                 BENCHMARKS.md (BENCH_CONNECT=0 skips the Connect peer,
+#                                 BENCH_REPORT_100M=1 adds the queries at 100 M rows; 30 minutes on
+#                                 2 cores, 70 with the 100 M rows)
 #   scripts/bench.sh --ingest     every way into the lake, verified: BENCH_INGEST_COUNT (10,000,000)
 #                                 records into the embedded log and Apache Kafka, each sunk into a local
 #                                 and a moto S3 lake as Hive and Iceberg; producer and sink at once; kcat
@@ -60,6 +61,10 @@ if [ "$MODE" = "--report" ]; then
     echo "== scripts/bench.sh $part"
     "$0" "$part"
   done
+  if [ "${BENCH_REPORT_100M:-0}" = 1 ]; then
+    echo "== scripts/bench.sh --query at 100 M rows"
+    BENCH_QUERY_ROWS=100000000 BENCH_QUERY_RUNS=3 BENCH_QUERY_JSON=benchmarks/queries-100m.json "$0" --query
+  fi
   if [ "${BENCH_CONNECT:-1}" != 0 ]; then
     echo "== scripts/bench_connect.sh"
     scripts/bench_connect.sh
