@@ -20,14 +20,11 @@
 //! locations: they should read through the catalog (Glue) once a table is compacted.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use arrow::array::{new_null_array, ArrayRef, RecordBatch};
-use arrow::compute::{
-    cast, concat_batches, lexsort_to_indices, take_record_batch, SortColumn, SortOptions,
-};
-use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::array::RecordBatch;
+use arrow::compute::{lexsort_to_indices, take_record_batch, SortColumn, SortOptions};
+use arrow::datatypes::Schema;
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
@@ -36,7 +33,7 @@ use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 use ticklake_lake::{FileInfo, Lake};
-use ticklake_model::arrow::sort_column_indices;
+use ticklake_model::arrow::{concat_union, sort_column_indices};
 
 use crate::{Catalog, CatalogError, Partition, StorageFormat};
 
@@ -286,7 +283,8 @@ async fn compact_partition(
         batches.extend(read_parquet(bytes, &f.path)?);
     }
     let records: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-    let merged = sort_by_symbol_ts(&union(&batches)?)?;
+    let merged = concat_union(&batches).map_err(|e| CatalogError::Invalid(e.to_string()))?;
+    let merged = sort_by_symbol_ts(&merged)?;
     let generation = format!(
         "{table_rel}/{COMPACTED_FOLDER}/{}/{}",
         own.strip_prefix(&format!("{table_rel}/")).unwrap_or(&own),
@@ -346,38 +344,6 @@ fn read_parquet(bytes: Bytes, path: &str) -> Result<Vec<RecordBatch>, CatalogErr
         .and_then(|b| b.with_batch_size(64 * 1024).build())
         .map_err(|e| bad(&e))?;
     reader.collect::<Result<Vec<_>, _>>().map_err(|e| bad(&e))
-}
-
-/// The batches as one, with the union of their columns (missing ones null; a column of another type
-/// is cast to the first type seen, or the compaction stops with the reason).
-fn union(batches: &[RecordBatch]) -> Result<RecordBatch, CatalogError> {
-    let mut fields: Vec<Arc<Field>> = Vec::new();
-    for b in batches {
-        for f in b.schema().fields() {
-            if !fields.iter().any(|have| have.name() == f.name()) {
-                fields.push(Arc::new(f.as_ref().clone().with_nullable(true)));
-            }
-        }
-    }
-    let schema: SchemaRef = Arc::new(Schema::new(fields));
-    let projected = batches
-        .iter()
-        .map(|b| {
-            let columns = schema
-                .fields()
-                .iter()
-                .map(|f| match b.column_by_name(f.name()) {
-                    Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
-                    Some(c) => cast(c, f.data_type())
-                        .map_err(|e| CatalogError::Invalid(format!("column {:?}: {e}", f.name()))),
-                    None => Ok(new_null_array(f.data_type(), b.num_rows())),
-                })
-                .collect::<Result<Vec<ArrayRef>, _>>()?;
-            RecordBatch::try_new(schema.clone(), columns)
-                .map_err(|e| CatalogError::Invalid(e.to_string()))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    concat_batches(&schema, &projected).map_err(|e| CatalogError::Invalid(e.to_string()))
 }
 
 /// The Parquet footer's record of the order lake files are written in (`symbol`, then `ts`, of those

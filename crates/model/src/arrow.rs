@@ -278,6 +278,51 @@ fn inferred_type(values: &[Value]) -> DataType {
     }
 }
 
+/// The rows of `batches` as one batch over the union of their columns, in the order first seen. A column
+/// some batches lack is null in their rows, and a column whose type differs from the first seen is cast
+/// to it (the error names the column when it cannot be); such columns, and those nullable anywhere, are
+/// nullable.
+pub fn concat_union(batches: &[RecordBatch]) -> Result<RecordBatch, ArrowError> {
+    let mut fields: Vec<Field> = Vec::new();
+    for b in batches {
+        for f in b.schema().fields() {
+            if !fields.iter().any(|have| have.name() == f.name()) {
+                fields.push(f.as_ref().clone());
+            }
+        }
+    }
+    for f in &mut fields {
+        let uneven = batches.iter().any(|b| {
+            let schema = b.schema();
+            match schema.field_with_name(f.name()) {
+                Ok(g) => g.is_nullable() || g.data_type() != f.data_type(),
+                Err(_) => true,
+            }
+        });
+        if uneven {
+            *f = f.clone().with_nullable(true);
+        }
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let projected = batches
+        .iter()
+        .map(|b| {
+            let columns = schema
+                .fields()
+                .iter()
+                .map(|f| match b.column_by_name(f.name()) {
+                    Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+                    Some(c) => arrow_cast::cast(c, f.data_type())
+                        .map_err(|e| ArrowError::CastError(format!("column {:?}: {e}", f.name()))),
+                    None => Ok(arrow_array::new_null_array(f.data_type(), b.num_rows())),
+                })
+                .collect::<Result<Vec<ArrayRef>, _>>()?;
+            RecordBatch::try_new(schema.clone(), columns)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    arrow_select::concat::concat_batches(&schema, &projected)
+}
+
 /// Builds one batch from records.
 pub fn records_to_batch<'a>(
     records: impl IntoIterator<Item = &'a Record>,
@@ -463,6 +508,73 @@ fn values(f: &Field, a: &ArrayRef) -> Result<Vec<Value>, ArrowError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concat_union_aligns_columns() {
+        use arrow_array::{Int64Array, TimestampMicrosecondArray};
+        let batch = |fields: Vec<Field>, columns: Vec<ArrayRef>| {
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+        };
+        let a = batch(
+            vec![
+                Field::new("symbol", DataType::Utf8, false),
+                Field::new("n", DataType::Float64, false),
+            ],
+            vec![
+                Arc::new(StringArray::from(vec!["A"])),
+                Arc::new(Float64Array::from(vec![1.5])),
+            ],
+        );
+        let b = batch(
+            vec![
+                Field::new("symbol", DataType::Utf8, false),
+                Field::new("n", DataType::Int64, false),
+            ],
+            vec![
+                Arc::new(StringArray::from(vec!["B"])),
+                Arc::new(Int64Array::from(vec![2])),
+            ],
+        );
+        let c = batch(
+            vec![
+                Field::new("symbol", DataType::Utf8, false),
+                Field::new("note", DataType::Utf8, true),
+            ],
+            vec![
+                Arc::new(StringArray::from(vec!["C"])),
+                Arc::new(StringArray::from(vec!["x"])),
+            ],
+        );
+        let all = concat_union(&[a.clone(), b, c]).unwrap();
+        assert_eq!(all.num_rows(), 3);
+        let schema = all.schema();
+        // Present and the same everywhere: kept as it was.
+        assert!(!schema.field_with_name("symbol").unwrap().is_nullable());
+        // Cast to the first type seen (so nullable), and missing where absent.
+        assert_eq!(
+            schema.field_with_name("n").unwrap().data_type(),
+            &DataType::Float64
+        );
+        let n = all
+            .column_by_name("n")
+            .unwrap()
+            .as_primitive::<Float64Type>();
+        assert_eq!((n.value(0), n.value(1), n.is_null(2)), (1.5, 2.0, true));
+        assert_eq!(all.column_by_name("note").unwrap().null_count(), 2);
+        // A type that cannot be cast is named.
+        let t = batch(
+            vec![Field::new("n", ts_type(), false)],
+            vec![Arc::new(
+                TimestampMicrosecondArray::from(vec![0]).with_timezone("UTC"),
+            )],
+        );
+        let bad = batch(
+            vec![Field::new("n", DataType::Boolean, false)],
+            vec![Arc::new(BooleanArray::from(vec![true]))],
+        );
+        let err = concat_union(&[t, bad]).unwrap_err().to_string();
+        assert!(err.contains("column \"n\""), "{err}");
+    }
 
     fn rec(sym: &str, ts: i64, extra: Vec<(&str, Value)>) -> Record {
         let mut r = Record::new(sym, ts);

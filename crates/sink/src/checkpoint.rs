@@ -9,18 +9,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
-use std::sync::Arc;
-
-use arrow::array::{new_null_array, RecordBatch};
-use arrow::compute::concat_batches;
-use arrow::datatypes::{Field, Schema, SchemaRef};
-use arrow::error::ArrowError;
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use base64::Engine as _;
 use bytes::Bytes;
 use ticklake_bus::Message;
 use ticklake_lake::layout::file_name;
 use ticklake_lake::{FeedShape, Partitioning};
-use ticklake_model::arrow::BatchBuilder;
+use ticklake_model::arrow::{concat_union, BatchBuilder};
 use ticklake_model::{json, Record};
 
 use crate::columns::ColumnTypes;
@@ -524,47 +520,10 @@ fn group_files(
     merged
         .into_iter()
         .map(|(folder, (first, batches))| {
-            let batch = concat_aligned(batches).map_err(|e| SinkError::Encode(e.to_string()))?;
+            let batch = concat_union(&batches).map_err(|e| SinkError::Encode(e.to_string()))?;
             Ok((folder, first, batch))
         })
         .collect()
-}
-
-/// The rows of `batches` in one batch; a column some of them lack is null in their rows.
-fn concat_aligned(mut batches: Vec<RecordBatch>) -> Result<RecordBatch, ArrowError> {
-    if batches.len() == 1 {
-        return Ok(batches.remove(0));
-    }
-    let mut fields: Vec<Field> = Vec::new();
-    for b in &batches {
-        for f in b.schema().fields() {
-            if !fields.iter().any(|x| x.name() == f.name()) {
-                fields.push(f.as_ref().clone());
-            }
-        }
-    }
-    for f in &mut fields {
-        if batches.iter().any(|b| b.column_by_name(f.name()).is_none()) {
-            *f = f.clone().with_nullable(true);
-        }
-    }
-    let schema = Arc::new(Schema::new(fields));
-    let aligned = batches
-        .iter()
-        .map(|b| {
-            let columns = schema
-                .fields()
-                .iter()
-                .map(|f| {
-                    b.column_by_name(f.name())
-                        .cloned()
-                        .unwrap_or_else(|| new_null_array(f.data_type(), b.num_rows()))
-                })
-                .collect();
-            RecordBatch::try_new(schema.clone(), columns)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    concat_batches(&schema, &aligned)
 }
 
 fn drop_columns<'a>(
