@@ -131,6 +131,27 @@ impl GlueCatalog {
             .build())
     }
 
+    /// CreateTable: `false` when a table of that name exists (Glue checks and creates in one call).
+    async fn create(&self, input: TableInput) -> Result<bool, CatalogError> {
+        match self
+            .client
+            .create_table()
+            .database_name(&self.database)
+            .table_input(input)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_already_exists_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(glue_err("CreateTable", e)),
+        }
+    }
+
     fn table_input(&self, table: &Table) -> Result<TableInput, CatalogError> {
         let mut params: HashMap<String, String> = table
             .parameters
@@ -301,49 +322,22 @@ impl Catalog for GlueCatalog {
     async fn put_table(&self, table: &Table) -> Result<(), CatalogError> {
         validate_name("table", &table.name)?;
         let input = self.table_input(table)?;
-        match self
-            .client
-            .create_table()
-            .database_name(&self.database)
-            .table_input(input.clone())
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_already_exists_exception()) =>
-            {
-                self.client
-                    .update_table()
-                    .database_name(&self.database)
-                    .table_input(input)
-                    .send()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| glue_err("UpdateTable", e))
-            }
-            Err(e) => Err(glue_err("CreateTable", e)),
+        if self.create(input.clone()).await? {
+            return Ok(());
         }
-    }
-
-    async fn create_table(&self, table: &Table) -> Result<Table, CatalogError> {
-        validate_name("table", &table.name)?;
-        let input = self.table_input(table)?;
-        match self
-            .client
-            .create_table()
+        self.client
+            .update_table()
             .database_name(&self.database)
             .table_input(input)
             .send()
             .await
-        {
-            Ok(_) => {}
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_already_exists_exception()) => {}
-            Err(e) => return Err(glue_err("CreateTable", e)),
-        }
+            .map(|_| ())
+            .map_err(|e| glue_err("UpdateTable", e))
+    }
+
+    async fn create_table(&self, table: &Table) -> Result<Table, CatalogError> {
+        validate_name("table", &table.name)?;
+        self.create(self.table_input(table)?).await?;
         self.get_table(&table.name)
             .await?
             .ok_or_else(|| CatalogError::NoSuchTable(table.name.clone()))
