@@ -4,9 +4,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::compute::{cast, concat_batches};
-use arrow_array::{new_null_array, ArrayRef, RecordBatch};
-use arrow_schema::{Schema as ArrowSchema, SchemaRef as ArrowSchemaRef};
+use arrow::compute::concat_batches;
+use arrow_array::RecordBatch;
+use arrow_schema::Schema as ArrowSchema;
 use iceberg::arrow::{
     arrow_schema_to_schema_auto_assign_ids, arrow_type_to_type, schema_to_arrow_schema,
     RecordBatchPartitionSplitter,
@@ -38,6 +38,7 @@ use iceberg_catalog_sql::{
 };
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use ticklake_model::arrow::project;
 
 use crate::config::{rest_prefix, s3_properties, storage};
 use crate::fenced::FencedCatalog;
@@ -591,7 +592,8 @@ pub(crate) async fn write_sorted(
     let all = {
         let projected: Vec<RecordBatch> = batches
             .iter()
-            .map(|b| project(b, &target))
+            // In the table's shape, with the field ids Iceberg's writer needs.
+            .map(|b| project(b, &target).map_err(|e| e.to_string()))
             .collect::<Result<_, _>>()
             .map_err(&invalid)?;
         concat_batches(&target, &projected).map_err(|e| invalid(e.to_string()))?
@@ -773,19 +775,4 @@ pub(crate) fn sort_by_symbol_ts(
         None,
     )?;
     take_record_batch(batch, &indices)
-}
-
-/// The batch in the table's shape: its columns by name, in the table's order and types (with the
-/// field ids Iceberg's writer needs); columns the batch lacks are null.
-pub(crate) fn project(batch: &RecordBatch, target: &ArrowSchemaRef) -> Result<RecordBatch, String> {
-    let columns: Vec<ArrayRef> = target
-        .fields()
-        .iter()
-        .map(|f| match batch.column_by_name(f.name()) {
-            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
-            Some(c) => cast(c, f.data_type()).map_err(|e| format!("column {:?}: {e}", f.name())),
-            None => Ok(new_null_array(f.data_type(), batch.num_rows())),
-        })
-        .collect::<Result<_, _>>()?;
-    RecordBatch::try_new(target.clone(), columns).map_err(|e| e.to_string())
 }

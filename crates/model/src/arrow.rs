@@ -16,7 +16,7 @@ use arrow_array::types::{
     UInt64Type, UInt8Type,
 };
 use arrow_array::{Array, ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray};
-use arrow_schema::{ArrowError, DataType, Field, Schema, TimeUnit};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::names::CORE_COLUMNS;
 use crate::{json, DecodeError, Record, Value};
@@ -306,21 +306,25 @@ pub fn concat_union(batches: &[RecordBatch]) -> Result<RecordBatch, ArrowError> 
     let schema = Arc::new(Schema::new(fields));
     let projected = batches
         .iter()
-        .map(|b| {
-            let columns = schema
-                .fields()
-                .iter()
-                .map(|f| match b.column_by_name(f.name()) {
-                    Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
-                    Some(c) => arrow_cast::cast(c, f.data_type())
-                        .map_err(|e| ArrowError::CastError(format!("column {:?}: {e}", f.name()))),
-                    None => Ok(arrow_array::new_null_array(f.data_type(), b.num_rows())),
-                })
-                .collect::<Result<Vec<ArrayRef>, _>>()?;
-            RecordBatch::try_new(schema.clone(), columns)
-        })
+        .map(|b| project(b, &schema))
         .collect::<Result<Vec<_>, _>>()?;
     arrow_select::concat::concat_batches(&schema, &projected)
+}
+
+/// The batch in the shape of `target`: its columns by name, in `target`'s order and types (cast where
+/// they differ; the error names the column when one cannot be); columns the batch lacks are null.
+pub fn project(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+    let columns = target
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) => arrow_cast::cast(c, f.data_type())
+                .map_err(|e| ArrowError::CastError(format!("column {:?}: {e}", f.name()))),
+            None => Ok(arrow_array::new_null_array(f.data_type(), batch.num_rows())),
+        })
+        .collect::<Result<Vec<ArrayRef>, _>>()?;
+    RecordBatch::try_new(target.clone(), columns)
 }
 
 /// Builds one batch from records.
