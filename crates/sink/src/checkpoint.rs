@@ -484,7 +484,6 @@ impl Checkpoint {
     }
 }
 
-/// The batch without the named columns.
 /// The groups of one partition's checkpoint as (folder in `to`, first offset, records): one per
 /// group when they were routed by `to`, else the groups of each folder of `to` merged into one.
 fn group_files(
@@ -526,6 +525,7 @@ fn group_files(
         .collect()
 }
 
+/// The batch without the named columns.
 fn drop_columns<'a>(
     batch: arrow::array::RecordBatch,
     names: impl Iterator<Item = &'a str>,

@@ -559,10 +559,10 @@ impl Sink {
     /// the catalog before any file is written: the table is created with them unless another sink
     /// created it first, whose layout is then kept.
     fn choose_layout(&mut self, taken: &Checkpoint) -> Result<Partitioning, SinkError> {
-        let choice = Partitioning::choose(&taken.shape());
         let Some(registrar) = &mut self.registrar else {
             return Ok(Partitioning::default());
         };
+        let choice = Partitioning::choose(&taken.shape());
         let cfg = &self.config;
         let lake = &self.lake;
         let table = self.runtime.block_on(async {
