@@ -15,7 +15,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{AggregateUDF, LogicalPlan};
 use ticklake_catalog::Catalog;
 
-use datafusion::catalog::TableProvider;
+use datafusion::catalog::{SchemaProvider, TableProvider};
 use ticklake_iceberg::IcebergLake;
 
 use crate::helpers::{vwap_udaf, Ohlcv, Tables};
@@ -152,6 +152,14 @@ impl Engine {
                 tables: iceberg_tables.clone(),
             }),
         );
+        ctx.catalog(CATALOG_NAME)
+            .ok_or_else(|| QueryError::Execution(format!("no catalog {CATALOG_NAME}")))?
+            .register_schema(
+                database,
+                Arc::new(LakeSchema {
+                    tables: tables.clone(),
+                }),
+            )?;
         let engine = Engine {
             ctx,
             catalog,
@@ -221,19 +229,9 @@ impl Engine {
                 tables.insert(name, table);
             }
         }
-        let old: Vec<String> = self
-            .tables
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
-        for name in old {
-            self.ctx.deregister_table(name.as_str())?;
-        }
-        for (name, t) in &tables {
-            self.ctx.register_table(name.as_str(), t.clone())?;
-        }
+        // Queries find their tables in this map (see `LakeSchema`): swapping it in one step means a
+        // query planned during a refresh (a server refreshes while it answers) never finds a table
+        // missing.
         *self.tables.write().unwrap_or_else(|p| p.into_inner()) = tables;
         *self
             .iceberg_tables
@@ -285,15 +283,53 @@ impl Engine {
     /// from the catalog as Athena does; anything that would write or change the lake or the catalog is
     /// refused.
     pub async fn execute(&self, sql: &str) -> Result<Output, QueryError> {
+        self.timed(self.run(sql, None)).await
+    }
+
+    /// Runs one statement as [`Engine::execute`] does, but stops once it has `max_rows` rows: the
+    /// plan itself is limited, so a query over a large table does not compute rows it would throw
+    /// away. The flag is true when the statement had more rows than were returned.
+    pub async fn execute_limited(
+        &self,
+        sql: &str,
+        max_rows: usize,
+    ) -> Result<(Output, bool), QueryError> {
+        let plan_limit = max_rows.saturating_add(1).min(i64::MAX as usize);
+        let mut out = self.timed(self.run(sql, Some(plan_limit))).await?;
+        let truncated = out.rows() > max_rows;
+        if truncated {
+            let mut left = max_rows;
+            out.batches = out
+                .batches
+                .iter()
+                .filter_map(|b| {
+                    let take = b.num_rows().min(left);
+                    left -= take;
+                    (take > 0).then(|| b.slice(0, take))
+                })
+                .collect();
+        }
+        Ok((out, truncated))
+    }
+
+    /// The database whose tables queries see (the default schema).
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    async fn timed(
+        &self,
+        run: impl std::future::Future<Output = Result<Output, QueryError>>,
+    ) -> Result<Output, QueryError> {
         match self.options.timeout {
-            Some(limit) => tokio::time::timeout(limit, self.run(sql))
+            Some(limit) => tokio::time::timeout(limit, run)
                 .await
                 .map_err(|_| QueryError::Timeout(limit))?,
-            None => self.run(sql).await,
+            None => run.await,
         }
     }
 
-    async fn run(&self, sql: &str) -> Result<Output, QueryError> {
+    async fn run(&self, sql: &str, limit: Option<usize>) -> Result<Output, QueryError> {
         if let Some(out) = self.athena_statement(sql).await? {
             return Ok(out);
         }
@@ -320,7 +356,13 @@ impl Engine {
             .options_mut()
             .optimizer
             .prefer_existing_sort = window;
-        let batches = DataFrame::new(state, plan)
+        let mut df = DataFrame::new(state, plan);
+        if let Some(n) = limit {
+            df = df
+                .limit(0, Some(n))
+                .map_err(|e| QueryError::from_datafusion(e, sql))?;
+        }
+        let batches = df
             .collect()
             .await
             .map_err(|e| QueryError::from_datafusion(e, sql))?;
@@ -446,6 +488,47 @@ impl Engine {
     /// Registers an extra aggregate function (for embedding programs).
     pub fn register_udaf(&self, f: AggregateUDF) {
         self.ctx.register_udaf(f);
+    }
+}
+
+/// The schema queries see: the engine's current tables, read from the map `refresh` replaces.
+#[derive(Debug)]
+struct LakeSchema {
+    tables: Tables,
+}
+
+#[async_trait::async_trait]
+impl SchemaProvider for LakeSchema {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn table_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .tables
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    }
+
+    async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
+        Ok(self
+            .tables
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned())
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.tables
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(name)
     }
 }
 
