@@ -1,0 +1,308 @@
+//! The market routes' inputs (intervals, times, tables, symbols), checked, and the SQL they become.
+//! Every value a request gives reaches SQL as a quoted literal or identifier, never as SQL text.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
+
+/// The longest table name a request may give.
+const MAX_TABLE_CHARS: usize = 255;
+/// The most units an interval may have (`100000m` is about 69 days).
+const MAX_INTERVAL_COUNT: u32 = 100_000;
+
+/// A bar's length: `1m`, `5m`, `1h`, `1d`, `1w`, `1mo`, `3mo`, `1y`, or the long forms (`5 minutes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BarInterval {
+    count: u32,
+    unit: Unit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    Second,
+    Minute,
+    Hour,
+    Day,
+    Week,
+    Month,
+    Year,
+}
+
+impl FromStr for BarInterval {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let digits = t.chars().take_while(char::is_ascii_digit).count();
+        let (count, unit) = t.split_at(digits);
+        let count: u32 = if count.is_empty() {
+            1
+        } else {
+            count
+                .parse()
+                .map_err(|_| format!("interval {text:?}: the count is too large"))?
+        };
+        let unit = match unit.trim().to_ascii_lowercase().as_str() {
+            "s" | "sec" | "second" | "seconds" => Unit::Second,
+            "m" | "min" | "minute" | "minutes" => Unit::Minute,
+            "h" | "hour" | "hours" => Unit::Hour,
+            "d" | "day" | "days" => Unit::Day,
+            "w" | "week" | "weeks" => Unit::Week,
+            "mo" | "month" | "months" => Unit::Month,
+            "y" | "year" | "years" => Unit::Year,
+            _ => {
+                return Err(format!(
+                "interval {text:?} is not one of the forms 30s, 1m, 5m, 1h, 1d, 1w, 1mo, 3mo, 1y \
+                     (or 5 minutes, 1 hour, ...)"
+            ))
+            }
+        };
+        if count == 0 || count > MAX_INTERVAL_COUNT {
+            return Err(format!(
+                "interval {text:?}: the count must be from 1 to {MAX_INTERVAL_COUNT}"
+            ));
+        }
+        if unit == Unit::Month && ![1, 3, 12].contains(&count) || unit == Unit::Year && count != 1 {
+            return Err(format!(
+                "interval {text:?}: calendar bars are 1mo, 3mo or 1y"
+            ));
+        }
+        Ok(BarInterval { count, unit })
+    }
+}
+
+impl BarInterval {
+    /// The interval as `ohlcv(...)` takes it: `'5 minutes'`, `'7 days'`, `'3 months'`.
+    pub fn sql(&self) -> String {
+        let (count, unit) = match self.unit {
+            Unit::Second => (self.count, "seconds"),
+            Unit::Minute => (self.count, "minutes"),
+            Unit::Hour => (self.count, "hours"),
+            Unit::Day => (self.count, "days"),
+            Unit::Week => (self.count * 7, "days"),
+            Unit::Month => (self.count, "months"),
+            Unit::Year => (self.count * 12, "months"),
+        };
+        format!("{count} {unit}")
+    }
+}
+
+impl fmt::Display for BarInterval {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self.unit {
+            Unit::Second => "s",
+            Unit::Minute => "m",
+            Unit::Hour => "h",
+            Unit::Day => "d",
+            Unit::Week => "w",
+            Unit::Month => "mo",
+            Unit::Year => "y",
+        };
+        write!(f, "{}{unit}", self.count)
+    }
+}
+
+/// A point in time a request gives: a date (`2024-01-02`, its midnight UTC), an RFC 3339 time
+/// (`2024-01-02T14:30:00Z`, `…+01:00`), a time without zone (UTC), or Unix seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TimeBound(DateTime<Utc>);
+
+impl FromStr for TimeBound {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        if let Ok(d) = DateTime::parse_from_rfc3339(t) {
+            return Ok(TimeBound(d.with_timezone(&Utc)));
+        }
+        for format in [
+            "%Y-%m-%dT%H:%M:%S%.f",
+            "%Y-%m-%d %H:%M:%S%.f",
+            "%Y-%m-%dT%H:%M",
+        ] {
+            if let Ok(n) = NaiveDateTime::parse_from_str(t, format) {
+                return Ok(TimeBound(n.and_utc()));
+            }
+        }
+        if let Ok(d) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+            return Ok(TimeBound(d.and_time(chrono::NaiveTime::MIN).and_utc()));
+        }
+        if let Ok(secs) = t.parse::<i64>() {
+            if let Some(d) = DateTime::from_timestamp(secs, 0) {
+                return Ok(TimeBound(d));
+            }
+        }
+        Err(format!(
+            "time {text:?} is not a date (2024-01-02), an RFC 3339 time (2024-01-02T14:30:00Z) or Unix seconds"
+        ))
+    }
+}
+
+impl TimeBound {
+    /// The time as a SQL string literal in RFC 3339 form, which compares with timestamp columns.
+    fn sql(&self) -> String {
+        sql_string(&self.0.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    }
+}
+
+/// `text` as a SQL string literal.
+pub(crate) fn sql_string(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// `name` as a quoted SQL identifier (so it is read exactly, case and all).
+pub(crate) fn sql_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Checks a table name a request gives: not empty, not too long, no control characters.
+pub(crate) fn check_table(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the table name is empty".into());
+    }
+    if name.chars().count() > MAX_TABLE_CHARS {
+        return Err(format!(
+            "the table name is longer than {MAX_TABLE_CHARS} characters"
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("the table name has control characters".into());
+    }
+    Ok(())
+}
+
+/// The SQL of the bars of `symbol` in `table`, newest first, from `from` (inclusive) to `to`
+/// (exclusive); the caller limits the rows, so the newest bars are the ones kept.
+pub(crate) fn bars_sql(
+    table: &str,
+    symbol: &str,
+    interval: &BarInterval,
+    from: Option<&TimeBound>,
+    to: Option<&TimeBound>,
+) -> String {
+    let mut filters = Vec::new();
+    if let Some(f) = from {
+        filters.push(format!("bar >= {}", f.sql()));
+    }
+    if let Some(t) = to {
+        filters.push(format!("bar < {}", t.sql()));
+    }
+    let filter = if filters.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", filters.join(" AND "))
+    };
+    format!(
+        "SELECT bar, to_unixtime(bar) AS time, open, high, low, close, volume, vwap, rows \
+         FROM ohlcv({}, {}, {}){filter} ORDER BY bar DESC",
+        sql_string(table),
+        sql_string(&interval.sql()),
+        sql_string(symbol)
+    )
+}
+
+/// The SQL of each symbol's latest record in `table` (or only `symbol`'s): its time, price (close),
+/// change and change in percent from the record before, and volume.
+pub(crate) fn latest_sql(table: &str, symbol: Option<&str>) -> String {
+    let filter = symbol
+        .map(|s| format!(" WHERE symbol = {}", sql_string(s)))
+        .unwrap_or_default();
+    format!(
+        "SELECT symbol, ts, price, price - previous AS change, \
+         CASE WHEN previous <> 0 THEN (price - previous) / previous * 100 END AS change_pct, volume \
+         FROM (SELECT symbol, max(ts) AS ts, last_value(close ORDER BY ts) AS price, \
+         nth_value(close, 2 ORDER BY ts DESC) AS previous, last_value(volume ORDER BY ts) AS volume \
+         FROM {}{filter} GROUP BY symbol) ORDER BY symbol",
+        sql_ident(table)
+    )
+}
+
+/// The SQL of the symbols of `table`, in order.
+pub(crate) fn symbols_sql(table: &str) -> String {
+    format!(
+        "SELECT DISTINCT symbol FROM {} ORDER BY symbol",
+        sql_ident(table)
+    )
+}
+
+/// The SQL of the columns of every table in `database`.
+pub(crate) fn columns_sql(database: &str) -> String {
+    format!(
+        "SELECT table_name, column_name, data_type, is_nullable FROM information_schema.columns \
+         WHERE table_schema = {} ORDER BY table_name, ordinal_position",
+        sql_string(database)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_in_short_and_long_forms() {
+        let sql = |t: &str| t.parse::<BarInterval>().map(|i| i.sql());
+        assert_eq!(sql("1m").unwrap(), "1 minutes");
+        assert_eq!(sql("15m").unwrap(), "15 minutes");
+        assert_eq!(sql("4h").unwrap(), "4 hours");
+        assert_eq!(sql("1d").unwrap(), "1 days");
+        assert_eq!(sql("2w").unwrap(), "14 days");
+        assert_eq!(sql("3mo").unwrap(), "3 months");
+        assert_eq!(sql("1y").unwrap(), "12 months");
+        assert_eq!(sql("5 minutes").unwrap(), "5 minutes");
+        assert_eq!(sql("hour").unwrap(), "1 hours");
+        assert_eq!("90s".parse::<BarInterval>().unwrap().to_string(), "90s");
+        for bad in [
+            "",
+            "0m",
+            "1fortnight",
+            "5mo",
+            "2y",
+            "-1m",
+            "99999999999m",
+            "1m'; drop",
+        ] {
+            assert!(bad.parse::<BarInterval>().is_err(), "{bad:?}");
+        }
+        let e = "1x".parse::<BarInterval>().unwrap_err();
+        assert!(
+            e.starts_with("interval \"1x\" is not one of the forms"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn times_in_every_form_are_utc() {
+        let sql = |t: &str| t.parse::<TimeBound>().map(|b| b.sql());
+        assert_eq!(sql("2024-01-02").unwrap(), "'2024-01-02T00:00:00Z'");
+        assert_eq!(
+            sql("2024-01-02T14:30:00Z").unwrap(),
+            "'2024-01-02T14:30:00Z'"
+        );
+        assert_eq!(
+            sql("2024-01-02T15:30:00+01:00").unwrap(),
+            "'2024-01-02T14:30:00Z'"
+        );
+        assert_eq!(
+            sql("2024-01-02 14:30:00.5").unwrap(),
+            "'2024-01-02T14:30:00.500Z'"
+        );
+        assert_eq!(sql("1704205800").unwrap(), "'2024-01-02T14:30:00Z'");
+        for bad in ["yesterday", "2024-13-01", "", "2024-01-02'"] {
+            assert!(bad.parse::<TimeBound>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn request_values_stay_literals() {
+        assert_eq!(sql_string("O'Neil"), "'O''Neil'");
+        assert_eq!(sql_ident("a\"b"), "\"a\"\"b\"");
+        let sql = latest_sql("t\"; DROP TABLE x; --", Some("x'; DROP TABLE y; --"));
+        assert!(sql.contains("FROM \"t\"\"; DROP TABLE x; --\""), "{sql}");
+        assert!(sql.contains("symbol = 'x''; DROP TABLE y; --'"), "{sql}");
+        assert!(check_table("").is_err());
+        assert!(check_table(&"t".repeat(300)).is_err());
+        assert!(check_table("a\nb").is_err());
+        assert!(check_table("stock_topic").is_ok());
+    }
+}
