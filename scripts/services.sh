@@ -152,6 +152,25 @@ ensure_moto() {
   "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check "${PYTHON_TOOLS[@]}"
 }
 
+# The dashboard's browser test: playwright-core (scripts/browser/package-lock.json) from the npm registry
+# into $BROWSER_TOOLS, and Debian's chromium (installed by .ci/run).
+BROWSER_TOOLS=$TICKLAKE_CACHE/browser-$(sha256sum "$(dirname "${BASH_SOURCE[0]}")/browser/package-lock.json" | cut -c1-12)
+ensure_browser() {
+  if ! command -v chromium >/dev/null 2>&1; then
+    echo "error: the dashboard's browser test needs Chromium: apt-get install chromium (.ci/run does)" >&2
+    return 1
+  fi
+  if [ ! -f "$BROWSER_TOOLS/node_modules/playwright-core/package.json" ]; then
+    echo "== installing playwright-core into $BROWSER_TOOLS"
+    mkdir -p "$BROWSER_TOOLS"
+    cp "$(dirname "${BASH_SOURCE[0]}")"/browser/package*.json "$BROWSER_TOOLS/"
+    (cd "$BROWSER_TOOLS" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+  export TICKLAKE_TEST_PLAYWRIGHT=$BROWSER_TOOLS/node_modules/playwright-core
+  TICKLAKE_TEST_CHROMIUM=$(command -v chromium)
+  export TICKLAKE_TEST_CHROMIUM
+}
+
 # The jars Spark needs for Iceberg tables (scripts/spark/pom.xml), from Maven Central into $SPARK_JARS.
 SPARK_JARS=$TICKLAKE_CACHE/spark-jars-$(sed -n 's:.*<iceberg.version>\(.*\)</iceberg.version>.*:\1:p' "$(dirname "${BASH_SOURCE[0]}")/spark/pom.xml")
 ensure_spark() { maven_jars "Apache Iceberg's Spark runtime" spark "$SPARK_JARS" -DexcludeTransitive=true; }

@@ -20,6 +20,7 @@ mod demo;
 mod options;
 mod produce;
 mod query;
+mod serve;
 mod sink;
 
 use clap::{Parser, Subcommand};
@@ -65,6 +66,9 @@ enum Command {
     Query(query::QueryArgs),
     /// An SQL shell over the lake's tables, with history.
     Sql(query::ShellArgs),
+    /// Serve the lake over HTTP: a read-only JSON API (SQL, tables, symbols, bars, latest prices)
+    /// for dashboards, notebooks and scripts, with Prometheus metrics.
+    Serve(serve::Args),
     /// The whole pipeline on the bundled sample, embedded, then a few answers from SQL.
     Demo(demo::Args),
 }
@@ -80,6 +84,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Compact(args) => compact::run(g, args),
         Command::Query(args) => query::query(g, args),
         Command::Sql(args) => query::shell(g, args),
+        Command::Serve(args) => serve::run(g, args),
         Command::Demo(args) => demo::run(g, args),
     }
 }

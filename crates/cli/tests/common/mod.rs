@@ -352,3 +352,70 @@ pub fn reference(args: &[&str], input: &str, vars: &[(String, String)]) -> serde
     assert!(out.status.success(), "reference.py {args:?}: {stderr}");
     serde_json::from_str(&stdout).unwrap()
 }
+
+/// A running `ticklake serve`, stopped when dropped.
+pub struct Served {
+    child: Child,
+    pub base: String,
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Served {
+    /// Starts `ticklake serve` on a port the system chooses, with `extra` options and variables.
+    pub fn start(env: &Env, extra: &[&str], vars: &[(&str, &str)]) -> Served {
+        let mut args = vec!["serve"];
+        if !extra.contains(&"--listen") {
+            args.extend(["--listen", "127.0.0.1:0"]);
+        }
+        args.extend(extra);
+        let mut child = env
+            .command(&args)
+            .envs(vars.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines =
+            std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+        let mut seen = String::new();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    seen.push_str(&line);
+                    seen.push('\n');
+                    if let Some(rest) = line.split_once("serving the lake on http://") {
+                        break rest.1.split_whitespace().next().unwrap().to_owned();
+                    }
+                }
+                _ => panic!("ticklake serve stopped before serving:\n{seen}"),
+            }
+        };
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(seen));
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        // A server bound to every address is reached on loopback.
+        let addr = addr.replace("0.0.0.0", "127.0.0.1");
+        Served {
+            child,
+            base: format!("http://{addr}"),
+            stderr,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,730 @@
+//! `ticklake serve`, end to end through the real binary over HTTP: every route's answers checked
+//! against DuckDB reading the same Parquet files, the limits (rows, time), read-only refusals, bad
+//! requests answered with JSON errors and the right status, and the token a server off loopback needs.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+
+use common::{path_str, reference, Env, Served};
+use serde_json::{json, Value};
+
+/// Six symbols, a record every 30 s from 2024-01-02 14:30 UTC, sunk into the local lake.
+fn simulated_lake(records: u64) -> Env {
+    let env = Env::embedded();
+    env.ok(&[
+        "produce",
+        "--simulate",
+        "--count",
+        &records.to_string(),
+        "--symbols",
+        "6",
+        "--interval",
+        "30s",
+        "--start",
+        "2024-01-02T14:30:00Z",
+        "-q",
+    ]);
+    env.ok(&["sink", "--once", "-q"]);
+    env
+}
+
+/// DuckDB's answers to `queries` over the view `t` of the lake's Parquet files.
+fn duckdb(env: &Env, queries: &[&str]) -> Vec<Value> {
+    let glob = format!(
+        "{}/stock_topic/*/*/*.parquet",
+        path_str(&env.dir.path().join("lake"))
+    );
+    let answers = reference(
+        &["duckdb", &glob],
+        &serde_json::to_string(queries).unwrap(),
+        &[],
+    );
+    answers.as_array().unwrap().clone()
+}
+
+/// An HTTP client that returns error statuses as responses.
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent()
+}
+
+/// A response: status, content type, body.
+struct Answer {
+    status: u16,
+    content_type: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Asserts an error answer: the status, a JSON body of that kind whose message contains `says`.
+    fn assert_error(&self, status: u16, kind: &str, says: &str) -> Value {
+        let body = self.json();
+        assert_eq!(self.status, status, "{body}");
+        assert_eq!(self.content_type, "application/json", "{body}");
+        assert_eq!(body["kind"], kind, "{body}");
+        let message = body["error"].as_str().unwrap();
+        assert!(message.contains(says), "{message:?} lacks {says:?}");
+        assert!(!message.contains("panicked"), "{message}");
+        body
+    }
+}
+
+fn answer(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
+    let mut r = r.unwrap();
+    let headers = r
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+        .collect();
+    let content_type = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    Answer {
+        status: r.status().as_u16(),
+        content_type,
+        headers,
+        body: r
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_vec()
+            .unwrap(),
+    }
+}
+
+fn get(url: &str) -> Answer {
+    answer(agent().get(url).call())
+}
+
+fn post_sql(url: &str, sql: &str, accept: &str) -> Answer {
+    answer(
+        agent()
+            .post(url)
+            .header("Accept", accept)
+            .header("Content-Type", "application/json")
+            .send(json!({ "sql": sql }).to_string()),
+    )
+}
+
+/// Numbers equal to a relative 1e-9.
+fn close_to(a: &Value, b: &Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
+        _ => a == b,
+    }
+}
+
+#[test]
+fn every_route_answers_like_duckdb_on_the_same_files() {
+    let env = simulated_lake(6_000);
+    let served = Served::start(&env, &["--max-rows", "500"], &[]);
+
+    let health = get(&served.url("/health"));
+    assert_eq!(
+        (health.status, health.json()["status"].clone()),
+        (200, json!("ok"))
+    );
+
+    // The tables, with their columns.
+    let tables = get(&served.url("/api/tables")).json();
+    let table = tables["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "stock_topic")
+        .unwrap_or_else(|| panic!("no stock_topic in {tables}"));
+    let columns: Vec<&str> = table["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    for c in [
+        "symbol", "ts", "open", "high", "low", "close", "volume", "date",
+    ] {
+        assert!(columns.contains(&c), "{c} in {columns:?}");
+    }
+
+    let reference = duckdb(
+        &env,
+        &[
+            "SELECT DISTINCT symbol FROM t ORDER BY symbol",
+            "SELECT symbol, count(*), sum(volume) FROM t GROUP BY symbol ORDER BY symbol",
+            "SELECT symbol, strftime(max(ts), '%Y-%m-%dT%H:%M:%S'), arg_max(close, ts), arg_max(volume, ts) \
+             FROM t GROUP BY symbol ORDER BY symbol",
+            "SELECT symbol, close FROM (SELECT symbol, close, row_number() OVER (PARTITION BY symbol ORDER BY ts DESC) AS n FROM t) \
+             WHERE n = 2 ORDER BY symbol",
+        ],
+    );
+    let symbols: Vec<Value> = reference[0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[0].clone())
+        .collect();
+    assert_eq!(symbols.len(), 6);
+
+    // The symbols.
+    let ours = get(&served.url("/api/symbols")).json();
+    assert_eq!(ours["symbols"], Value::Array(symbols.clone()), "{ours}");
+    assert_eq!(ours["truncated"], false);
+
+    // SQL, as JSON.
+    let sql = "SELECT symbol, count(*) AS n, sum(volume) AS v FROM stock_topic GROUP BY symbol ORDER BY symbol";
+    let a = post_sql(&served.url("/api/query"), sql, "application/json");
+    assert_eq!(a.status, 200);
+    let body = a.json();
+    assert_eq!(body["row_count"], 6);
+    assert_eq!(body["truncated"], false);
+    assert_eq!(body["columns"][0]["name"], "symbol");
+    for (row, expected) in body["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(reference[1].as_array().unwrap())
+    {
+        assert_eq!(row["symbol"], expected[0]);
+        assert_eq!(row["n"], expected[1]);
+        assert!(close_to(&row["v"], &expected[2]), "{row} {expected}");
+    }
+    // The same as CSV, and as an Arrow IPC stream.
+    let csv = post_sql(&served.url("/api/query"), sql, "text/csv");
+    assert_eq!(csv.content_type, "text/csv; charset=utf-8");
+    let text = String::from_utf8(csv.body.clone()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "symbol,n,v");
+    assert_eq!(lines.len(), 7, "{text}");
+    assert!(lines[1].starts_with(&format!("{},", symbols[0].as_str().unwrap())));
+    assert_eq!(csv.header("x-ticklake-rows"), Some("6"));
+    let ipc = post_sql(
+        &served.url("/api/query"),
+        sql,
+        "application/vnd.apache.arrow.stream",
+    );
+    assert_eq!(ipc.content_type, "application/vnd.apache.arrow.stream");
+    let reader =
+        arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc.body), None).unwrap();
+    let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!(rows, 6);
+    // A plain-text body is the SQL itself.
+    let plain = answer(
+        agent()
+            .post(&served.url("/api/query"))
+            .header("Content-Type", "text/plain")
+            .send("SELECT count(*) AS n FROM stock_topic"),
+    );
+    assert_eq!(plain.json()["rows"], json!([{"n": 6000}]));
+
+    // The row limit: the server's (500), and a request's own below it.
+    let all = post_sql(
+        &served.url("/api/query"),
+        "SELECT * FROM stock_topic",
+        "*/*",
+    )
+    .json();
+    assert_eq!(
+        (all["row_count"].clone(), all["truncated"].clone()),
+        (json!(500), json!(true))
+    );
+    assert_eq!(all["rows"].as_array().unwrap().len(), 500);
+    let few = answer(
+        agent()
+            .post(&served.url("/api/query"))
+            .header("Content-Type", "application/json")
+            .send(json!({"sql": "SELECT * FROM stock_topic", "max_rows": 7}).to_string()),
+    )
+    .json();
+    assert_eq!(
+        (few["row_count"].clone(), few["truncated"].clone()),
+        (json!(7), json!(true))
+    );
+    let exact = post_sql(
+        &served.url("/api/query"),
+        "SELECT * FROM stock_topic LIMIT 500",
+        "application/json",
+    )
+    .json();
+    assert_eq!(
+        (exact["row_count"].clone(), exact["truncated"].clone()),
+        (json!(500), json!(false))
+    );
+
+    // The latest price of each symbol, its change from the record before, and its volume.
+    let latest = get(&served.url("/api/latest")).json();
+    let latest = latest["latest"].as_array().unwrap();
+    assert_eq!(latest.len(), 6);
+    let previous = reference[3].as_array().unwrap();
+    for ((ours, theirs), prev) in latest
+        .iter()
+        .zip(reference[2].as_array().unwrap())
+        .zip(previous)
+    {
+        assert_eq!(ours["symbol"], theirs[0]);
+        assert!(
+            ours["ts"]
+                .as_str()
+                .unwrap()
+                .starts_with(theirs[1].as_str().unwrap()),
+            "{ours} {theirs}"
+        );
+        assert!(close_to(&ours["price"], &theirs[2]), "{ours} {theirs}");
+        assert!(close_to(&ours["volume"], &theirs[3]), "{ours} {theirs}");
+        let change = theirs[2].as_f64().unwrap() - prev[1].as_f64().unwrap();
+        assert!(close_to(&ours["change"], &json!(change)), "{ours} {prev}");
+    }
+    let one = get(&served.url(&format!(
+        "/api/latest?symbol={}",
+        symbols[2].as_str().unwrap()
+    )))
+    .json();
+    assert_eq!(one["latest"].as_array().unwrap().len(), 1);
+    assert_eq!(one["latest"][0]["symbol"], symbols[2]);
+}
+
+#[test]
+fn bars_are_duckdbs_and_the_newest_are_kept() {
+    // 5,000 rounds of 30 s: from 2024-01-02 14:30 to 2024-01-04 08:10.
+    let env = simulated_lake(30_000);
+    let served = Served::start(&env, &[], &[]);
+    let symbol = duckdb(&env, &["SELECT min(symbol) FROM t"])[0][0][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let reference = duckdb(
+        &env,
+        &[&format!(
+            "SELECT epoch(time_bucket(INTERVAL '1 hour', ts))::BIGINT, arg_min(open, ts), max(high), min(low), \
+             arg_max(close, ts), sum(volume), count(*) FROM t WHERE symbol = '{symbol}' GROUP BY 1 ORDER BY 1"
+        )],
+    );
+    let expected = reference[0].as_array().unwrap();
+    assert!(expected.len() > 10, "{} hourly bars", expected.len());
+
+    let bars = get(&served.url(&format!("/api/bars?symbol={symbol}&interval=1h"))).json();
+    assert_eq!(bars["interval"], "1h");
+    assert_eq!(bars["truncated"], false);
+    let ours = bars["bars"].as_array().unwrap();
+    assert_eq!(ours.len(), expected.len());
+    for (bar, e) in ours.iter().zip(expected) {
+        assert_eq!(bar["time"], e[0], "{bar} {e}");
+        for (k, i) in [
+            ("open", 1),
+            ("high", 2),
+            ("low", 3),
+            ("close", 4),
+            ("volume", 5),
+        ] {
+            assert!(close_to(&bar[k], &e[i]), "{k}: {bar} {e}");
+        }
+        assert_eq!(bar["rows"], e[6]);
+    }
+
+    // A limit keeps the newest bars, oldest first.
+    let newest =
+        get(&served.url(&format!("/api/bars?symbol={symbol}&interval=60m&limit=3"))).json();
+    assert_eq!(newest["truncated"], true);
+    let times: Vec<&Value> = newest["bars"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| &b["time"])
+        .collect();
+    let last: Vec<&Value> = expected[expected.len() - 3..]
+        .iter()
+        .map(|e| &e[0])
+        .collect();
+    assert_eq!(times, last);
+
+    // From (inclusive) and to (exclusive), in any of the forms.
+    let from = expected[2][0].as_i64().unwrap();
+    let to = expected[5][0].as_i64().unwrap();
+    let ranged = get(&served.url(&format!(
+        "/api/bars?symbol={symbol}&interval=1h&from={from}&to={to}"
+    )))
+    .json();
+    let times: Vec<i64> = ranged["bars"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["time"].as_i64().unwrap())
+        .collect();
+    assert_eq!(times, vec![from, from + 3600, from + 7200]);
+    let days = get(&served.url(&format!(
+        "/api/bars?symbol={symbol}&interval=1d&from=2024-01-03&to=2024-01-04T00:00:00Z"
+    )))
+    .json();
+    assert_eq!(days["bars"].as_array().unwrap().len(), 1, "{days}");
+    assert_eq!(
+        days["bars"][0]["bar"].as_str().unwrap().get(..10),
+        Some("2024-01-03")
+    );
+
+    // A symbol without records has no bars; a strange one is only a literal.
+    let none = get(&served.url("/api/bars?symbol=..%2F..%2Fetc&interval=1m"));
+    assert_eq!(none.status, 200);
+    assert_eq!(none.json()["bars"], json!([]));
+    let quote = get(&served.url("/api/bars?symbol=x%27%3B%20DROP%20TABLE%20t%3B--"));
+    assert_eq!(quote.status, 200);
+}
+
+#[test]
+fn bad_requests_get_json_errors_naming_the_problem() {
+    let env = simulated_lake(20_000);
+    let served = Served::start(&env, &["--timeout", "1s"], &[]);
+    let query = served.url("/api/query");
+
+    for sql in [
+        "DROP TABLE stock_topic",
+        "DELETE FROM stock_topic WHERE symbol = 'A'",
+        "CREATE TABLE x AS SELECT 1",
+        "COPY stock_topic TO '/tmp/x.parquet'",
+    ] {
+        post_sql(&query, sql, "application/json").assert_error(
+            403,
+            "read_only",
+            "queries are read-only",
+        );
+    }
+    let located = post_sql(
+        &query,
+        "SELECT symbol\nFROM stock_topic WHERE",
+        "application/json",
+    )
+    .assert_error(400, "sql", "");
+    assert_eq!(located["line"], 2, "{located}");
+    post_sql(&query, "SELECT * FROM nowhere", "application/json")
+        .assert_error(400, "sql", "nowhere");
+    post_sql(&query, "SELECT 1; SELECT 2", "application/json").assert_error(
+        400,
+        "bad_request",
+        "one statement per request, this has 2",
+    );
+    post_sql(&query, "  ", "application/json").assert_error(400, "bad_request", "no SQL statement");
+    post_sql(&query, "SELECT 'unterminated", "application/json").assert_error(400, "sql", "");
+    // The time limit.
+    post_sql(
+        &query,
+        "SELECT sum(sqrt(a.close) * ln(b.close) + cos(a.open * b.high)) FROM stock_topic a CROSS JOIN stock_topic b",
+        "application/json",
+    )
+    .assert_error(422, "timeout", "ran longer than its time limit (1s)");
+
+    // Bodies and formats.
+    let raw = |content_type: &str, body: &[u8]| {
+        answer(
+            agent()
+                .post(&query)
+                .header("Content-Type", content_type)
+                .send(body),
+        )
+    };
+    raw("application/json", b"{\"sql\": 1}").assert_error(
+        400,
+        "bad_request",
+        "the body is not a query request",
+    );
+    raw("application/json", b"{\"sql\": \"SELECT 1\", \"rows\": 1}").assert_error(
+        400,
+        "bad_request",
+        "unknown field `rows`",
+    );
+    raw("application/json", &[0xff, 0xfe, 0x00]).assert_error(
+        400,
+        "bad_request",
+        "not a query request",
+    );
+    raw("text/plain", &[0xff, 0xfe, 0x00]).assert_error(400, "bad_request", "not UTF-8");
+    raw("image/png", b"SELECT 1").assert_error(415, "unsupported_media_type", "application/json");
+    let big = format!("SELECT '{}'", "x".repeat(2 << 20));
+    raw("text/plain", big.as_bytes()).assert_error(
+        413,
+        "payload_too_large",
+        "at most 1048576 bytes",
+    );
+    post_sql(&query, "SELECT 1", "text/html").assert_error(406, "not_acceptable", "text/csv");
+
+    // Market routes.
+    let bad = |path: &str, says: &str| {
+        get(&served.url(path)).assert_error(400, "bad_request", says);
+    };
+    bad("/api/bars", "the symbol is missing");
+    bad(
+        "/api/bars?symbol=A&interval=1fortnight",
+        "interval \"1fortnight\"",
+    );
+    bad("/api/bars?symbol=A&interval=0m", "the count must be from 1");
+    bad("/api/bars?symbol=A&from=yesterday", "time \"yesterday\"");
+    bad(
+        "/api/bars?symbol=A&from=2024-01-03&to=2024-01-02",
+        "from must be before to",
+    );
+    bad("/api/bars?symbol=A&limit=-1", "bad query parameters");
+    bad("/api/bars?symbol=A&colour=red", "unknown field `colour`");
+    bad(
+        &format!("/api/bars?symbol={}", "A".repeat(300)),
+        "symbol: is too long",
+    );
+    bad(
+        &format!("/api/latest?table={}", "t".repeat(300)),
+        "longer than 255",
+    );
+    get(&served.url("/api/bars?symbol=A&table=nowhere")).assert_error(
+        400,
+        "sql",
+        "no table \"nowhere\"",
+    );
+    get(&served.url("/api/symbols?table=nowhere")).assert_error(400, "sql", "nowhere");
+
+    // Routes and methods.
+    get(&served.url("/api/nothing")).assert_error(404, "not_found", "no route /api/nothing");
+    answer(agent().delete(&query).call()).assert_error(
+        405,
+        "method_not_allowed",
+        "DELETE is not allowed on /api/query",
+    );
+
+    // The OpenAPI description lists every route; metrics count the requests above.
+    let openapi = get(&served.url("/api/openapi.json")).json();
+    for route in [
+        "/api/query",
+        "/api/tables",
+        "/api/symbols",
+        "/api/bars",
+        "/api/latest",
+        "/metrics",
+        "/health",
+    ] {
+        assert!(openapi["paths"].get(route).is_some(), "{route}");
+    }
+    let metrics = String::from_utf8(get(&served.url("/metrics")).body).unwrap();
+    assert!(
+        metrics.contains("ticklake_http_requests_total{route=\"/api/query\",status=\"403\"} 4"),
+        "{metrics}"
+    );
+    assert!(!served.stderr.lock().unwrap().contains("panicked"));
+}
+
+#[test]
+fn off_loopback_a_token_is_required_and_kept_secret() {
+    let env = simulated_lake(100);
+    let refused = env.run(&["serve", "--listen", "0.0.0.0:0"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("refusing to listen on 0.0.0.0:0 without a token"),
+        "{stderr}"
+    );
+    let short = env.run(&["serve", "--listen", "0.0.0.0:0", "--token", "abc"]);
+    assert!(String::from_utf8_lossy(&short.stderr).contains("the token is too short"));
+
+    let token = "s3cr3t-t0ken-0123456789abcdef";
+    let served = Served::start(
+        &env,
+        &["--listen", "0.0.0.0:0"],
+        &[("TICKLAKE_SERVE_TOKEN", token)],
+    );
+    assert_eq!(get(&served.url("/health")).status, 200);
+    get(&served.url("/api/tables")).assert_error(401, "unauthorized", "Authorization: Bearer");
+    let wrong = answer(
+        agent()
+            .get(&served.url("/api/tables"))
+            .header("Authorization", "Bearer not-the-token-at-all")
+            .call(),
+    );
+    wrong.assert_error(401, "unauthorized", "not this server's");
+    assert_eq!(wrong.header("www-authenticate"), Some("Bearer"));
+    let right = answer(
+        agent()
+            .get(&served.url("/api/tables"))
+            .header("Authorization", format!("Bearer {token}"))
+            .call(),
+    );
+    assert_eq!(right.status, 200);
+    assert_eq!(right.json()["tables"][0]["name"], "stock_topic");
+    let sql = answer(
+        agent()
+            .post(&served.url("/api/query"))
+            .header("Authorization", format!("Bearer {token}"))
+            .header("Content-Type", "application/json")
+            .send(json!({"sql": "SELECT count(*) AS n FROM stock_topic"}).to_string()),
+    );
+    assert_eq!(sql.json()["rows"], json!([{"n": 100}]));
+    assert!(!served.stderr.lock().unwrap().contains(token));
+    // Nor does --help show the variable's value.
+    let help = env
+        .command(&["serve", "--help"])
+        .env("TICKLAKE_SERVE_TOKEN", token)
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&help.stdout).contains(token));
+}
+
+/// Reads server-sent events from `url` until `done` says so (or 60 s pass): each event's name and data.
+fn read_events(
+    url: &str,
+    mut done: impl FnMut(&[(String, String)]) -> bool,
+) -> Vec<(String, String)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(60)))
+        .build()
+        .into();
+    let response = agent.get(url).call().unwrap();
+    assert_eq!(
+        response.headers().get("content-type").unwrap(),
+        "text/event-stream"
+    );
+    let reader = BufReader::new(response.into_body().into_reader());
+    let mut events = Vec::new();
+    let (mut name, mut data) = (String::new(), String::new());
+    for line in reader.lines() {
+        let line = line.unwrap();
+        if let Some(n) = line.strip_prefix("event: ") {
+            name = n.to_owned();
+        } else if let Some(d) = line.strip_prefix("data: ") {
+            data.push_str(d);
+        } else if line.is_empty() && !name.is_empty() {
+            events.push((std::mem::take(&mut name), std::mem::take(&mut data)));
+            if done(&events) {
+                break;
+            }
+        }
+    }
+    events
+}
+
+/// The records on the topic, by (symbol, ts): (close, volume).
+fn records_on_topic(env: &Env) -> std::collections::HashMap<(String, i64), (f64, f64)> {
+    let (stdout, _) = env.ok(&["consume", "--values"]);
+    stdout
+        .lines()
+        .map(|l| {
+            let r = ticklake_model::json::decode(l.as_bytes()).unwrap();
+            ((r.symbol, r.ts), (r.close.unwrap(), r.volume.unwrap()))
+        })
+        .collect()
+}
+
+/// 2025-03-03T10:00:00Z in µs since the epoch.
+const START_US: i64 = 1_740_996_000_000_000;
+
+#[test]
+fn the_live_tail_pushes_records_as_they_stream() {
+    let env = simulated_lake(60);
+    let served = Served::start(&env, &[], &[]);
+    let url = served.url("/api/live");
+    let producer = {
+        let env_dir = env.dir.path().to_owned();
+        let topic = env.topic.clone();
+        std::thread::spawn(move || {
+            // Once the page is subscribed: 600 records, 6 symbols, one record per symbol per second.
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_ticklake"))
+                .current_dir(env_dir)
+                .env_remove("TICKLAKE_BROKERS")
+                .args([
+                    "--topic",
+                    &topic,
+                    "produce",
+                    "--simulate",
+                    "--count",
+                    "600",
+                    "--symbols",
+                    "6",
+                ])
+                .args(["--interval", "1s", "--start", "2025-03-03T10:00:00Z", "-q"])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        })
+    };
+    let rows = |events: &[(String, String)]| -> u64 {
+        events
+            .iter()
+            .filter(|(n, _)| n == "bars")
+            .flat_map(|(_, d)| serde_json::from_str::<Vec<Value>>(d).unwrap())
+            .map(|b| b["rows"].as_u64().unwrap())
+            .sum()
+    };
+    let events = read_events(&url, |e| rows(e) >= 600);
+    producer.join().unwrap();
+    assert_eq!(events[0].0, "ready");
+    assert_eq!(rows(&events), 600, "{events:?}");
+    // Every bar is one record (one per symbol per second), with the record's close and volume; the
+    // records sent before the subscription (the lake's 60) are not pushed.
+    let sent = records_on_topic(&env);
+    let mut seen = std::collections::HashSet::new();
+    for (_, data) in events.iter().filter(|(n, _)| n == "bars") {
+        for bar in serde_json::from_str::<Vec<Value>>(data).unwrap() {
+            let key = (
+                bar["symbol"].as_str().unwrap().to_owned(),
+                bar["ts"].as_i64().unwrap(),
+            );
+            let (close, volume) = sent[&key];
+            assert_eq!(bar["rows"], 1, "{bar}");
+            assert_eq!(bar["time"].as_i64().unwrap(), key.1 / 1_000_000);
+            assert!(close_to(&bar["close"], &json!(close)), "{bar}");
+            assert!(close_to(&bar["volume"], &json!(volume)), "{bar}");
+            assert!(key.1 >= START_US, "{bar}");
+            seen.insert(key);
+        }
+    }
+    assert_eq!(seen.len(), 600);
+
+    // One symbol only.
+    let symbol = seen.iter().next().unwrap().0.clone();
+    let producer = {
+        let env_dir = env.dir.path().to_owned();
+        let topic = env.topic.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            std::process::Command::new(env!("CARGO_BIN_EXE_ticklake"))
+                .current_dir(env_dir)
+                .env_remove("TICKLAKE_BROKERS")
+                .args([
+                    "--topic",
+                    &topic,
+                    "produce",
+                    "--simulate",
+                    "--count",
+                    "60",
+                    "--symbols",
+                    "6",
+                ])
+                .args(["--interval", "1s", "--start", "2025-03-04T10:00:00Z", "-q"])
+                .status()
+                .unwrap()
+        })
+    };
+    let events = read_events(&format!("{url}?symbol={symbol}"), |e| rows(e) >= 10);
+    assert!(producer.join().unwrap().success());
+    for (_, data) in events.iter().filter(|(n, _)| n == "bars") {
+        for bar in serde_json::from_str::<Vec<Value>>(data).unwrap() {
+            assert_eq!(bar["symbol"].as_str().unwrap(), symbol);
+        }
+    }
+    assert_eq!(rows(&events), 10);
+    get(&format!("{url}?colour=red")).assert_error(400, "bad_request", "unknown field `colour`");
+}
