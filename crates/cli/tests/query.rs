@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{path_str, reference, text, Env};
+use common::{path_str, produce_six_symbols, reference, text, Env};
 
 /// A simulated lake: 6 symbols, 30 s bars over about a week, partitioned by date and symbol.
 fn simulated_lake(records: u64) -> Env {
@@ -12,23 +12,6 @@ fn simulated_lake(records: u64) -> Env {
     produce_six_symbols(&env, records, "2024-01-02T14:30:00Z");
     env.ok(&["sink", "--once", "-q"]);
     env
-}
-
-/// Simulates `records` records of six symbols, one every 30 s from `start`, onto the environment's topic.
-fn produce_six_symbols(env: &Env, records: u64, start: &str) {
-    env.ok(&[
-        "produce",
-        "--simulate",
-        "--count",
-        &records.to_string(),
-        "--symbols",
-        "6",
-        "--interval",
-        "30s",
-        "--start",
-        start,
-        "-q",
-    ]);
 }
 
 /// The rows of a `--format csv` result.

@@ -6,25 +6,13 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 
-use common::{path_str, reference, Env, Served};
+use common::{path_str, produce_six_symbols, reference, Env, Served};
 use serde_json::{json, Value};
 
 /// Six symbols, a record every 30 s from 2024-01-02 14:30 UTC, sunk into the local lake.
 fn simulated_lake(records: u64) -> Env {
     let env = Env::embedded();
-    env.ok(&[
-        "produce",
-        "--simulate",
-        "--count",
-        &records.to_string(),
-        "--symbols",
-        "6",
-        "--interval",
-        "30s",
-        "--start",
-        "2024-01-02T14:30:00Z",
-        "-q",
-    ]);
+    produce_six_symbols(&env, records, "2024-01-02T14:30:00Z");
     env.ok(&["sink", "--once", "-q"]);
     env
 }

@@ -185,6 +185,18 @@ impl AppState {
     }
 }
 
+/// A symbol a request gives, checked by the sink's rules (a 400 naming what is wrong).
+fn check_symbol(symbol: &str) -> Result<(), ApiError> {
+    ticklake_model::names::check_symbol(symbol)
+        .map_err(|e| ApiError::bad_request(format!("symbol: {e}")))
+}
+
+/// The rows of `batches` as a JSON array of objects.
+fn rows_value(batches: &[RecordBatch]) -> Result<Value, ApiError> {
+    serde_json::from_slice(&json_rows(batches)?)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
 /// A query's parameters, or a 400 naming what is wrong with them.
 fn params<T>(given: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     given
@@ -369,8 +381,7 @@ async fn bars(
     let symbol = p.symbol.filter(|s| !s.is_empty()).ok_or_else(|| {
         ApiError::bad_request("the symbol is missing: /api/bars?symbol=AAPL&interval=1m")
     })?;
-    ticklake_model::names::check_symbol(&symbol)
-        .map_err(|e| ApiError::bad_request(format!("symbol: {e}")))?;
+    check_symbol(&symbol)?;
     let interval: BarInterval = p
         .interval
         .as_deref()
@@ -394,8 +405,7 @@ async fn bars(
     let sql = market::bars_sql(&table, &symbol, &interval, from.as_ref(), to.as_ref());
     let (out, truncated, _) = state.run(&sql, state.limit(p.limit)).await?;
     let oldest_first = reversed(&out)?;
-    let rows: Value = serde_json::from_slice(&json_rows(&oldest_first)?)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let rows = rows_value(&oldest_first)?;
     Ok(Json(json!({
         "table": table,
         "symbol": symbol,
@@ -431,13 +441,11 @@ async fn latest(
     let p = params(given)?;
     let table = state.table(p.table)?;
     if let Some(s) = &p.symbol {
-        ticklake_model::names::check_symbol(s)
-            .map_err(|e| ApiError::bad_request(format!("symbol: {e}")))?;
+        check_symbol(s)?;
     }
     let sql = market::latest_sql(&table, p.symbol.as_deref());
     let (out, truncated, _) = state.run(&sql, state.config.max_rows).await?;
-    let rows: Value = serde_json::from_slice(&json_rows(&out.batches)?)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let rows = rows_value(&out.batches)?;
     Ok(Json(
         json!({ "table": table, "latest": rows, "truncated": truncated }),
     ))
@@ -458,8 +466,7 @@ async fn live_stream(
 ) -> Result<Response, ApiError> {
     let p = params(given)?;
     if let Some(s) = &p.symbol {
-        ticklake_model::names::check_symbol(s)
-            .map_err(|e| ApiError::bad_request(format!("symbol: {e}")))?;
+        check_symbol(s)?;
     }
     let Some(tail) = &state.live else {
         return Err(ApiError::new(

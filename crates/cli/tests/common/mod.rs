@@ -419,3 +419,20 @@ impl Drop for Served {
         let _ = self.child.wait();
     }
 }
+
+/// Simulates `records` records of six symbols, one every 30 s from `start`, onto the environment's topic.
+pub fn produce_six_symbols(env: &Env, records: u64, start: &str) {
+    env.ok(&[
+        "produce",
+        "--simulate",
+        "--count",
+        &records.to_string(),
+        "--symbols",
+        "6",
+        "--interval",
+        "30s",
+        "--start",
+        start,
+        "-q",
+    ]);
+}
