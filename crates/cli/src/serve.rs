@@ -2,13 +2,14 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use ticklake_serve::{LiveTopic, ServeConfig, Server};
 
-use crate::options::{runtime, Global};
+use crate::options::{runtime, stop_flag, Global};
 use crate::query::Limits;
 
 /// Options of `ticklake serve`.
@@ -68,6 +69,7 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
         .install_recorder()
         .context("cannot record metrics")?;
     let bus = g.bus()?;
+    let stop = stop_flag()?;
     let io = runtime()?;
     let limits = Limits {
         memory_limit: args.memory_limit,
@@ -98,31 +100,15 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
             "serving the lake on http://{} (the API: /api/openapi.json; stop with Ctrl-C)",
             server.local_addr()
         );
-        server.run(stop_signal()).await
+        server.run(stopped(stop)).await
     })?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Completes at Ctrl-C (SIGINT) or SIGTERM, so a server stops cleanly under a terminal and a
-/// service manager alike.
-async fn stop_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+/// Completes when the process's stop flag is raised (Ctrl-C or SIGTERM, the handler every command
+/// shares; a second Ctrl-C ends the process at once).
+async fn stopped(flag: Arc<AtomicBool>) {
+    while !flag.load(Ordering::Relaxed) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }

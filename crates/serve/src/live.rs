@@ -84,8 +84,9 @@ impl LiveBar {
     }
 }
 
-/// What subscribers receive: the bars that changed since the last push, or how many records the tail
-/// could not read (not JSON records: they go to the sink's dead letters, not to the page).
+/// What subscribers receive: the bars that changed since the last push. Messages that are not JSON
+/// records are left out (the sink's dead letters keep them) and counted in
+/// `ticklake_live_unreadable_total`.
 pub type LivePush = Arc<Vec<LiveBar>>;
 
 /// The tail: a thread reading the topic from its end, and the channel its pushes go out on.
