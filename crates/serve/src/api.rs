@@ -76,9 +76,31 @@ pub(crate) fn router(
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(track))
+        .layer(middleware::from_fn(refuse_declared_too_large))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(panicked))
         .with_state(state)
+}
+
+/// Refuses a body whose declared length is over the limit at once, so the client is not left
+/// sending megabytes the server will not read (a body without a length is cut off as it is read).
+async fn refuse_declared_too_large(request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(bytes) if bytes > MAX_BODY_BYTES as u64 => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the body has {bytes} bytes; a request may send at most {MAX_BODY_BYTES} bytes"
+            ),
+        )
+        .into_response(),
+        _ => next.run(request).await,
+    }
 }
 
 /// Counts each request and its time by route and status, for `GET /metrics`.
