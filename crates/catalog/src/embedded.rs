@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use backon::{BlockingRetryable, ExponentialBuilder};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::{validate_name, Catalog, CatalogError, Partition, Table};
@@ -30,18 +31,20 @@ impl EmbeddedCatalog {
         let conn = Connection::open(path).map_err(|e| err(&e))?;
         conn.busy_timeout(Duration::from_secs(30))
             .map_err(|e| err(&e))?;
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL;
-             PRAGMA synchronous=FULL;
-             CREATE TABLE IF NOT EXISTS tables (
-                 database TEXT NOT NULL, name TEXT NOT NULL, definition TEXT NOT NULL,
-                 PRIMARY KEY (database, name));
-             CREATE TABLE IF NOT EXISTS partitions (
-                 database TEXT NOT NULL, table_name TEXT NOT NULL, part_values TEXT NOT NULL,
-                 location TEXT NOT NULL,
-                 PRIMARY KEY (database, table_name, part_values));",
-        )
-        .map_err(|e| err(&e))?;
+        // SQLite answers BUSY without calling the busy handler when it switches the journal mode
+        // (and when another process recovers the log of a killed writer), so the set-up is retried.
+        (|| set_up(&conn))
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(10))
+                    .with_max_delay(Duration::from_secs(1))
+                    .with_total_delay(Some(Duration::from_secs(30)))
+                    .without_max_times(),
+            )
+            .sleep(std::thread::sleep)
+            .when(is_busy)
+            .call()
+            .map_err(|e| err(&e))?;
         Ok(EmbeddedCatalog {
             path: path.to_owned(),
             database: database.to_owned(),
@@ -63,6 +66,41 @@ impl EmbeddedCatalog {
     fn decode_table(&self, json: &str) -> Result<Table, CatalogError> {
         serde_json::from_str(json).map_err(|e| self.err(format!("a table definition: {e}")))
     }
+}
+
+/// Puts the file in WAL mode and creates the tables, writing only what is missing, so opening a
+/// catalog that exists takes no write lock.
+fn set_up(conn: &Connection) -> rusqlite::Result<()> {
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0))?;
+    }
+    conn.execute_batch("PRAGMA synchronous=FULL;")?;
+    let tables: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('tables', 'partitions')",
+        [],
+        |r| r.get(0),
+    )?;
+    if tables < 2 {
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS tables (
+                 database TEXT NOT NULL, name TEXT NOT NULL, definition TEXT NOT NULL,
+                 PRIMARY KEY (database, name));
+             CREATE TABLE IF NOT EXISTS partitions (
+                 database TEXT NOT NULL, table_name TEXT NOT NULL, part_values TEXT NOT NULL,
+                 location TEXT NOT NULL,
+                 PRIMARY KEY (database, table_name, part_values));",
+        )?;
+    }
+    Ok(())
+}
+
+/// Whether SQLite refused for a lock another connection holds.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 #[async_trait::async_trait]
@@ -297,6 +335,37 @@ mod tests {
         // Another database in the same file sees none of it.
         let other = EmbeddedCatalog::open(&path, "other").unwrap();
         assert!(other.list_tables().await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn processes_opening_and_writing_at_once_are_not_refused() {
+        // Sinks, `compact` and queries open the same file at once, some of them just after another
+        // was killed; none may fail with "database is locked".
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("_ticklake/catalog.sqlite");
+        let (threads, rounds) = (12, 15);
+        let start = std::sync::Barrier::new(threads);
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let (path, start) = (&path, &start);
+                s.spawn(move || {
+                    start.wait();
+                    for r in 0..rounds {
+                        let c = EmbeddedCatalog::open(path, "ticklake").unwrap();
+                        let p = Partition {
+                            values: vec![format!("{t}"), format!("{r}")],
+                            location: format!("file:///lake/prices/t={t}/r={r}/"),
+                        };
+                        let added =
+                            futures::executor::block_on(c.add_partitions("prices", &[p])).unwrap();
+                        assert_eq!(added, 1);
+                    }
+                });
+            }
+        });
+        let c = EmbeddedCatalog::open(&path, "ticklake").unwrap();
+        let parts = futures::executor::block_on(c.list_partitions("prices")).unwrap();
+        assert_eq!(parts.len(), threads * rounds);
     }
 
     #[tokio::test]

@@ -55,10 +55,17 @@ fn connect(db: &Path) -> Result<Connection, BusError> {
     let conn = Connection::open(db).map_err(|e| storage(db, e))?;
     conn.busy_timeout(Duration::from_secs(30))
         .map_err(|e| storage(db, e))?;
-    conn.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;",
-    )
-    .map_err(|e| storage(db, e))?;
+    // Switching to WAL takes an exclusive lock without waiting for the busy handler; WAL stays set
+    // in the file, so it is switched only once, not at each connection.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .map_err(|e| storage(db, e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0))
+            .map_err(|e| storage(db, e))?;
+    }
+    conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;")
+        .map_err(|e| storage(db, e))?;
     Ok(conn)
 }
 
