@@ -18,6 +18,7 @@ mod consume;
 mod crawl;
 mod demo;
 mod options;
+mod plot;
 mod produce;
 mod query;
 mod serve;
@@ -69,6 +70,8 @@ enum Command {
     /// Serve the lake over HTTP: a read-only JSON API (SQL, tables, symbols, bars, latest prices)
     /// for dashboards, notebooks and scripts, with Prometheus metrics.
     Serve(serve::Args),
+    /// Draw a candlestick chart with volume of one symbol from the lake, as PNG or SVG.
+    Plot(plot::Args),
     /// The whole pipeline on the bundled sample, embedded, then a few answers from SQL.
     Demo(demo::Args),
 }
@@ -85,6 +88,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Query(args) => query::query(g, args),
         Command::Sql(args) => query::shell(g, args),
         Command::Serve(args) => serve::run(g, args),
+        Command::Plot(args) => plot::run(g, args),
         Command::Demo(args) => demo::run(g, args),
     }
 }

@@ -7,6 +7,7 @@
 mod engine;
 mod helpers;
 mod iceberg;
+pub mod market;
 mod output;
 mod provider;
 

@@ -24,8 +24,8 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::encode::{answer, json_rows, Format};
 use crate::error::ApiError;
 use crate::live::{LiveBar, LivePush, LiveTail};
-use crate::market::{self, BarInterval, TimeBound};
 use crate::ServeConfig;
+use ticklake_query::market::{self, BarInterval, TimeBound};
 
 /// The largest request body: far more than any SQL statement needs.
 const MAX_BODY_BYTES: usize = 1 << 20;

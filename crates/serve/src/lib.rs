@@ -25,7 +25,6 @@ mod auth;
 mod encode;
 mod error;
 mod live;
-mod market;
 mod page;
 
 use std::future::Future;
@@ -34,7 +33,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use live::{LiveBar, LiveTail, PUSH_EVERY};
-pub use market::{BarInterval, TimeBound};
 pub use metrics_exporter_prometheus::PrometheusHandle;
 use ticklake_query::Engine;
 
@@ -225,7 +223,7 @@ fn check(config: &ServeConfig) -> Result<(), ServeError> {
             "the catalog refresh interval must be above zero".into(),
         ));
     }
-    market::check_table(&config.table)
+    ticklake_query::market::check_table(&config.table)
         .map_err(|e| ServeError::Config(format!("the default table: {e}")))?;
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! The market routes' inputs (intervals, times, tables, symbols), checked, and the SQL they become.
-//! Every value a request gives reaches SQL as a quoted literal or identifier, never as SQL text.
+//! Market queries built from checked inputs: bar intervals, times, table names, symbols, and the SQL
+//! they become. Every value a caller gives reaches SQL as a quoted literal or identifier, never as
+//! SQL text. The server's market routes and `ticklake plot` share them.
 
 use std::fmt;
 use std::str::FromStr;
@@ -139,6 +140,12 @@ impl FromStr for TimeBound {
     }
 }
 
+impl fmt::Display for TimeBound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    }
+}
+
 impl TimeBound {
     /// The time as a SQL string literal in RFC 3339 form, which compares with timestamp columns.
     fn sql(&self) -> String {
@@ -147,17 +154,17 @@ impl TimeBound {
 }
 
 /// `text` as a SQL string literal.
-pub(crate) fn sql_string(text: &str) -> String {
+pub fn sql_string(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
 /// `name` as a quoted SQL identifier (so it is read exactly, case and all).
-pub(crate) fn sql_ident(name: &str) -> String {
+pub fn sql_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Checks a table name a request gives: not empty, not too long, no control characters.
-pub(crate) fn check_table(name: &str) -> Result<(), String> {
+pub fn check_table(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("the table name is empty".into());
     }
@@ -174,7 +181,7 @@ pub(crate) fn check_table(name: &str) -> Result<(), String> {
 
 /// The SQL of the bars of `symbol` in `table`, newest first, from `from` (inclusive) to `to`
 /// (exclusive); the caller limits the rows, so the newest bars are the ones kept.
-pub(crate) fn bars_sql(
+pub fn bars_sql(
     table: &str,
     symbol: &str,
     interval: &BarInterval,
@@ -204,7 +211,7 @@ pub(crate) fn bars_sql(
 
 /// The SQL of each symbol's latest record in `table` (or only `symbol`'s): its time, price (close),
 /// change and change in percent from the record before, and volume.
-pub(crate) fn latest_sql(table: &str, symbol: Option<&str>) -> String {
+pub fn latest_sql(table: &str, symbol: Option<&str>) -> String {
     let filter = symbol
         .map(|s| format!(" WHERE symbol = {}", sql_string(s)))
         .unwrap_or_default();
@@ -219,7 +226,7 @@ pub(crate) fn latest_sql(table: &str, symbol: Option<&str>) -> String {
 }
 
 /// The SQL of the symbols of `table`, in order.
-pub(crate) fn symbols_sql(table: &str) -> String {
+pub fn symbols_sql(table: &str) -> String {
     format!(
         "SELECT DISTINCT symbol FROM {} ORDER BY symbol",
         sql_ident(table)
@@ -227,7 +234,7 @@ pub(crate) fn symbols_sql(table: &str) -> String {
 }
 
 /// The SQL of the columns of every table in `database`.
-pub(crate) fn columns_sql(database: &str) -> String {
+pub fn columns_sql(database: &str) -> String {
     format!(
         "SELECT table_name, column_name, data_type, is_nullable FROM information_schema.columns \
          WHERE table_schema = {} ORDER BY table_name, ordinal_position",
