@@ -24,7 +24,7 @@ use crate::options::{stop_flag, Global};
 /// Options of `ticklake produce`.
 #[derive(ClapArgs, Debug)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["source", "simulate"])))]
-#[command(group(clap::ArgGroup::new("pace").args(["max", "rate", "realtime"])))]
+#[command(group(clap::ArgGroup::new("pace").args(["max", "rate", "realtime", "clock"])))]
 pub struct Args {
     /// A file to replay in file order: CSV (the seed's indexProcessed.csv format needs no other option),
     /// or JSON lines (.jsonl, .ndjson, .json): one message per line, sent as it is, keyed by its symbol.
@@ -73,7 +73,7 @@ pub struct Args {
     #[arg(long, default_value_t = 42, requires = "simulate")]
     pub seed: u64,
 
-    /// Simulator: event time of the first bar (RFC 3339, a date, or `now`).
+    /// Simulator: event time of the first bar (RFC 3339, a date, `now`, or a time ago like `now-3h`).
     #[arg(long, default_value = "2024-01-02T14:30:00Z", requires = "simulate")]
     pub start: String,
 
@@ -92,6 +92,12 @@ pub struct Args {
     /// Replay the event-time gaps between records (scaled by --speed).
     #[arg(long)]
     pub realtime: bool,
+
+    /// Send each record when the clock reaches its event time: records from the past at once, the
+    /// rest as their time comes (with the simulator and a --start in the past: a history, then a live
+    /// feed).
+    #[arg(long)]
+    pub clock: bool,
 
     /// With --realtime: how much faster than real time, e.g. 60 plays a minute per second.
     #[arg(long, default_value_t = 1.0, requires = "realtime")]
@@ -145,10 +151,11 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
         transaction_span: args.transaction_span,
     };
     options.check(&bus)?;
-    let pacing = match (args.rate, args.realtime) {
-        (Some(r), _) => Pacing::Rate(r),
-        (None, true) => Pacing::Realtime { speed: args.speed },
-        (None, false) => Pacing::Max,
+    let pacing = match (args.rate, args.realtime, args.clock) {
+        (Some(r), _, _) => Pacing::Rate(r),
+        (None, true, _) => Pacing::Realtime { speed: args.speed },
+        (None, false, true) => Pacing::Clock,
+        (None, false, false) => Pacing::Max,
     };
     let mut pacer = Pacer::new(pacing)?;
     let topic =
@@ -264,18 +271,7 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
         bar.finish_and_clear();
         (sender.totals(), Some(rejects))
     } else {
-        let start_ts = if args.start == "now" {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as i64)
-        } else {
-            time::parse_iso(&args.start).with_context(|| {
-                format!(
-                    "--start {:?} is not an RFC 3339 time, a date or `now`",
-                    args.start
-                )
-            })?
-        };
+        let start_ts = simulation_start(&args.start)?;
         if args.symbols == 0 {
             bail!("--symbols must be at least 1");
         }
@@ -463,4 +459,23 @@ fn progress(g: &Global, len: Option<u64>, bytes: bool) -> ProgressBar {
     }
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
+}
+
+/// The simulator's first event time (µs): an RFC 3339 time, a date, `now` or `now-<duration>`.
+fn simulation_start(text: &str) -> Result<i64> {
+    let bad = || format!("--start {text:?} is not an RFC 3339 time, a date, `now` or `now-3h`");
+    if let Some(rest) = text.strip_prefix("now") {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        if rest.is_empty() {
+            return Ok(now);
+        }
+        let ago = rest
+            .strip_prefix('-')
+            .ok_or_else(|| anyhow::anyhow!(bad()))
+            .and_then(|d| humantime::parse_duration(d.trim()).with_context(bad))?;
+        return Ok(now.saturating_sub(i64::try_from(ago.as_micros()).unwrap_or(i64::MAX)));
+    }
+    time::parse_iso(text).with_context(bad)
 }

@@ -159,6 +159,50 @@ fn pacing_by_rate_and_by_event_time() {
 }
 
 #[test]
+fn clock_pacing_catches_up_on_the_past_then_follows_the_clock() {
+    let env = Env::embedded();
+    // Two symbols, a record each second from 10 s ago: 20 records at once, then 2 a second.
+    let started = Instant::now();
+    let (stdout, _) = env.ok(&[
+        "produce",
+        "--simulate",
+        "--symbols",
+        "2",
+        "--interval",
+        "1s",
+        "--start",
+        "now-10s",
+        "--clock",
+        "--count",
+        "28",
+    ]);
+    let finished_us = chrono::Utc::now().timestamp_micros();
+    assert!(stdout.contains("28 sent"), "{stdout}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "the last 8 records are 4 s in the future: {:?}",
+        started.elapsed()
+    );
+    let ts: Vec<i64> = env
+        .values()
+        .iter()
+        .map(|v| json::decode(v.as_bytes()).unwrap().ts)
+        .collect();
+    assert_eq!(ts.len(), 28);
+    let first = *ts.iter().min().unwrap();
+    let started_us = finished_us - started.elapsed().as_micros() as i64;
+    assert!(
+        (started_us - 11_000_000..=started_us - 9_000_000).contains(&first),
+        "the first record is 10 s before the start"
+    );
+    // Nothing went out before its time.
+    assert!(
+        ts.iter().all(|&t| t <= finished_us),
+        "{ts:?} after {finished_us}"
+    );
+}
+
+#[test]
 fn loop_replays_past_the_end() {
     let env = Env::embedded();
     let hsi = shared_data("indexProcessed-HSI.csv");
@@ -241,6 +285,14 @@ fn user_errors_are_clear_and_do_not_panic() {
             "invalid topic name",
         ),
         (vec!["--topic", "missing", "consume"], "does not exist"),
+        (
+            vec!["produce", "--simulate", "--start", "now+3h"],
+            "--start \"now+3h\" is not an RFC 3339 time, a date, `now` or `now-3h`",
+        ),
+        (
+            vec!["produce", "--simulate", "--start", "now-soon"],
+            "--start \"now-soon\"",
+        ),
         (
             vec![
                 "produce",

@@ -1,5 +1,5 @@
-//! Pacing a replay: as fast as possible, a fixed number of records per second, or the event-time gaps of
-//! the data scaled by a speed factor.
+//! Pacing a replay: as fast as possible, a fixed number of records per second, the event-time gaps of
+//! the data scaled by a speed factor, or the wall clock (each record when its event time comes).
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,9 @@ pub enum Pacing {
         /// The speed factor; must be positive.
         speed: f64,
     },
+    /// Each record when the wall clock reaches its event time: records from the past go at once
+    /// (a history catches up), later ones as their time comes (a live feed).
+    Clock,
 }
 
 /// Sleeps between records so that they go out at the chosen pace.
@@ -55,15 +58,17 @@ impl Pacer {
 
     /// Blocks until the record with event time `ts` (µs) is due. Returns how long it slept.
     pub fn wait(&mut self, ts: i64) -> Duration {
-        if self.pacing == Pacing::Max {
-            return Duration::ZERO;
+        match self.pacing {
+            Pacing::Max => return Duration::ZERO,
+            Pacing::Clock => return sleep_until_event(ts),
+            _ => {}
         }
         let start = *self.start.get_or_insert_with(|| {
             self.first_ts = ts;
             Instant::now()
         });
         let due = match self.pacing {
-            Pacing::Max => return Duration::ZERO,
+            Pacing::Max | Pacing::Clock => return Duration::ZERO,
             Pacing::Rate(r) => Duration::from_secs_f64(self.sent as f64 / r),
             Pacing::Realtime { speed } => {
                 let gap = ts.saturating_sub(self.first_ts).max(0) as f64 / 1e6;
@@ -85,6 +90,21 @@ impl Pacer {
     pub fn reset(&mut self) {
         self.start = None;
         self.sent = 0;
+    }
+}
+
+/// Sleeps until the wall clock reaches `ts` (µs since the Unix epoch); returns how long.
+fn sleep_until_event(ts: i64) -> Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    let ahead = Duration::from_micros(ts.saturating_sub(now).max(0) as u64);
+    if ahead > MIN_SLEEP {
+        std::thread::sleep(ahead);
+        ahead
+    } else {
+        Duration::ZERO
     }
 }
 
@@ -120,6 +140,21 @@ mod tests {
         );
         // Out-of-order (earlier) events are not held back.
         assert_eq!(p.wait(500_000), Duration::ZERO);
+    }
+
+    #[test]
+    fn clock_sends_the_past_at_once_and_waits_for_the_future() {
+        let mut p = Pacer::new(Pacing::Clock).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64;
+        assert!((1..1000).all(|h| p.wait(now - h * 3_600_000_000) == Duration::ZERO));
+        let slept = p.wait(now + 100_000);
+        assert!(
+            slept >= Duration::from_millis(50) && slept <= Duration::from_millis(101),
+            "{slept:?}"
+        );
     }
 
     #[test]
