@@ -16,9 +16,31 @@ const SAMPLE_NAME: &str = "indexProcessed-HSI.csv";
 const TOPIC: &str = "index-prices";
 const TABLE: &str = "index_prices";
 
+/// The live part of `demo --serve` uses every command's default topic (and so table), so `ticklake
+/// query`, `serve` and `plot` read it with no options afterwards.
+const LIVE_TOPIC: &str = "stock-topic";
+const LIVE_SYMBOLS: &str = "8";
+/// How far back the live feed's history starts (it catches up at full speed, then runs live).
+const LIVE_HISTORY: &str = "now-3h";
+
 /// Options of `ticklake demo`.
 #[derive(ClapArgs, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Then keep going: a simulated market (8 symbols, one bar a second each, from 3 hours ago to
+    /// now and on) streams into topic stock-topic, a sink writes it to the lake, and the dashboard
+    /// and API serve it, until Ctrl-C.
+    #[arg(long)]
+    pub serve: bool,
+
+    /// With --serve: the address to serve on (off loopback, set TICKLAKE_SERVE_TOKEN).
+    #[arg(
+        long,
+        default_value = "127.0.0.1:8080",
+        value_name = "ADDR",
+        requires = "serve"
+    )]
+    pub listen: std::net::SocketAddr,
+}
 
 const QUERIES: &[(&str, &str)] = &[
     (
@@ -93,7 +115,7 @@ fn step(g: &Global, words: &[&str]) -> Result<()> {
     Ok(())
 }
 
-pub fn run(g: &Global, _args: Args) -> Result<ExitCode> {
+pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
     if g.brokers.is_some() || g.lake.contains("://") || g.catalog != "embedded" {
         bail!("the demo runs embedded: no --brokers, a local --lake and the embedded catalog");
     }
@@ -152,13 +174,12 @@ pub fn run(g: &Global, _args: Args) -> Result<ExitCode> {
             allow_location: Vec::new(),
         },
     )?;
-    let mut out = std::io::stdout().lock();
     for (title, sql) in QUERIES {
         outln!("\n-- {title}\n{sql};");
         let result = io
             .block_on(engine.execute(sql))
             .map_err(|e| anyhow::anyhow!(e.render(sql)))?;
-        write_output(&result, OutputFormat::Table, &mut out)?;
+        write_output(&result, OutputFormat::Table, &mut std::io::stdout().lock())?;
     }
     outln!(
         "\nYour turn (the lake is in {lake}, its catalog in {lake}/_ticklake/catalog.sqlite):
@@ -168,5 +189,70 @@ pub fn run(g: &Global, _args: Args) -> Result<ExitCode> {
 DuckDB reads the same files: SELECT * FROM read_parquet('{lake}/{TABLE}/*/*.parquet', hive_partitioning = true);",
         lake = g.lake.trim_end_matches('/'),
     );
+    if args.serve {
+        serve_live(g, &args)?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `demo --serve`: a simulated feed, a sink and the server, each a command on its own thread, until
+/// Ctrl-C (or until one of them fails, which stops the others).
+fn serve_live(g: &Global, args: &Args) -> Result<()> {
+    let bus = g.bus()?;
+    let start = if ticklake_bus::partition_count(&bus, LIVE_TOPIC)?.is_some() {
+        outln!("\n(topic {LIVE_TOPIC} holds an earlier demo's feed: the feed goes on from now)");
+        "now"
+    } else {
+        // Created here, so the server's live tail finds it from its first look.
+        ticklake_bus::ensure_topic(&bus, LIVE_TOPIC, 4, 1)?;
+        LIVE_HISTORY
+    };
+    outln!(
+        "\nA live market: {LIVE_SYMBOLS} simulated symbols stream into topic {LIVE_TOPIC} (3 hours of history \
+         first), a sink writes them to table {}, and the dashboard shows them. Ctrl-C stops it all.",
+        ticklake_sink::default_table(LIVE_TOPIC)
+    );
+    let stop = crate::options::stop_flag()?;
+    let listen = args.listen.to_string();
+    let until_stopped = |words: &[&str]| {
+        let result = step(g, words);
+        // Whatever ends first (Ctrl-C, or a failure) ends the others.
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        result
+    };
+    std::thread::scope(|s| {
+        let feed = s.spawn(|| {
+            until_stopped(&[
+                "produce",
+                "--topic",
+                LIVE_TOPIC,
+                "--simulate",
+                "--symbols",
+                LIVE_SYMBOLS,
+                "--interval",
+                "1s",
+                "--start",
+                start,
+                "--clock",
+            ])
+        });
+        let sink = s.spawn(|| {
+            until_stopped(&[
+                "sink",
+                "--topic",
+                LIVE_TOPIC,
+                "--group",
+                "ticklake-demo-live",
+                "--flush-interval",
+                "2s",
+            ])
+        });
+        let served = until_stopped(&["serve", "--topic", LIVE_TOPIC, "--listen", &listen]);
+        let joined = |h: std::thread::ScopedJoinHandle<'_, Result<()>>| {
+            h.join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("a demo thread failed")))
+        };
+        let (feed, sink) = (joined(feed), joined(sink));
+        served.and(feed).and(sink)
+    })
 }

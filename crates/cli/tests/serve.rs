@@ -752,3 +752,111 @@ fn the_live_tail_pushes_records_as_they_stream() {
     assert_eq!(rows(&events), 10);
     get(&format!("{url}?colour=red")).assert_error(400, "bad_request", "unknown field `colour`");
 }
+
+/// Seconds since the Unix epoch, now.
+fn now_s() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// The seconds since the epoch of an RFC 3339 time in an answer.
+fn epoch_s(v: &Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_else(|| panic!("not a time: {v}")))
+        .unwrap_or_else(|e| panic!("{v}: {e}"))
+        .timestamp()
+}
+
+#[test]
+fn demo_serve_streams_a_live_market_until_stopped() {
+    let env = Env::embedded();
+    let started = now_s();
+    let served = Served::spawn(&env, &["demo", "--serve", "--listen", "127.0.0.1:0"], &[]);
+    // The board fills with the simulator's 8 symbols, each with a price from the last seconds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    let board = loop {
+        let answer = get(&served.url("/api/latest"));
+        if answer.status == 200 {
+            let board = answer.json();
+            let rows = board["latest"].as_array().unwrap().clone();
+            if rows.len() == 8 && rows.iter().all(|r| epoch_s(&r["ts"]) >= now_s() - 15) {
+                assert_eq!(board["table"], "stock_topic", "{board}");
+                break rows;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no live board of 8 symbols within 180 s: {}\n{}",
+            String::from_utf8_lossy(&answer.body),
+            served.stderr.lock().unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    // Three hours of history went into the lake first: about 180 one-minute bars per symbol, the
+    // oldest three hours before the demo started, the newest now.
+    let symbol = board[0]["symbol"].as_str().unwrap().to_owned();
+    let bars = get(&served.url(&format!("/api/bars?symbol={symbol}&interval=1m"))).json();
+    let bars = bars["bars"].as_array().unwrap();
+    assert!((178..=200).contains(&bars.len()), "{} bars", bars.len());
+    let oldest = bars[0]["time"].as_i64().unwrap();
+    assert!(
+        (started - 3 * 3600 - 120..=started - 3 * 3600 + 60).contains(&oldest),
+        "the oldest bar is at {oldest}, the demo started at {started}"
+    );
+    assert!(bars.last().unwrap()["time"].as_i64().unwrap() >= now_s() - 180);
+    // The feed goes on as the clock does: the symbol's price moves on.
+    let first_seen = epoch_s(&board[0]["ts"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let rows = get(&served.url("/api/latest")).json()["latest"].clone();
+        let row = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["symbol"] == symbol.as_str())
+            .unwrap()
+            .clone();
+        if epoch_s(&row["ts"]) >= first_seen + 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{row} did not move on"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    // SIGTERM stops the feed, the sink (which commits what it holds) and the server cleanly.
+    let stderr = served.stderr.clone();
+    let status = served.stop();
+    assert!(status.success(), "{status}: {}", stderr.lock().unwrap());
+    let glob = format!(
+        "{}/stock_topic/*/*/*.parquet",
+        path_str(&env.dir.path().join("lake"))
+    );
+    let answers = reference(
+        &["duckdb", &glob],
+        &serde_json::to_string(&[
+            "SELECT count(DISTINCT symbol) AS symbols, count(*) AS records, \
+             (SELECT count(*) FROM (SELECT DISTINCT symbol, ts FROM t)) AS distinct_records, \
+             epoch(min(ts))::BIGINT AS oldest, epoch(max(ts))::BIGINT AS newest FROM t",
+        ])
+        .unwrap(),
+        &[],
+    );
+    // symbols, records, distinct records, oldest, newest
+    let lake: Vec<i64> = answers[0][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    let [symbols, records, distinct, oldest, newest] = lake[..] else {
+        panic!("{lake:?}")
+    };
+    assert_eq!(symbols, 8, "{lake:?}");
+    assert_eq!(records, distinct, "no record twice: {lake:?}");
+    // One record a second per symbol from three hours back to the stop, all of them in the lake (but
+    // for the last second or two: the feed may send a few more as the sink stops; they stay on the
+    // topic for the next run).
+    let span = newest - oldest + 1;
+    assert!((8 * (span - 2)..=8 * span).contains(&records), "{lake:?}");
+    assert!(newest >= first_seen + 3, "{lake:?}");
+}

@@ -368,8 +368,14 @@ impl Served {
             args.extend(["--listen", "127.0.0.1:0"]);
         }
         args.extend(extra);
+        Served::spawn(env, &args, vars)
+    }
+
+    /// Runs the command `args` (one that serves, like `serve` or `demo --serve`) and waits until it
+    /// says where it serves.
+    pub fn spawn(env: &Env, args: &[&str], vars: &[(&str, &str)]) -> Served {
         let mut child = env
-            .command(&args)
+            .command(args)
             .envs(vars.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -410,6 +416,25 @@ impl Served {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// Stops it as Ctrl-C would (SIGTERM) and returns how it exited.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "it did not stop within 60 s of SIGTERM:\n{}",
+                self.stderr.lock().unwrap()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 }
 
