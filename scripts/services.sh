@@ -152,6 +152,20 @@ ensure_moto() {
   "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check "${PYTHON_TOOLS[@]}"
 }
 
+# Schemathesis (the API's schema test: it generates requests from /api/openapi.json and checks the
+# answers against it) in a venv of its own, so its pins do not meet moto's.
+SCHEMATHESIS_VERSION=4.32.5
+SCHEMATHESIS_VENV=$TICKLAKE_CACHE/schemathesis-$SCHEMATHESIS_VERSION
+ensure_schemathesis() {
+  if [ ! -x "$SCHEMATHESIS_VENV/bin/schemathesis" ]; then
+    echo "== installing schemathesis $SCHEMATHESIS_VERSION into $SCHEMATHESIS_VENV"
+    rm -rf "$SCHEMATHESIS_VENV"
+    python3 -m venv "$SCHEMATHESIS_VENV"
+    "$SCHEMATHESIS_VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+  fi
+  export TICKLAKE_TEST_SCHEMATHESIS=$SCHEMATHESIS_VENV/bin/schemathesis
+}
+
 # The dashboard's browser test: playwright-core (scripts/browser/package-lock.json) from the npm registry
 # into $BROWSER_TOOLS, and Debian's chromium (installed by .ci/run).
 BROWSER_TOOLS=$TICKLAKE_CACHE/browser-$(sha256sum "$(dirname "${BASH_SOURCE[0]}")/browser/package-lock.json" | cut -c1-12)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, with the real services it needs: fetches (once) and starts an Apache Kafka broker
 # (KRaft), a moto S3/Glue server and Apache Iceberg's REST catalog server on 127.0.0.1 (and DuckDB, pyiceberg and Spark, the references for
-# query answers, and playwright-core for the dashboard in Chromium), runs fmt,
+# query answers, playwright-core for the dashboard in Chromium, and schemathesis for the API), runs fmt,
 # clippy and every test, and stops them again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,7 @@ ensure_moto
 ensure_spark
 ensure_iceberg_rest
 ensure_browser
+ensure_schemathesis
 work=$(mktemp -d "${TMPDIR:-/tmp}/ticklake-test.XXXXXX")
 cleanup() {
   stop_kafka

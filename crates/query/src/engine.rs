@@ -312,6 +312,15 @@ impl Engine {
         Ok((out, truncated))
     }
 
+    /// Whether queries see a table of this name (spelt as the catalog spells it), as of the last
+    /// [`Engine::refresh`].
+    pub fn has_table(&self, name: &str) -> bool {
+        self.tables
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(name)
+    }
+
     /// The database whose tables queries see (the default schema).
     pub fn database(&self) -> &str {
         &self.database

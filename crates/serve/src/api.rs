@@ -192,10 +192,24 @@ impl AppState {
         Ok((out, truncated, started.elapsed().as_secs_f64() * 1000.0))
     }
 
-    /// The table a request names, or the default one, checked.
-    fn table(&self, given: Option<String>) -> Result<String, ApiError> {
+    /// The table a request names, or the default one: checked, and a 404 when queries do not see
+    /// it (after a refresh, so a table created since the last one is found).
+    async fn table(&self, given: Option<String>) -> Result<String, ApiError> {
         let table = given.unwrap_or_else(|| self.config.table.clone());
         market::check_table(&table).map_err(ApiError::bad_request)?;
+        if !self.engine.has_table(&table) {
+            self.engine.refresh().await?;
+            if !self.engine.has_table(&table) {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!(
+                        "no table {table:?} in database {}: GET /api/tables lists the tables",
+                        self.engine.database()
+                    ),
+                ));
+            }
+        }
         Ok(table)
     }
 
@@ -369,7 +383,7 @@ async fn symbols(
     given: Result<Query<TableParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let p = params(given)?;
-    let table = state.table(p.table)?;
+    let table = state.table(p.table).await?;
     let (out, truncated, _) = state
         .run(&market::symbols_sql(&table), state.config.max_rows)
         .await?;
@@ -399,7 +413,7 @@ async fn bars(
     given: Result<Query<BarsParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let p = params(given)?;
-    let table = state.table(p.table)?;
+    let table = state.table(p.table).await?;
     let symbol = p.symbol.filter(|s| !s.is_empty()).ok_or_else(|| {
         ApiError::bad_request("the symbol is missing: /api/bars?symbol=AAPL&interval=1m")
     })?;
@@ -461,7 +475,7 @@ async fn latest(
     given: Result<Query<LatestParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let p = params(given)?;
-    let table = state.table(p.table)?;
+    let table = state.table(p.table).await?;
     if let Some(s) = &p.symbol {
         check_symbol(s)?;
     }
