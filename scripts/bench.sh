@@ -37,6 +37,11 @@
 #                                 boto3) against ticklake on the same Apache Kafka and moto S3, every
 #                                 output checked (object count, lake count, sum of closes); written to
 #                                 benchmarks/seed.json (BENCH_SEED_COUNT: the seed's records, 10,000)
+#   scripts/bench.sh --serve      `ticklake serve` under load: each route (SQL, bars, latest) under wrk
+#                                 at 1 and 16 connections on a 2,000,000-record lake, every answer
+#                                 checked against DuckDB first, and the live tail's push latency
+#                                 (scripts/bench_serve.py; needs wrk; benchmarks/serve.json;
+#                                 BENCH_SERVE_RECORDS, BENCH_SERVE_SECONDS)
 #   scripts/bench.sh --scaling    the sink's records/s and peak RSS at 10, 100, 1,000 and 10,000 symbols
 #                                 and at 1, 4 and 16 partitions (embedded log and Apache Kafka), every
 #                                 lake read back first; benchmarks/scaling.json and two PNG charts
@@ -300,6 +305,15 @@ if [ "$MODE" = "--scaling" ]; then
   echo "== scaling: sink --once of ${BENCH_SCALING_COUNT:-2000000} records at 10-10,000 symbols and 1-16 partitions"
   "$MOTO_VENV/bin/python" scripts/bench_scaling.py "$bin" "$work" "${BENCH_SCALING_COUNT:-2000000}" \
     "${BENCH_SCALING_OUT:-benchmarks}" "$KAFKA_ADDR"
+  exit 0
+fi
+
+if [ "$MODE" = "--serve" ]; then
+  ensure_moto
+  command -v wrk >/dev/null || { echo "error: the serving benchmark needs wrk: apt-get install wrk" >&2; exit 1; }
+  echo "== serve: each route under wrk at 1 and 16 connections, answers checked against DuckDB first; live push latency"
+  "$MOTO_VENV/bin/python" scripts/bench_serve.py "$bin" "$work/serve" "${BENCH_SERVE_JSON:-benchmarks/serve.json}" \
+    "${BENCH_SERVE_RECORDS:-2000000}" "${BENCH_SERVE_SECONDS:-10}"
   exit 0
 fi
 
