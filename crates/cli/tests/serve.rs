@@ -11,7 +11,11 @@ use serde_json::{json, Value};
 
 /// Six symbols, a record every 30 s from 2024-01-02 14:30 UTC, sunk into the local lake.
 fn simulated_lake(records: u64) -> Env {
-    let env = Env::embedded();
+    simulated_lake_on(Env::embedded(), records)
+}
+
+/// The same on the bus of `env` (the embedded log, or Apache Kafka).
+fn simulated_lake_on(env: Env, records: u64) -> Env {
     produce_six_symbols(&env, records, "2024-01-02T14:30:00Z");
     env.ok(&["sink", "--once", "-q"]);
     env
@@ -637,6 +641,16 @@ fn read_events(
     events
 }
 
+/// How many records the `bars` events carry.
+fn pushed_rows(events: &[(String, String)]) -> u64 {
+    events
+        .iter()
+        .filter(|(n, _)| n == "bars")
+        .flat_map(|(_, d)| serde_json::from_str::<Vec<Value>>(d).unwrap())
+        .map(|b| b["rows"].as_u64().unwrap())
+        .sum()
+}
+
 /// The records on the topic, by (symbol, ts): (close, volume).
 fn records_on_topic(env: &Env) -> std::collections::HashMap<(String, i64), (f64, f64)> {
     let (stdout, _) = env.ok(&["consume", "--values"]);
@@ -654,31 +668,36 @@ const START_US: i64 = 1_740_996_000_000_000;
 
 #[test]
 fn the_live_tail_pushes_records_as_they_stream() {
-    let env = simulated_lake(60);
+    live_tail_pushes(Env::embedded());
+}
+
+#[test]
+fn the_live_tail_pushes_records_as_they_stream_on_kafka() {
+    live_tail_pushes(Env::kafka());
+}
+
+fn live_tail_pushes(env: Env) {
+    let env = simulated_lake_on(env, 60);
     let served = Served::start(&env, &[], &[]);
     let url = served.url("/api/live");
     let producer = {
-        let env_dir = env.dir.path().to_owned();
-        let topic = env.topic.clone();
+        // Once the page is subscribed: 600 records, 6 symbols, one record per symbol per second.
+        let mut produce = env.command(&[
+            "produce",
+            "--simulate",
+            "--count",
+            "600",
+            "--symbols",
+            "6",
+            "--interval",
+            "1s",
+            "--start",
+            "2025-03-03T10:00:00Z",
+            "-q",
+        ]);
         std::thread::spawn(move || {
-            // Once the page is subscribed: 600 records, 6 symbols, one record per symbol per second.
             std::thread::sleep(std::time::Duration::from_millis(500));
-            let out = std::process::Command::new(env!("CARGO_BIN_EXE_ticklake"))
-                .current_dir(env_dir)
-                .env_remove("TICKLAKE_BROKERS")
-                .args([
-                    "--topic",
-                    &topic,
-                    "produce",
-                    "--simulate",
-                    "--count",
-                    "600",
-                    "--symbols",
-                    "6",
-                ])
-                .args(["--interval", "1s", "--start", "2025-03-03T10:00:00Z", "-q"])
-                .output()
-                .unwrap();
+            let out = produce.output().unwrap();
             assert!(
                 out.status.success(),
                 "{}",
@@ -686,18 +705,10 @@ fn the_live_tail_pushes_records_as_they_stream() {
             );
         })
     };
-    let rows = |events: &[(String, String)]| -> u64 {
-        events
-            .iter()
-            .filter(|(n, _)| n == "bars")
-            .flat_map(|(_, d)| serde_json::from_str::<Vec<Value>>(d).unwrap())
-            .map(|b| b["rows"].as_u64().unwrap())
-            .sum()
-    };
-    let events = read_events(&url, |e| rows(e) >= 600);
+    let events = read_events(&url, |e| pushed_rows(e) >= 600);
     producer.join().unwrap();
     assert_eq!(events[0].0, "ready");
-    assert_eq!(rows(&events), 600, "{events:?}");
+    assert_eq!(pushed_rows(&events), 600, "{events:?}");
     // Every bar is one record (one per symbol per second), with the record's close and volume; the
     // records sent before the subscription (the lake's 60) are not pushed.
     let sent = records_on_topic(&env);
@@ -722,36 +733,32 @@ fn the_live_tail_pushes_records_as_they_stream() {
     // One symbol only.
     let symbol = seen.iter().next().unwrap().0.clone();
     let producer = {
-        let env_dir = env.dir.path().to_owned();
-        let topic = env.topic.clone();
+        let mut produce = env.command(&[
+            "produce",
+            "--simulate",
+            "--count",
+            "60",
+            "--symbols",
+            "6",
+            "--interval",
+            "1s",
+            "--start",
+            "2025-03-04T10:00:00Z",
+            "-q",
+        ]);
         std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(500));
-            std::process::Command::new(env!("CARGO_BIN_EXE_ticklake"))
-                .current_dir(env_dir)
-                .env_remove("TICKLAKE_BROKERS")
-                .args([
-                    "--topic",
-                    &topic,
-                    "produce",
-                    "--simulate",
-                    "--count",
-                    "60",
-                    "--symbols",
-                    "6",
-                ])
-                .args(["--interval", "1s", "--start", "2025-03-04T10:00:00Z", "-q"])
-                .status()
-                .unwrap()
+            produce.status().unwrap()
         })
     };
-    let events = read_events(&format!("{url}?symbol={symbol}"), |e| rows(e) >= 10);
+    let events = read_events(&format!("{url}?symbol={symbol}"), |e| pushed_rows(e) >= 10);
     assert!(producer.join().unwrap().success());
     for (_, data) in events.iter().filter(|(n, _)| n == "bars") {
         for bar in serde_json::from_str::<Vec<Value>>(data).unwrap() {
             assert_eq!(bar["symbol"].as_str().unwrap(), symbol);
         }
     }
-    assert_eq!(rows(&events), 10);
+    assert_eq!(pushed_rows(&events), 10);
     get(&format!("{url}?colour=red")).assert_error(400, "bad_request", "unknown field `colour`");
 }
 
@@ -944,4 +951,71 @@ fn a_table_sunk_after_the_server_started_answers_at_once() {
         String::from_utf8_lossy(&answer.body)
     );
     assert_eq!(answer.json()["symbols"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn serves_a_lake_on_s3_registered_in_glue_fed_through_kafka() {
+    let env = Env::kafka().with_s3_lake();
+    let db = format!("serve_{}", env.topic.replace('-', "_"));
+    let glue = ["--catalog", "glue", "--database", db.as_str()];
+    produce_six_symbols(&env, 600, "2024-01-02T14:30:00Z");
+    env.ok(&[&glue[..], &["sink", "--once", "-q"]].concat());
+    let served = Served::spawn(
+        &env,
+        &[&glue[..], &["serve", "--listen", "127.0.0.1:0"]].concat(),
+        &[],
+    );
+    let table = env.table();
+    let count = |symbol: Option<&str>| -> i64 {
+        let filter = symbol.map_or(String::new(), |s| format!(" WHERE symbol = '{s}'"));
+        let answer = post_sql(
+            &served.url("/api/query"),
+            &format!("SELECT count(*) AS n FROM {table}{filter}"),
+            "application/json",
+        );
+        assert_eq!(
+            answer.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&answer.body)
+        );
+        answer.json()["rows"][0]["n"].as_i64().unwrap()
+    };
+    assert_eq!(count(None), 600);
+    let latest = get(&served.url("/api/latest")).json();
+    let board = latest["latest"].as_array().unwrap();
+    assert_eq!(board.len(), 6, "{latest}");
+    let symbol = board[0]["symbol"].as_str().unwrap().to_owned();
+    let bars = get(&served.url(&format!("/api/bars?symbol={symbol}&interval=1h"))).json();
+    let rows: i64 = bars["bars"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["rows"].as_i64().unwrap())
+        .sum();
+    assert_eq!(rows, count(Some(&symbol)), "{bars}");
+
+    // The live tail reads Kafka; a later sink's files answer at once (partitions are read per query).
+    let mut produce = env.command(&[
+        "produce",
+        "--simulate",
+        "--count",
+        "60",
+        "--symbols",
+        "6",
+        "--interval",
+        "1s",
+        "--start",
+        "2025-03-03T10:00:00Z",
+        "-q",
+    ]);
+    let producer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        produce.status().unwrap()
+    });
+    let events = read_events(&served.url("/api/live"), |e| pushed_rows(e) >= 60);
+    assert!(producer.join().unwrap().success());
+    assert_eq!(pushed_rows(&events), 60);
+    env.ok(&[&glue[..], &["sink", "--once", "-q"]].concat());
+    assert_eq!(count(None), 660);
 }
