@@ -1019,3 +1019,83 @@ fn serves_a_lake_on_s3_registered_in_glue_fed_through_kafka() {
     env.ok(&[&glue[..], &["sink", "--once", "-q"]].concat());
     assert_eq!(count(None), 660);
 }
+
+#[test]
+fn latest_reads_only_each_symbols_newest_days() {
+    // Daily closes: A and B for ten days of 2024 (close 100 + day, 200 + day), C for five days of
+    // 2023-06 (50 + day), then C stopped trading.
+    let env = Env::embedded();
+    let mut csv = String::from("Index,Date,Open,High,Low,Close,Adj Close,Volume,CloseUSD\n");
+    for (symbol, month, days, base) in [("A", "2024-01", 10, 100), ("B", "2024-01", 10, 200)]
+        .into_iter()
+        .chain([("C", "2023-06", 5, 50)])
+    {
+        for day in 1..=days {
+            let close = base + day;
+            csv.push_str(&format!(
+                "{symbol},{month}-{day:02},{close},{close},{close},{close},{close},{day},{close}\n"
+            ));
+        }
+    }
+    let file = env.dir.path().join("daily.csv");
+    std::fs::write(&file, csv).unwrap();
+    env.ok(&["-q", "produce", "--source", file.to_str().unwrap()]);
+    env.ok(&["-q", "sink", "--once"]);
+
+    // Every file a symbol's latest record and the one before it cannot be in is made unreadable:
+    // A's and B's first eight days, C's first three.
+    let table_dir = env.dir.path().join("lake").join(env.table());
+    let mut spoiled = 0;
+    for (symbol, month, days) in [
+        ("A", "2024-01", 8),
+        ("B", "2024-01", 8),
+        ("C", "2023-06", 3),
+    ] {
+        for day in 1..=days {
+            let folder = table_dir.join(format!("date={month}-{day:02}/symbol={symbol}"));
+            for file in std::fs::read_dir(&folder).unwrap() {
+                std::fs::write(file.unwrap().path(), b"not parquet").unwrap();
+                spoiled += 1;
+            }
+        }
+    }
+    assert_eq!(spoiled, 19);
+
+    let served = Served::start(&env, &[], &[]);
+    let full_scan = post_sql(
+        &served.url("/api/query"),
+        "SELECT count(*) FROM stock_topic",
+        "application/json",
+    );
+    assert_ne!(
+        full_scan.status, 200,
+        "the spoiled files are read by a full scan"
+    );
+    let latest = get(&served.url("/api/latest")).json();
+    let board: Vec<(String, f64, f64, String)> = latest["latest"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["symbol"].as_str().unwrap().to_owned(),
+                r["price"].as_f64().unwrap(),
+                r["change"].as_f64().unwrap(),
+                r["ts"].as_str().unwrap()[..10].to_owned(),
+            )
+        })
+        .collect();
+    let row = |s: &str, p: f64, d: &str| (s.to_owned(), p, 1.0, d.to_owned());
+    assert_eq!(
+        board,
+        [
+            row("A", 110.0, "2024-01-10"),
+            row("B", 210.0, "2024-01-10"),
+            row("C", 55.0, "2023-06-05")
+        ],
+        "{latest}"
+    );
+    let c = get(&served.url("/api/latest?symbol=C")).json();
+    assert_eq!(c["latest"][0]["price"].as_f64(), Some(55.0), "{c}");
+    assert_eq!(c["latest"][0]["change"].as_f64(), Some(1.0), "{c}");
+}

@@ -2,6 +2,7 @@
 //! they become. Every value a caller gives reaches SQL as a quoted literal or identifier, never as
 //! SQL text. The server's market routes and `ticklake plot` share them.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::str::FromStr;
 
@@ -210,11 +211,21 @@ pub fn bars_sql(
 }
 
 /// The SQL of each symbol's latest record in `table` (or only `symbol`'s): its time, price (close),
-/// change and change in percent from the record before, and volume.
-pub fn latest_sql(table: &str, symbol: Option<&str>) -> String {
-    let filter = symbol
-        .map(|s| format!(" WHERE symbol = {}", sql_string(s)))
-        .unwrap_or_default();
+/// change and change in percent from the record before, and volume. With a `scope` only the
+/// partitions it names are read, so the cost follows the newest days, not the lake's history.
+pub fn latest_sql(table: &str, symbol: Option<&str>, scope: Option<&LatestScope>) -> String {
+    let mut filters = Vec::new();
+    if let Some(s) = symbol {
+        filters.push(format!("symbol = {}", sql_string(s)));
+    }
+    if let Some(scope) = scope {
+        filters.push(scope.sql());
+    }
+    let filter = if filters.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", filters.join(" AND "))
+    };
     format!(
         "SELECT symbol, ts, price, price - previous AS change, \
          CASE WHEN previous <> 0 THEN (price - previous) / previous * 100 END AS change_pct, volume \
@@ -223,6 +234,73 @@ pub fn latest_sql(table: &str, symbol: Option<&str>) -> String {
          FROM {}{filter} GROUP BY symbol) ORDER BY symbol",
         sql_ident(table)
     )
+}
+
+/// The `date` partitions [`latest_sql`] must read of a table partitioned by `date` and `symbol`: a
+/// symbol's latest record is in its newest date, and the record before it there or in its date
+/// before. So every date from the one most symbols' second-newest dates share (`from`), and, for the
+/// symbols whose second-newest date is earlier (they stopped trading, or trade rarely), from theirs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LatestScope {
+    /// Every symbol's partitions from this date on.
+    pub from: String,
+    /// Earlier dates, each with the symbols to read from it on.
+    pub earlier: Vec<(String, Vec<String>)>,
+}
+
+impl LatestScope {
+    /// The scope of the `(symbol, date)` values of a table's partitions (dates as `YYYY-MM-DD`, which
+    /// sort as text); None without partitions.
+    pub fn of<'a>(partitions: impl IntoIterator<Item = (&'a str, &'a str)>) -> Option<LatestScope> {
+        let mut newest: HashMap<&str, [Option<&str>; 2]> = HashMap::new();
+        for (symbol, date) in partitions {
+            let two = newest.entry(symbol).or_default();
+            if two[0].is_none_or(|d| date > d) {
+                two[1] = two[0];
+                two[0] = Some(date);
+            } else if two[0] != Some(date) && two[1].is_none_or(|d| date > d) {
+                two[1] = Some(date);
+            }
+        }
+        // Each symbol's first date to read, and the symbols by it.
+        let mut by_date: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (symbol, [first, second]) in newest {
+            if let Some(d) = second.or(first) {
+                by_date.entry(d).or_default().push(symbol);
+            }
+        }
+        // The date most symbols start at (the later of a tie); symbols starting later are read from it.
+        let from = *by_date
+            .iter()
+            .max_by_key(|(d, symbols)| (symbols.len(), **d))?
+            .0;
+        let earlier = by_date
+            .range(..from)
+            .map(|(d, symbols)| {
+                let mut symbols: Vec<String> = symbols.iter().map(|s| s.to_string()).collect();
+                symbols.sort();
+                (d.to_string(), symbols)
+            })
+            .collect();
+        Some(LatestScope {
+            from: from.to_owned(),
+            earlier,
+        })
+    }
+
+    /// The scope as an SQL condition on `date` and `symbol`, values quoted.
+    pub fn sql(&self) -> String {
+        let mut any = vec![format!("date >= {}", sql_string(&self.from))];
+        for (date, symbols) in &self.earlier {
+            let list: Vec<String> = symbols.iter().map(|s| sql_string(s)).collect();
+            any.push(format!(
+                "(date >= {} AND symbol IN ({}))",
+                sql_string(date),
+                list.join(", ")
+            ));
+        }
+        format!("({})", any.join(" OR "))
+    }
 }
 
 /// The SQL of the symbols of `table`, in order.
@@ -304,12 +382,51 @@ mod tests {
     fn request_values_stay_literals() {
         assert_eq!(sql_string("O'Neil"), "'O''Neil'");
         assert_eq!(sql_ident("a\"b"), "\"a\"\"b\"");
-        let sql = latest_sql("t\"; DROP TABLE x; --", Some("x'; DROP TABLE y; --"));
+        let sql = latest_sql(
+            "t\"; DROP TABLE x; --",
+            Some("x'; DROP TABLE y; --"),
+            LatestScope::of([("'", "'")]).as_ref(),
+        );
         assert!(sql.contains("FROM \"t\"\"; DROP TABLE x; --\""), "{sql}");
         assert!(sql.contains("symbol = 'x''; DROP TABLE y; --'"), "{sql}");
+        assert!(sql.contains("date >= ''''"), "{sql}");
         assert!(check_table("").is_err());
         assert!(check_table(&"t".repeat(300)).is_err());
         assert!(check_table("a\nb").is_err());
         assert!(check_table("stock_topic").is_ok());
+    }
+
+    #[test]
+    fn latest_reads_every_symbols_two_newest_dates() {
+        let scope = |p: &[(&'static str, &'static str)]| LatestScope::of(p.iter().copied());
+        assert_eq!(scope(&[]), None);
+        let only = scope(&[("A", "2024-01-02")]).unwrap();
+        assert_eq!(only.sql(), "(date >= '2024-01-02')");
+        // A's record before its latest may be in its date before; B has traded only on the newest;
+        // D on the newest and the one before. C stopped trading a year ago, and E's name is odd.
+        let days = [
+            ("A", "2024-01-01"),
+            ("A", "2024-01-03"),
+            ("A", "2024-01-02"),
+            ("B", "2024-01-03"),
+            ("D", "2024-01-02"),
+            ("D", "2024-01-03"),
+            ("C", "2023-01-05"),
+            ("C", "2023-01-04"),
+            ("C", "2022-12-30"),
+            ("E'", "2023-01-04"),
+        ];
+        let scope = scope(&days).unwrap();
+        assert_eq!(
+            scope,
+            LatestScope {
+                from: "2024-01-02".into(),
+                earlier: vec![("2023-01-04".into(), vec!["C".into(), "E'".into()])],
+            }
+        );
+        assert_eq!(
+            scope.sql(),
+            "(date >= '2024-01-02' OR (date >= '2023-01-04' AND symbol IN ('C', 'E''')))"
+        );
     }
 }

@@ -213,6 +213,27 @@ impl AppState {
         Ok(table)
     }
 
+    /// The partitions `/api/latest` must read in `table` (for `symbol`, or every symbol), from the
+    /// catalog's: None when the table is not partitioned by `date` and `symbol` (or the catalog cannot
+    /// say), and then the whole table is read.
+    async fn latest_scope(&self, table: &str, symbol: Option<&str>) -> Option<market::LatestScope> {
+        let catalog = self.engine.catalog();
+        let definition = catalog.get_table(table).await.ok()??;
+        let key = |name: &str| {
+            definition
+                .partition_keys
+                .iter()
+                .position(|k| k.name == name)
+        };
+        let (date, sym) = (key("date")?, key("symbol")?);
+        let partitions = catalog.list_partitions(table).await.ok()?;
+        let pairs = partitions
+            .iter()
+            .filter_map(|p| Some((p.values.get(sym)?.as_str(), p.values.get(date)?.as_str())))
+            .filter(|(s, _)| symbol.is_none_or(|wanted| *s == wanted));
+        market::LatestScope::of(pairs)
+    }
+
     /// A row limit a request asks for, within the server's.
     fn limit(&self, asked: Option<usize>) -> usize {
         asked
@@ -479,7 +500,8 @@ async fn latest(
     if let Some(s) = &p.symbol {
         check_symbol(s)?;
     }
-    let sql = market::latest_sql(&table, p.symbol.as_deref());
+    let scope = state.latest_scope(&table, p.symbol.as_deref()).await;
+    let sql = market::latest_sql(&table, p.symbol.as_deref(), scope.as_ref());
     let (out, truncated, _) = state.run(&sql, state.config.max_rows).await?;
     let rows = rows_value(&out.batches)?;
     Ok(Json(
