@@ -1021,7 +1021,7 @@ fn serves_a_lake_on_s3_registered_in_glue_fed_through_kafka() {
 }
 
 #[test]
-fn latest_reads_only_each_symbols_newest_days() {
+fn latest_and_symbols_read_only_what_they_need() {
     // Daily closes: A and B for ten days of 2024 (close 100 + day, 200 + day), C for five days of
     // 2023-06 (50 + day), then C stopped trading.
     let env = Env::embedded();
@@ -1098,4 +1098,17 @@ fn latest_reads_only_each_symbols_newest_days() {
     let c = get(&served.url("/api/latest?symbol=C")).json();
     assert_eq!(c["latest"][0]["price"].as_f64(), Some(55.0), "{c}");
     assert_eq!(c["latest"][0]["change"].as_f64(), Some(1.0), "{c}");
+
+    // The symbols are the partitions': no file is read.
+    let symbols = get(&served.url("/api/symbols")).json();
+    assert_eq!(
+        (&symbols["symbols"], &symbols["truncated"]),
+        (&json!(["A", "B", "C"]), &json!(false))
+    );
+    let two = Served::start(&env, &["--max-rows", "2"], &[]);
+    let symbols = get(&two.url("/api/symbols")).json();
+    assert_eq!(
+        (&symbols["symbols"], &symbols["truncated"]),
+        (&json!(["A", "B"]), &json!(true))
+    );
 }

@@ -321,6 +321,49 @@ impl Engine {
             .contains_key(name)
     }
 
+    /// The values of `keys` of each partition of table `name` (in `keys` order), from the catalog,
+    /// when queries read `name` as a catalog table partitioned by every one of `keys`; None for an
+    /// Iceberg table, a table without one of the keys, or no table. For answers that partition values
+    /// alone give (a table's symbols), or that they narrow (the partitions a query need read).
+    pub async fn partition_values(
+        &self,
+        name: &str,
+        keys: &[&str],
+    ) -> Result<Option<Vec<Vec<String>>>, QueryError> {
+        let provider = self
+            .tables
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned();
+        let Some(table) = provider
+            .as_ref()
+            .and_then(|p| p.as_any().downcast_ref::<LakeTable>())
+        else {
+            return Ok(None);
+        };
+        let definition = table.definition();
+        let Some(positions) = keys
+            .iter()
+            .map(|k| definition.partition_keys.iter().position(|c| c.name == *k))
+            .collect::<Option<Vec<usize>>>()
+        else {
+            return Ok(None);
+        };
+        let partitions = self.catalog.list_partitions(&definition.name).await?;
+        Ok(Some(
+            partitions
+                .into_iter()
+                .filter_map(|p| {
+                    positions
+                        .iter()
+                        .map(|i| p.values.get(*i).cloned())
+                        .collect()
+                })
+                .collect(),
+        ))
+    }
+
     /// The database whose tables queries see (the default schema).
     pub fn database(&self) -> &str {
         &self.database

@@ -1,5 +1,6 @@
 //! The routes and their handlers.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -217,21 +218,17 @@ impl AppState {
     /// catalog's: None when the table is not partitioned by `date` and `symbol` (or the catalog cannot
     /// say), and then the whole table is read.
     async fn latest_scope(&self, table: &str, symbol: Option<&str>) -> Option<market::LatestScope> {
-        let catalog = self.engine.catalog();
-        let definition = catalog.get_table(table).await.ok()??;
-        let key = |name: &str| {
-            definition
-                .partition_keys
+        let values = self
+            .engine
+            .partition_values(table, &["symbol", "date"])
+            .await
+            .ok()??;
+        market::LatestScope::of(
+            values
                 .iter()
-                .position(|k| k.name == name)
-        };
-        let (date, sym) = (key("date")?, key("symbol")?);
-        let partitions = catalog.list_partitions(table).await.ok()?;
-        let pairs = partitions
-            .iter()
-            .filter_map(|p| Some((p.values.get(sym)?.as_str(), p.values.get(date)?.as_str())))
-            .filter(|(s, _)| symbol.is_none_or(|wanted| *s == wanted));
-        market::LatestScope::of(pairs)
+                .map(|v| (v[0].as_str(), v[1].as_str()))
+                .filter(|(s, _)| symbol.is_none_or(|wanted| *s == wanted)),
+        )
     }
 
     /// A row limit a request asks for, within the server's.
@@ -405,13 +402,28 @@ async fn symbols(
 ) -> Result<Json<Value>, ApiError> {
     let p = params(given)?;
     let table = state.table(p.table).await?;
-    let (out, truncated, _) = state
-        .run(&market::symbols_sql(&table), state.config.max_rows)
-        .await?;
-    let mut symbols = Vec::new();
-    for b in &out.batches {
-        symbols.extend(strings(b, 0)?.into_iter().flatten());
-    }
+    // A table partitioned by symbol has them in its partitions: no file is read.
+    let from_partitions = state.engine.partition_values(&table, &["symbol"]).await?;
+    let (symbols, truncated) = match from_partitions {
+        Some(values) => {
+            let all: BTreeSet<String> = values.into_iter().flatten().collect();
+            let truncated = all.len() > state.config.max_rows;
+            (
+                all.into_iter().take(state.config.max_rows).collect(),
+                truncated,
+            )
+        }
+        None => {
+            let (out, truncated, _) = state
+                .run(&market::symbols_sql(&table), state.config.max_rows)
+                .await?;
+            let mut symbols = Vec::new();
+            for b in &out.batches {
+                symbols.extend(strings(b, 0)?.into_iter().flatten());
+            }
+            (symbols, truncated)
+        }
+    };
     Ok(Json(
         json!({ "table": table, "symbols": symbols, "truncated": truncated }),
     ))
