@@ -40,7 +40,7 @@
 #   scripts/bench.sh --serve      `ticklake serve` under load: each route (SQL, bars, latest) under wrk
 #                                 at 1 and 16 connections on a 2,000,000-record lake, every answer
 #                                 checked against DuckDB first, and the live tail's push latency
-#                                 (scripts/bench_serve.py; needs wrk; benchmarks/serve.json;
+#                                 (scripts/bench_serve.py; installs wrk; benchmarks/serve.json;
 #                                 BENCH_SERVE_RECORDS, BENCH_SERVE_SECONDS)
 #   scripts/bench.sh --scaling    the sink's records/s and peak RSS at 10, 100, 1,000 and 10,000 symbols
 #                                 and at 1, 4 and 16 partitions (embedded log and Apache Kafka), every
@@ -310,7 +310,8 @@ fi
 
 if [ "$MODE" = "--serve" ]; then
   ensure_moto
-  command -v wrk >/dev/null || { echo "error: the serving benchmark needs wrk: apt-get install wrk" >&2; exit 1; }
+  command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null \
+    || { echo "error: the serving benchmark needs wrk, and apt-get install wrk failed" >&2; exit 1; }
   echo "== serve: each route under wrk at 1 and 16 connections, answers checked against DuckDB first; live push latency"
   "$MOTO_VENV/bin/python" scripts/bench_serve.py "$bin" "$work/serve" "${BENCH_SERVE_JSON:-benchmarks/serve.json}" \
     "${BENCH_SERVE_RECORDS:-2000000}" "${BENCH_SERVE_SECONDS:-10}"
