@@ -666,6 +666,43 @@ fn records_on_topic(env: &Env) -> std::collections::HashMap<(String, i64), (f64,
 /// 2025-03-03T10:00:00Z in µs since the epoch.
 const START_US: i64 = 1_740_996_000_000_000;
 
+/// Half a second from now (once a subscriber of `/api/live` is in), `count` records of six
+/// symbols, one per symbol per second from `start`, produced in a thread; join it for the
+/// producer's output.
+fn produce_live_soon(
+    env: &Env,
+    count: u64,
+    start: &str,
+) -> std::thread::JoinHandle<std::process::Output> {
+    let mut produce = env.command(&[
+        "produce",
+        "--simulate",
+        "--count",
+        &count.to_string(),
+        "--symbols",
+        "6",
+        "--interval",
+        "1s",
+        "--start",
+        start,
+        "-q",
+    ]);
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        produce.output().unwrap()
+    })
+}
+
+/// Asserts the producer of [`produce_live_soon`] succeeded.
+fn produced(producer: std::thread::JoinHandle<std::process::Output>) {
+    let out = producer.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn the_live_tail_pushes_records_as_they_stream() {
     live_tail_pushes(Env::embedded());
@@ -680,33 +717,10 @@ fn live_tail_pushes(env: Env) {
     let env = simulated_lake_on(env, 60);
     let served = Served::start(&env, &[], &[]);
     let url = served.url("/api/live");
-    let producer = {
-        // Once the page is subscribed: 600 records, 6 symbols, one record per symbol per second.
-        let mut produce = env.command(&[
-            "produce",
-            "--simulate",
-            "--count",
-            "600",
-            "--symbols",
-            "6",
-            "--interval",
-            "1s",
-            "--start",
-            "2025-03-03T10:00:00Z",
-            "-q",
-        ]);
-        std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(500));
-            let out = produce.output().unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        })
-    };
+    // Once the page is subscribed: 600 records, 6 symbols, one record per symbol per second.
+    let producer = produce_live_soon(&env, 600, "2025-03-03T10:00:00Z");
     let events = read_events(&url, |e| pushed_rows(e) >= 600);
-    producer.join().unwrap();
+    produced(producer);
     assert_eq!(events[0].0, "ready");
     assert_eq!(pushed_rows(&events), 600, "{events:?}");
     // Every bar is one record (one per symbol per second), with the record's close and volume; the
@@ -732,27 +746,9 @@ fn live_tail_pushes(env: Env) {
 
     // One symbol only.
     let symbol = seen.iter().next().unwrap().0.clone();
-    let producer = {
-        let mut produce = env.command(&[
-            "produce",
-            "--simulate",
-            "--count",
-            "60",
-            "--symbols",
-            "6",
-            "--interval",
-            "1s",
-            "--start",
-            "2025-03-04T10:00:00Z",
-            "-q",
-        ]);
-        std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(500));
-            produce.status().unwrap()
-        })
-    };
+    let producer = produce_live_soon(&env, 60, "2025-03-04T10:00:00Z");
     let events = read_events(&format!("{url}?symbol={symbol}"), |e| pushed_rows(e) >= 10);
-    assert!(producer.join().unwrap().success());
+    produced(producer);
     for (_, data) in events.iter().filter(|(n, _)| n == "bars") {
         for bar in serde_json::from_str::<Vec<Value>>(data).unwrap() {
             assert_eq!(bar["symbol"].as_str().unwrap(), symbol);
@@ -996,25 +992,9 @@ fn serves_a_lake_on_s3_registered_in_glue_fed_through_kafka() {
     assert_eq!(rows, count(Some(&symbol)), "{bars}");
 
     // The live tail reads Kafka; a later sink's files answer at once (partitions are read per query).
-    let mut produce = env.command(&[
-        "produce",
-        "--simulate",
-        "--count",
-        "60",
-        "--symbols",
-        "6",
-        "--interval",
-        "1s",
-        "--start",
-        "2025-03-03T10:00:00Z",
-        "-q",
-    ]);
-    let producer = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        produce.status().unwrap()
-    });
+    let producer = produce_live_soon(&env, 60, "2025-03-03T10:00:00Z");
     let events = read_events(&served.url("/api/live"), |e| pushed_rows(e) >= 60);
-    assert!(producer.join().unwrap().success());
+    produced(producer);
     assert_eq!(pushed_rows(&events), 60);
     env.ok(&[&glue[..], &["sink", "--once", "-q"]].concat());
     assert_eq!(count(None), 660);
