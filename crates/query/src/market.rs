@@ -180,6 +180,15 @@ pub fn check_table(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// ` WHERE a AND b ...` of `filters`, or nothing without any.
+fn where_all(filters: &[String]) -> String {
+    if filters.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", filters.join(" AND "))
+    }
+}
+
 /// The SQL of the bars of `symbol` in `table`, newest first, from `from` (inclusive) to `to`
 /// (exclusive); the caller limits the rows, so the newest bars are the ones kept.
 pub fn bars_sql(
@@ -196,11 +205,7 @@ pub fn bars_sql(
     if let Some(t) = to {
         filters.push(format!("bar < {}", t.sql()));
     }
-    let filter = if filters.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", filters.join(" AND "))
-    };
+    let filter = where_all(&filters);
     format!(
         "SELECT bar, to_unixtime(bar) AS time, open, high, low, close, volume, vwap, rows \
          FROM ohlcv({}, {}, {}){filter} ORDER BY bar DESC",
@@ -221,11 +226,7 @@ pub fn latest_sql(table: &str, symbol: Option<&str>, scope: Option<&LatestScope>
     if let Some(scope) = scope {
         filters.push(scope.sql());
     }
-    let filter = if filters.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", filters.join(" AND "))
-    };
+    let filter = where_all(&filters);
     format!(
         "SELECT symbol, ts, price, price - previous AS change, \
          CASE WHEN previous <> 0 THEN (price - previous) / previous * 100 END AS change_pct, volume \
