@@ -163,7 +163,8 @@ const WINDOW_PAIRS: &[(&str, &str)] = &[
 /// A window that sorts more rows than the memory limit holds spills and answers, again and again. With
 /// DataFusion's default greedy pool it failed at random ("Resources exhausted" for the sort's merge: one
 /// partition's sorter kept what the other needed; 2 of 3 runs at this size and limit, and a 100 M-row lake
-/// under the default 4 GiB).
+/// under the default 4 GiB). The window is `rank()`, which sorts every row; the same query with
+/// `row_number()` keeps one row per symbol instead (`PartitionedTopKExec`), and answers too.
 #[test]
 fn a_window_sort_spills_within_a_small_memory_limit() {
     let env = Env::embedded();
@@ -182,6 +183,7 @@ fn a_window_sort_spills_within_a_small_memory_limit() {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let limit = format!("{}MiB", 20 * cores.max(2));
     let latest = &WINDOW_PAIRS[2];
+    let ranked = latest.0.replace("row_number()", "rank()");
     let lake = env.dir.path().join("lake");
     let glob = format!("{}/stock_topic/*/*/*.parquet", path_str(&lake));
     let theirs = reference(
@@ -189,18 +191,16 @@ fn a_window_sort_spills_within_a_small_memory_limit() {
         &serde_json::to_string(&[latest.1]).unwrap(),
         &[],
     );
-    for run in 0..3 {
-        let (stdout, _) = env.ok(&[
-            "query",
-            "--memory-limit",
-            &limit,
-            "--format",
-            "csv",
-            latest.0,
-        ]);
+    let (plan, _) = env.ok(&["query", "--format", "csv", &format!("EXPLAIN {ranked}")]);
+    assert!(plan.contains("SortExec"), "rank() sorts every row:\n{plan}");
+    for (run, sql) in [ranked.as_str(), &ranked, &ranked, latest.0]
+        .into_iter()
+        .enumerate()
+    {
+        let (stdout, _) = env.ok(&["query", "--memory-limit", &limit, "--format", "csv", sql]);
         let ours = csv_rows(&stdout);
         assert_eq!(ours.len(), 10, "run {run}: {stdout}");
-        assert_same_answers("DuckDB", 0, latest.0, &ours, &theirs[0]);
+        assert_same_answers("DuckDB", 0, sql, &ours, &theirs[0]);
     }
 }
 
@@ -216,6 +216,16 @@ fn windows_use_the_files_order_and_stay_right_when_files_overlap() {
         !plan.contains("SortExec"),
         "no sort for an ordered lake:\n{plan}"
     );
+    // The latest row per symbol is a newest-first window: the files' order does not serve it, and
+    // the top row of each symbol is kept as the files stream by instead of sorting them all.
+    let (plan, _) = env.ok(&[
+        "query",
+        "--format",
+        "csv",
+        &format!("EXPLAIN {}", WINDOW_PAIRS[2].0),
+    ]);
+    assert!(plan.contains("PartitionedTopKExec: k=1"), "{plan}");
+    assert!(!plan.contains("SortExec"), "{plan}");
     assert_pairs_match_duckdb(&env, WINDOW_PAIRS);
 
     // The same symbols again over the same days, starting `start`: every partition gets one more file

@@ -12,6 +12,7 @@ use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::{AggregateUDF, LogicalPlan};
 use ticklake_catalog::Catalog;
 
@@ -21,6 +22,7 @@ use ticklake_iceberg::IcebergLake;
 use crate::helpers::{vwap_udaf, Ohlcv, Tables};
 use crate::iceberg::{AsOf, IcebergTable, IcebergTables, Snapshots};
 use crate::provider::{LakeTable, Storage};
+use crate::window_topn::WindowTopN;
 use crate::QueryError;
 
 /// The catalog name queries see (Athena's is `AwsDataCatalog`); tables are in the schema named after
@@ -130,7 +132,13 @@ impl Engine {
                 NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN),
             )));
         }
-        let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime.build_arc()?)
+            .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(WindowTopN))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         let tables: Tables = Arc::new(RwLock::new(HashMap::new()));
         let iceberg_tables: IcebergTables = Arc::new(RwLock::new(HashMap::new()));
         ctx.register_udaf(vwap_udaf());

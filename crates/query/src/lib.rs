@@ -10,6 +10,7 @@ mod iceberg;
 pub mod market;
 mod output;
 mod provider;
+mod window_topn;
 
 pub use engine::{
     split_statements, Engine, EngineOptions, Output, CATALOG_NAME, DEFAULT_MEMORY_LIMIT,
