@@ -13,7 +13,7 @@ use arrow::compute::SortOptions;
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
-use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::common::{DFSchema, ScalarValue, Statistics};
 use datafusion::datasource::file_format::csv::CsvFormat;
 use datafusion::datasource::file_format::json::JsonFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -215,6 +215,7 @@ impl LakeTable {
     /// which also proves the order it declares). A window `PARTITION BY symbol ORDER BY ts`, or an
     /// `ORDER BY symbol, ts`, then merges ordered streams instead of sorting every row. Files without
     /// the footer's order, or too unordered to fit the engine's partitions, are read as before.
+    /// Every file whose footer reads carries its statistics (see [`table_statistics`]).
     async fn file_groups(
         &self,
         state: &dyn Session,
@@ -243,30 +244,34 @@ impl LakeTable {
             .collect()
             .await;
         let mut file_order: Option<Vec<PhysicalSortExpr>> = None;
+        let mut ordered = true;
         let mut described = Vec::with_capacity(files.len());
         for (file, footer) in files.iter().zip(footers) {
             let Ok(FileMeta {
                 statistics,
-                ordering: Some(ordering),
+                ordering,
                 ..
             }) = footer
             else {
                 return unordered(files);
             };
-            let common = match file_order.take() {
-                None => ordering.to_vec(),
-                Some(order) => order
+            described.push(file.clone().with_statistics(Arc::new(statistics)));
+            // The order all files share so far; none once a file has none.
+            let common: Vec<PhysicalSortExpr> = match (file_order.take(), ordering) {
+                (_, None) => Vec::new(),
+                (None, Some(ordering)) => ordering.to_vec(),
+                (Some(order), Some(ordering)) => order
                     .into_iter()
                     .zip(ordering.iter())
                     .take_while(|(a, b)| a == *b)
                     .map(|(a, _)| a)
                     .collect(),
             };
-            if common.is_empty() {
-                return unordered(files);
-            }
+            ordered &= !common.is_empty();
             file_order = Some(common);
-            described.push(file.clone().with_statistics(Arc::new(statistics)));
+        }
+        if !ordered {
+            return unordered(described);
         }
         let file_order = file_order.unwrap_or_default();
         let mut table_fields: Vec<FieldRef> = self.file_schema.fields().to_vec();
@@ -316,6 +321,22 @@ impl LakeTable {
             Some(groups) if groups.len() <= target => (groups, orderings),
             _ => unordered(described),
         }
+    }
+}
+
+/// The table's statistics as the sum of its files' (the footers `file_groups` read): exact row
+/// counts, and each column's min, max and null count as exact as the footers say. With them
+/// DataFusion answers `count(*)` (and `min`/`max` where a footer's are exact) without reading a file.
+/// Unknown when any file has none (JSON and CSV files, unordered Parquet).
+fn table_statistics(groups: &[FileGroup], schema: &Schema) -> Result<Statistics> {
+    let files: Option<Vec<&Statistics>> = groups
+        .iter()
+        .flat_map(|g| g.iter())
+        .map(|f| f.statistics.as_deref())
+        .collect();
+    match files {
+        Some(files) if !files.is_empty() => Statistics::try_merge_iter(files, schema),
+        _ => Ok(Statistics::new_unknown(schema)),
     }
 }
 
@@ -405,9 +426,13 @@ impl TableProvider for LakeTable {
                     partition_fields.clone(),
                 ));
         let (groups, orderings) = self.file_groups(state, files, &partition_fields).await;
+        let mut table_fields: Vec<FieldRef> = self.file_schema.fields().to_vec();
+        table_fields.extend(partition_fields.iter().cloned());
+        let statistics = table_statistics(&groups, &Schema::new(table_fields))?;
         let config = FileScanConfigBuilder::new(self.storage.url.clone(), source)
             .with_file_groups(groups)
             .with_output_ordering(orderings)
+            .with_statistics(statistics)
             .with_projection_indices(projection.cloned())?
             .with_limit(limit)
             .build();
