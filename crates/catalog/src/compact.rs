@@ -24,13 +24,9 @@ use std::time::{Duration, SystemTime};
 
 use arrow::array::RecordBatch;
 use arrow::compute::{lexsort_to_indices, take_record_batch, SortColumn, SortOptions};
-use arrow::datatypes::Schema;
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::metadata::SortingColumn;
-use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 use ticklake_lake::{FileInfo, Lake};
 use ticklake_model::arrow::{concat_union, sort_column_indices};
@@ -346,20 +342,7 @@ fn read_parquet(bytes: Bytes, path: &str) -> Result<Vec<RecordBatch>, CatalogErr
     reader.collect::<Result<Vec<_>, _>>().map_err(|e| bad(&e))
 }
 
-/// The Parquet footer's record of the order lake files are written in (`symbol`, then `ts`, of those
-/// the file has; ascending, nulls last): readers such as the query engine use it to skip sorting.
-pub fn sorting_columns(schema: &Schema) -> Vec<SortingColumn> {
-    sort_column_indices(schema)
-        .into_iter()
-        .map(|i| SortingColumn {
-            column_idx: i as i32,
-            descending: false,
-            nulls_first: false,
-        })
-        .collect()
-}
-
-/// The batch sorted by `symbol`, then `ts` (those of them it has), as [`sorting_columns`] says.
+/// The batch sorted by `symbol`, then `ts` (those of them it has), as [`ticklake_lake::sorting_columns`] says.
 fn sort_by_symbol_ts(batch: &RecordBatch) -> Result<RecordBatch, CatalogError> {
     let keys: Vec<SortColumn> = sort_column_indices(&batch.schema())
         .into_iter()
@@ -391,11 +374,7 @@ async fn write_parquet(
     let parts = bytes_in.div_ceil(target.max(1)).max(1) as usize;
     let per_file = rows.div_ceil(parts).max(1);
     let mut sizes = Vec::new();
-    let properties = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .set_max_row_group_row_count(Some(1 << 20))
-        .set_sorting_columns(Some(sorting_columns(&batch.schema())))
-        .build();
+    let properties = ticklake_lake::parquet_properties(&batch.schema());
     let mut offset = 0;
     let mut n = 0;
     while offset < rows || (rows == 0 && n == 0) {

@@ -18,7 +18,7 @@ pub mod table;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use compact::{compact_hive, sorting_columns, HiveCompactOptions, HiveCompacted};
+pub use compact::{compact_hive, HiveCompactOptions, HiveCompacted};
 pub use crawl::{crawl, CrawlOptions, CrawlReport, IcebergFound};
 pub use embedded::EmbeddedCatalog;
 pub use glue::GlueCatalog;

@@ -36,8 +36,6 @@ use iceberg_catalog_sql::{
     SqlBindStyle, SqlCatalogBuilder, SQL_CATALOG_PROP_BIND_STYLE, SQL_CATALOG_PROP_URI,
     SQL_CATALOG_PROP_WAREHOUSE,
 };
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 use ticklake_model::arrow::project;
 
 use crate::config::{rest_prefix, s3_properties, storage};
@@ -600,9 +598,7 @@ pub(crate) async fn write_sorted(
     };
     let batch = sort_by_symbol_ts(&all).map_err(|e| invalid(e.to_string()))?;
     drop(all);
-    let properties = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .build();
+    let properties = ticklake_lake::parquet_properties(&batch.schema());
     let parquet = ParquetWriterBuilder::new(properties, iceberg_schema.clone());
     let rolling = RollingFileWriterBuilder::new(
         parquet,

@@ -2,16 +2,18 @@
 //!
 //! [`Lake`] is a local folder or an S3-compatible bucket, written whole-file and atomically;
 //! [`layout`] says where a record goes in it (`<table>/date=…/symbol=…/<topic>+<partition>+<offset>.<ext>`)
-//! and how partition values are Hive-escaped.
+//! and how partition values are Hive-escaped; [`parquet_format`] is how its Parquet files are written.
 
 pub mod lake;
 pub mod layout;
+pub mod parquet_format;
 
 pub use lake::{FileInfo, Lake};
 pub use layout::{
     hive_escape, hive_unescape, FeedShape, LayoutChoice, PartitionKey, Partitioning,
     CHOSEN_FILE_RECORDS, SMALL_FILES, SMALL_FILE_RECORDS,
 };
+pub use parquet_format::{sorting_columns, writer_properties as parquet_properties};
 
 /// Errors of the lake's storage.
 #[derive(Debug, thiserror::Error)]

@@ -8,10 +8,7 @@ use arrow::compute::{lexsort_to_indices, take_record_batch, SortColumn, SortOpti
 use arrow::datatypes::TimestampMicrosecondType;
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
-use ticklake_catalog::sorting_columns;
 use ticklake_model::arrow::sort_column_indices;
 
 use crate::SinkError;
@@ -53,9 +50,6 @@ impl FileFormat {
     }
 }
 
-/// Rows per Parquet row group: large enough for scans, small enough that statistics still prune.
-const ROW_GROUP_ROWS: usize = 1 << 20;
-
 /// Sorts `batch` by (symbol, ts) and encodes it in `format`.
 pub fn encode(batch: &RecordBatch, format: FileFormat) -> Result<Bytes, SinkError> {
     let err = |e: &dyn std::fmt::Display| SinkError::Encode(e.to_string());
@@ -63,15 +57,7 @@ pub fn encode(batch: &RecordBatch, format: FileFormat) -> Result<Bytes, SinkErro
     let mut out = Vec::with_capacity(sorted.get_array_memory_size() / 4 + 1024);
     match format {
         FileFormat::Parquet => {
-            let props = WriterProperties::builder()
-                .set_compression(Compression::ZSTD(
-                    ZstdLevel::try_new(3).map_err(|e| err(&e))?,
-                ))
-                .set_statistics_enabled(EnabledStatistics::Page)
-                .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-                .set_sorting_columns(Some(sorting_columns(&sorted.schema())))
-                .set_created_by(format!("ticklake {}", env!("CARGO_PKG_VERSION")))
-                .build();
+            let props = ticklake_lake::parquet_properties(&sorted.schema());
             let mut w = ArrowWriter::try_new(&mut out, sorted.schema(), Some(props))
                 .map_err(|e| err(&e))?;
             w.write(&sorted).map_err(|e| err(&e))?;
@@ -168,11 +154,19 @@ mod tests {
         let col = rg.column(1);
         // The level is not recorded in the file, only the codec.
         assert!(
-            matches!(col.compression(), Compression::ZSTD(_)),
+            matches!(col.compression(), parquet::basic::Compression::ZSTD(_)),
             "{:?}",
             col.compression()
         );
         assert!(col.statistics().is_some(), "statistics are written");
+        use parquet::basic::Encoding;
+        // Column 1 is `ts`: delta-encoded, no dictionary.
+        assert!(
+            col.encodings().any(|e| e == Encoding::DELTA_BINARY_PACKED)
+                && col.dictionary_page_offset().is_none(),
+            "{:?}",
+            col.encodings().collect::<Vec<_>>()
+        );
         let rows: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(bytes)
             .unwrap()
             .build()
