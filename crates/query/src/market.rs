@@ -218,6 +218,10 @@ pub fn bars_sql(
 /// The SQL of each symbol's latest record in `table` (or only `symbol`'s): its time, price (close),
 /// change and change in percent from the record before, and volume. With a `scope` only the
 /// partitions it names are read, so the cost follows the newest days, not the lake's history.
+///
+/// The last two records per symbol are `row_number() … WHERE rn <= 2`, which the engine answers by
+/// keeping each symbol's two newest records as the files stream by (`PartitionedTopKExec`), instead
+/// of ordered aggregates (`last_value(… ORDER BY ts)`, `nth_value`) that sort every symbol's rows.
 pub fn latest_sql(table: &str, symbol: Option<&str>, scope: Option<&LatestScope>) -> String {
     let mut filters = Vec::new();
     if let Some(s) = symbol {
@@ -230,9 +234,12 @@ pub fn latest_sql(table: &str, symbol: Option<&str>, scope: Option<&LatestScope>
     format!(
         "SELECT symbol, ts, price, price - previous AS change, \
          CASE WHEN previous <> 0 THEN (price - previous) / previous * 100 END AS change_pct, volume \
-         FROM (SELECT symbol, max(ts) AS ts, last_value(close ORDER BY ts) AS price, \
-         nth_value(close, 2 ORDER BY ts DESC) AS previous, last_value(volume ORDER BY ts) AS volume \
-         FROM {}{filter} GROUP BY symbol) ORDER BY symbol",
+         FROM (SELECT symbol, max(ts) AS ts, max(CASE WHEN rn = 1 THEN close END) AS price, \
+         max(CASE WHEN rn = 2 THEN close END) AS previous, \
+         max(CASE WHEN rn = 1 THEN volume END) AS volume \
+         FROM (SELECT symbol, ts, close, volume, \
+         row_number() OVER (PARTITION BY symbol ORDER BY ts DESC) AS rn FROM {}{filter}) \
+         WHERE rn <= 2 GROUP BY symbol) ORDER BY symbol",
         sql_ident(table)
     )
 }
