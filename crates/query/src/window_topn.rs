@@ -12,7 +12,8 @@
 //! it, so each scan partition's own first `K` rows per group are all that is hashed and moved.
 //!
 //! Memory is `K` rows per group (tracked in the query's memory pool); the rule only fires for
-//! `K <= 1000`. DataFusion 55 has the same optimisation (`enable_window_topn`), but ticklake is on
+//! `K <= 1000`. When the kept rows outgrow the memory limit, the operator hands its kept rows and the
+//! rest of its input to a [`SortExec`], which spills, as the plan would have without the rule. DataFusion 55 has the same optimisation (`enable_window_topn`), but ticklake is on
 //! DataFusion 53, the newest that shares its Arrow with the `iceberg` crate.
 
 use std::any::Any;
@@ -30,6 +31,7 @@ use arrow::row::{RowConverter, SortField};
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::common::{HashMap, Result, ScalarValue};
 use datafusion::config::ConfigOptions;
+use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::Operator;
@@ -42,11 +44,14 @@ use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::filter::FilterExec;
-use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::windows::{
     BoundedWindowAggExec, StandardWindowExpr, WindowAggExec, WindowExpr, WindowUDFExpr,
 };
@@ -345,22 +350,94 @@ impl ExecutionPlan for PartitionedTopKExec {
             .register(context.memory_pool());
         let mut state = TopK::new(&schema, &self.ordering, self.keys, self.k, reservation)?;
         let metrics = BaselineMetrics::new(&self.metrics, partition);
+        let sorted_instead = MetricBuilder::new(&self.metrics).counter("sorted_instead", partition);
         let out_schema = Arc::clone(&schema);
+        let ordering = self.ordering.clone();
         let result = futures::stream::once(async move {
+            let mut out_of_memory = false;
             while let Some(batch) = input.next().await {
                 let batch = batch?;
                 let _timer = metrics.elapsed_compute().timer();
-                state.insert(&batch)?;
+                match state.insert(&batch) {
+                    Ok(()) => {}
+                    Err(e) if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) => {
+                        out_of_memory = true;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            let _timer = metrics.elapsed_compute().timer();
-            let batches = state.finish(&out_schema, batch_size)?;
+            let batches = {
+                let _timer = metrics.elapsed_compute().timer();
+                state.finish(&out_schema, batch_size)?
+            };
+            if out_of_memory {
+                // More groups than the memory limit holds K rows of: sort the kept rows and the
+                // rest of the input, as the plan did before the rule, since a sort spills. A dropped
+                // row was behind K kept rows of its group, so the window still numbers the first K
+                // of every group as it would have.
+                tracing::debug!("PartitionedTopKExec[{partition}]: out of memory, sorting instead");
+                sorted_instead.add(1);
+                let rest = futures::stream::iter(batches.into_iter().map(Ok)).chain(input);
+                let source = OnceStream::new(Box::pin(RecordBatchStreamAdapter::new(
+                    Arc::clone(&out_schema),
+                    rest,
+                )));
+                let source = StreamingTableExec::try_new(
+                    Arc::clone(&out_schema),
+                    vec![Arc::new(source)],
+                    None,
+                    Vec::<LexOrdering>::new(),
+                    false,
+                    None,
+                )?;
+                let sort = SortExec::new(ordering, Arc::new(source));
+                return Ok(sort.execute(0, context)?.boxed());
+            }
             metrics.record_output(batches.iter().map(RecordBatch::num_rows).sum());
-            Ok::<_, datafusion::error::DataFusionError>(futures::stream::iter(
-                batches.into_iter().map(Ok),
-            ))
+            Ok(futures::stream::iter(batches.into_iter().map(Ok)).boxed())
         })
         .try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, result)))
+    }
+}
+
+/// A stream handed to a plan that executes it once (the input left when the kept rows outgrow the
+/// memory limit, for the sort that takes over).
+struct OnceStream {
+    schema: SchemaRef,
+    stream: std::sync::Mutex<Option<SendableRecordBatchStream>>,
+}
+
+impl OnceStream {
+    fn new(stream: SendableRecordBatchStream) -> Self {
+        OnceStream {
+            schema: stream.schema(),
+            stream: std::sync::Mutex::new(Some(stream)),
+        }
+    }
+}
+
+impl fmt::Debug for OnceStream {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("OnceStream")
+    }
+}
+
+impl PartitionStream for OnceStream {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let taken = self.stream.lock().ok().and_then(|mut s| s.take());
+        taken.unwrap_or_else(|| {
+            let error = DataFusionError::Internal("the rest of the input was read already".into());
+            Box::pin(RecordBatchStreamAdapter::new(
+                Arc::clone(&self.schema),
+                futures::stream::once(async move { Err(error) }),
+            ))
+        })
     }
 }
 
@@ -737,6 +814,98 @@ mod tests {
                 "{sql}: {expected}"
             );
         }
+    }
+
+    /// With more groups than the memory limit holds, the operator hands over to a sort (which
+    /// spills) and the answer stays right.
+    #[tokio::test]
+    async fn more_groups_than_memory_sort_instead() {
+        use datafusion::execution::memory_pool::FairSpillPool;
+        use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("g", DataType::Utf8, false),
+            Field::new("v", DataType::Int64, false),
+        ]));
+        // 200,000 groups of two rows each, in 4 partitions.
+        let partitions: Vec<Vec<RecordBatch>> = (0..4)
+            .map(|p| {
+                (0..25)
+                    .map(|b| {
+                        let start = (p * 25 + b) * 2000;
+                        RecordBatch::try_new(
+                            Arc::clone(&schema),
+                            vec![
+                                Arc::new(StringArray::from_iter_values(
+                                    (start..start + 2000).map(|i| format!("group-{:08}", i / 2)),
+                                )),
+                                Arc::new(Int64Array::from_iter_values(
+                                    (start..start + 2000).map(|i| i as i64),
+                                )),
+                            ],
+                        )
+                        .unwrap()
+                    })
+                    .collect()
+            })
+            .collect();
+        let sql = "SELECT count(*), sum(v), min(v), max(v) FROM (SELECT g, v, row_number() \
+                   OVER (PARTITION BY g ORDER BY v DESC) AS rn FROM t) WHERE rn = 1";
+        let mut answers = Vec::new();
+        for limit in [None, Some(4 << 20)] {
+            let mut config = SessionConfig::new()
+                .with_target_partitions(2)
+                .with_batch_size(1024);
+            config.options_mut().execution.sort_spill_reservation_bytes = 64 << 10;
+            let mut runtime = RuntimeEnvBuilder::new();
+            if let Some(limit) = limit {
+                runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
+            }
+            let state = SessionStateBuilder::new()
+                .with_config(config)
+                .with_runtime_env(runtime.build_arc().unwrap())
+                .with_default_features()
+                .with_physical_optimizer_rule(Arc::new(WindowTopN))
+                .build();
+            let ctx = SessionContext::new_with_state(state);
+            let table = MemTable::try_new(Arc::clone(&schema), partitions.clone()).unwrap();
+            ctx.register_table("t", Arc::new(table)).unwrap();
+            let plan = ctx
+                .sql(sql)
+                .await
+                .unwrap()
+                .create_physical_plan()
+                .await
+                .unwrap();
+            let batches = datafusion::physical_plan::collect(Arc::clone(&plan), ctx.task_ctx())
+                .await
+                .unwrap();
+            answers.push(pretty_format_batches(&batches).unwrap().to_string());
+            // How many partitions handed over to a sort.
+            fn sorted_instead(plan: &Arc<dyn ExecutionPlan>) -> usize {
+                let own = if plan.name() == "PartitionedTopKExec" {
+                    let metrics = plan.metrics().unwrap();
+                    metrics
+                        .sum_by_name("sorted_instead")
+                        .map_or(0, |m| m.as_usize())
+                } else {
+                    0
+                };
+                own + plan
+                    .children()
+                    .into_iter()
+                    .map(sorted_instead)
+                    .sum::<usize>()
+            }
+            let handed_over = sorted_instead(&plan);
+            assert_eq!(handed_over > 0, limit.is_some(), "{handed_over}");
+        }
+        // 100,000 groups; each one's larger value is odd: 1 + 3 + ... + 199,999 = 100,000².
+        assert!(
+            answers[0].contains("| 100000   | 10000000000 | 1        | 199999   |"),
+            "{}",
+            answers[0]
+        );
+        assert_eq!(answers[0], answers[1]);
     }
 
     /// When every batch beats the rows kept so far (a feed read oldest first, newest wanted), the
