@@ -342,7 +342,8 @@ fn read_parquet(bytes: Bytes, path: &str) -> Result<Vec<RecordBatch>, CatalogErr
     reader.collect::<Result<Vec<_>, _>>().map_err(|e| bad(&e))
 }
 
-/// The batch sorted by `symbol`, then `ts` (those of them it has), as [`ticklake_lake::sorting_columns`] says.
+/// The batch sorted by `symbol`, then `ts` (those of them it has), as
+/// [`ticklake_lake::sorting_columns`] says.
 fn sort_by_symbol_ts(batch: &RecordBatch) -> Result<RecordBatch, CatalogError> {
     let keys: Vec<SortColumn> = sort_column_indices(&batch.schema())
         .into_iter()

@@ -144,6 +144,21 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
     {
         return Ok(None);
     }
+    // Keys and order are compared in Arrow's row format, which takes most types, not all.
+    let schema = sort.input().schema();
+    let fields = sort
+        .expr()
+        .iter()
+        .map(|s| {
+            Ok(SortField::new_with_options(
+                s.expr.data_type(&schema)?,
+                s.options,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if !RowConverter::supports_fields(&fields) {
+        return Ok(None);
+    }
     let mut input = Arc::clone(sort.input());
     if !sort.preserve_partitioning() && input.output_partitioning().partition_count() > 1 {
         input = Arc::new(CoalescePartitionsExec::new(input));
