@@ -23,13 +23,12 @@ use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
 use arrow::array::RecordBatch;
-use arrow::compute::{lexsort_to_indices, take_record_batch, SortColumn, SortOptions};
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use serde::{Deserialize, Serialize};
 use ticklake_lake::{FileInfo, Lake};
-use ticklake_model::arrow::{concat_union, sort_column_indices};
+use ticklake_model::arrow::concat_union;
 
 use crate::{Catalog, CatalogError, Partition, StorageFormat};
 
@@ -280,7 +279,8 @@ async fn compact_partition(
     }
     let records: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
     let merged = concat_union(&batches).map_err(|e| CatalogError::Invalid(e.to_string()))?;
-    let merged = sort_by_symbol_ts(&merged)?;
+    let merged = ticklake_lake::sort_by_symbol_ts(&merged)
+        .map_err(|e| CatalogError::Invalid(e.to_string()))?;
     let generation = format!(
         "{table_rel}/{COMPACTED_FOLDER}/{}/{}",
         own.strip_prefix(&format!("{table_rel}/")).unwrap_or(&own),
@@ -340,27 +340,6 @@ fn read_parquet(bytes: Bytes, path: &str) -> Result<Vec<RecordBatch>, CatalogErr
         .and_then(|b| b.with_batch_size(64 * 1024).build())
         .map_err(|e| bad(&e))?;
     reader.collect::<Result<Vec<_>, _>>().map_err(|e| bad(&e))
-}
-
-/// The batch sorted by `symbol`, then `ts` (those of them it has), as
-/// [`ticklake_lake::sorting_columns`] says.
-fn sort_by_symbol_ts(batch: &RecordBatch) -> Result<RecordBatch, CatalogError> {
-    let keys: Vec<SortColumn> = sort_column_indices(&batch.schema())
-        .into_iter()
-        .map(|i| SortColumn {
-            values: batch.column(i).clone(),
-            options: Some(SortOptions {
-                descending: false,
-                nulls_first: false,
-            }),
-        })
-        .collect();
-    if keys.is_empty() {
-        return Ok(batch.clone());
-    }
-    let indices =
-        lexsort_to_indices(&keys, None).map_err(|e| CatalogError::Invalid(e.to_string()))?;
-    take_record_batch(batch, &indices).map_err(|e| CatalogError::Invalid(e.to_string()))
 }
 
 /// Writes the batch as Parquet files of about `target` bytes into `folder`; returns their sizes.

@@ -596,7 +596,7 @@ pub(crate) async fn write_sorted(
             .map_err(&invalid)?;
         concat_batches(&target, &projected).map_err(|e| invalid(e.to_string()))?
     };
-    let batch = sort_by_symbol_ts(&all).map_err(|e| invalid(e.to_string()))?;
+    let batch = ticklake_lake::sort_by_symbol_ts(&all).map_err(|e| invalid(e.to_string()))?;
     drop(all);
     let properties = ticklake_lake::parquet_properties(&batch.schema());
     let parquet = ParquetWriterBuilder::new(properties, iceberg_schema.clone());
@@ -744,31 +744,4 @@ pub(crate) fn all_recorded_offsets(metadata: TableMetadataRef) -> BTreeMap<(Stri
         }
     }
     ends
-}
-
-/// The batch sorted by `symbol`, then `ts`.
-pub(crate) fn sort_by_symbol_ts(
-    batch: &RecordBatch,
-) -> Result<RecordBatch, arrow::error::ArrowError> {
-    use arrow::compute::{lexsort_to_indices, take_record_batch, SortColumn};
-    let column = |name: &str| {
-        batch
-            .column_by_name(name)
-            .cloned()
-            .ok_or_else(|| arrow::error::ArrowError::SchemaError(format!("no {name:?} column")))
-    };
-    let indices = lexsort_to_indices(
-        &[
-            SortColumn {
-                values: column("symbol")?,
-                options: None,
-            },
-            SortColumn {
-                values: column("ts")?,
-                options: None,
-            },
-        ],
-        None,
-    )?;
-    take_record_batch(batch, &indices)
 }

@@ -13,7 +13,9 @@ pub use layout::{
     hive_escape, hive_unescape, FeedShape, LayoutChoice, PartitionKey, Partitioning,
     CHOSEN_FILE_RECORDS, SMALL_FILES, SMALL_FILE_RECORDS,
 };
-pub use parquet_format::{sorting_columns, writer_properties as parquet_properties};
+pub use parquet_format::{
+    sort_by_symbol_ts, sorting_columns, writer_properties as parquet_properties,
+};
 
 /// Errors of the lake's storage.
 #[derive(Debug, thiserror::Error)]

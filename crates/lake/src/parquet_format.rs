@@ -1,7 +1,13 @@
-//! How ticklake writes Parquet: the one set of writer settings the sink, both compactions (Hive and
-//! Iceberg) and the Iceberg appends share, so every file of a lake reads the same way.
+//! How ticklake writes Parquet: the one row order and the one set of writer settings the sink, both
+//! compactions (Hive and Iceberg) and the Iceberg appends share, so every file of a lake reads the
+//! same way, and its footer's recorded order is the order its rows are in.
 
-use arrow_schema::{DataType, Schema};
+use std::cmp::Ordering;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::compute::{lexsort_to_indices, take_record_batch, SortColumn, SortOptions};
+use arrow::datatypes::{DataType, Schema, TimestampMicrosecondType};
+use arrow::error::ArrowError;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -26,6 +32,51 @@ pub fn sorting_columns(schema: &Schema) -> Vec<SortingColumn> {
             nulls_first: false,
         })
         .collect()
+}
+
+/// `batch` in the order [`sorting_columns`] records: `symbol`, then `ts` (those of them it has),
+/// ascending, nulls last. A batch already in that order (a folder of one symbol fed in time order) is
+/// returned as it is, without copying every column.
+pub fn sort_by_symbol_ts(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    let columns: Vec<SortColumn> = sort_column_indices(&batch.schema())
+        .into_iter()
+        .map(|i| SortColumn {
+            values: batch.column(i).clone(),
+            options: Some(SortOptions {
+                descending: false,
+                nulls_first: false,
+            }),
+        })
+        .collect();
+    if columns.is_empty() || batch.num_rows() < 2 || is_sorted(batch) {
+        return Ok(batch.clone());
+    }
+    let indices = lexsort_to_indices(&columns, None)?;
+    take_record_batch(batch, &indices)
+}
+
+/// True when the rows are already in `(symbol, ts)` order (checked for the model's types and no
+/// nulls; otherwise false, and the batch is sorted).
+fn is_sorted(batch: &RecordBatch) -> bool {
+    let (Some(symbol), Some(ts)) = (
+        batch
+            .column_by_name("symbol")
+            .and_then(|c| c.as_string_opt::<i32>()),
+        batch
+            .column_by_name("ts")
+            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>()),
+    ) else {
+        return false;
+    };
+    if symbol.null_count() > 0 || ts.null_count() > 0 {
+        return false;
+    }
+    let ts = ts.values();
+    (1..batch.num_rows()).all(|i| match symbol.value(i - 1).cmp(symbol.value(i)) {
+        Ordering::Less => true,
+        Ordering::Equal => ts[i - 1] <= ts[i],
+        Ordering::Greater => false,
+    })
 }
 
 /// The writer settings of a lake file whose rows are sorted by `symbol`, then `ts` (as
@@ -65,7 +116,47 @@ pub fn writer_properties(schema: &Schema) -> WriterProperties {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow_schema::{Field, TimeUnit};
+    use arrow::array::{Int64Array, StringArray, TimestampMicrosecondArray};
+    use arrow::datatypes::{Field, TimeUnit};
+    use std::sync::Arc;
+
+    #[test]
+    fn rows_are_sorted_by_symbol_then_ts_nulls_last() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("symbol", DataType::Utf8, true),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Microsecond, None),
+                false,
+            ),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let batch = |symbols: Vec<Option<&str>>, ts: Vec<i64>| {
+            let n = (0..ts.len() as i64).collect::<Vec<_>>();
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from(symbols)),
+                    Arc::new(TimestampMicrosecondArray::from(ts)),
+                    Arc::new(Int64Array::from(n)),
+                ],
+            )
+            .unwrap()
+        };
+        let order = |b: &RecordBatch| -> Vec<i64> {
+            let n = b.column(2).as_primitive::<arrow::datatypes::Int64Type>();
+            n.values().to_vec()
+        };
+        let mixed = batch(
+            vec![Some("B"), None, Some("A"), Some("B"), Some("A")],
+            vec![1, 0, 2, 0, 1],
+        );
+        assert_eq!(order(&sort_by_symbol_ts(&mixed).unwrap()), [4, 2, 3, 0, 1]);
+        let sorted = batch(vec![Some("A"), Some("A"), Some("B")], vec![1, 2, 0]);
+        assert!(is_sorted(&sorted));
+        assert_eq!(order(&sort_by_symbol_ts(&sorted).unwrap()), [0, 1, 2]);
+        assert!(!is_sorted(&batch(vec![Some("A"), Some("A")], vec![2, 1])));
+    }
 
     #[test]
     fn ts_is_delta_encoded_and_the_order_recorded() {

@@ -1,15 +1,10 @@
 //! Turning a batch of records into the bytes of one lake file.
 
 use std::str::FromStr;
-use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::compute::{lexsort_to_indices, take_record_batch, SortColumn, SortOptions};
-use arrow::datatypes::TimestampMicrosecondType;
+use arrow::array::RecordBatch;
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
-
-use ticklake_model::arrow::sort_column_indices;
 
 use crate::SinkError;
 
@@ -53,7 +48,7 @@ impl FileFormat {
 /// Sorts `batch` by (symbol, ts) and encodes it in `format`.
 pub fn encode(batch: &RecordBatch, format: FileFormat) -> Result<Bytes, SinkError> {
     let err = |e: &dyn std::fmt::Display| SinkError::Encode(e.to_string());
-    let sorted = sort(batch).map_err(|e| err(&e))?;
+    let sorted = ticklake_lake::sort_by_symbol_ts(batch).map_err(|e| err(&e))?;
     let mut out = Vec::with_capacity(sorted.get_array_memory_size() / 4 + 1024);
     match format {
         FileFormat::Parquet => {
@@ -84,48 +79,6 @@ pub fn encode(batch: &RecordBatch, format: FileFormat) -> Result<Bytes, SinkErro
         }
     }
     Ok(Bytes::from(out))
-}
-
-/// True when the rows are already in `(symbol, ts)` order, as a folder of one symbol fed in time order
-/// is: then sorting (a copy of every column) is skipped.
-fn is_sorted(batch: &RecordBatch) -> bool {
-    let (Some(symbol), Some(ts)) = (
-        batch
-            .column_by_name("symbol")
-            .and_then(|c| c.as_string_opt::<i32>()),
-        batch
-            .column_by_name("ts")
-            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>()),
-    ) else {
-        return false;
-    };
-    if symbol.null_count() > 0 || ts.null_count() > 0 {
-        return false;
-    }
-    let ts = ts.values();
-    (1..batch.num_rows()).all(|i| match symbol.value(i - 1).cmp(symbol.value(i)) {
-        std::cmp::Ordering::Less => true,
-        std::cmp::Ordering::Equal => ts[i - 1] <= ts[i],
-        std::cmp::Ordering::Greater => false,
-    })
-}
-
-fn sort(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
-    let columns: Vec<SortColumn> = sort_column_indices(&batch.schema())
-        .into_iter()
-        .map(|i| SortColumn {
-            values: Arc::clone(batch.column(i)),
-            options: Some(SortOptions {
-                descending: false,
-                nulls_first: false,
-            }),
-        })
-        .collect();
-    if columns.is_empty() || batch.num_rows() < 2 || is_sorted(batch) {
-        return Ok(batch.clone());
-    }
-    let indices = lexsort_to_indices(&columns, None)?;
-    take_record_batch(batch, &indices)
 }
 
 #[cfg(test)]
