@@ -220,7 +220,7 @@ impl LakeTable {
         &self,
         state: &dyn Session,
         files: Vec<PartitionedFile>,
-        partition_fields: &[FieldRef],
+        table_schema: &SchemaRef,
     ) -> (Vec<FileGroup>, Vec<LexOrdering>) {
         let target = state.config_options().execution.target_partitions.max(1);
         let unordered = |files| (FileGroup::new(files).split_files(target), Vec::new());
@@ -274,9 +274,6 @@ impl LakeTable {
             return unordered(described);
         }
         let file_order = file_order.unwrap_or_default();
-        let mut table_fields: Vec<FieldRef> = self.file_schema.fields().to_vec();
-        table_fields.extend(partition_fields.iter().cloned());
-        let table_schema = Arc::new(Schema::new(table_fields));
         let key = |name: &str| {
             let i = table_schema.index_of(name).ok()?;
             Some(PhysicalSortExpr::new(
@@ -310,7 +307,7 @@ impl LakeTable {
             .collect();
         let grouped = orderings.first().and_then(|primary| {
             FileScanConfig::split_groups_by_statistics_with_target_partitions(
-                &table_schema,
+                table_schema,
                 &[FileGroup::new(described.clone())],
                 primary,
                 target,
@@ -425,10 +422,13 @@ impl TableProvider for LakeTable {
                     self.file_schema.clone(),
                     partition_fields.clone(),
                 ));
-        let (groups, orderings) = self.file_groups(state, files, &partition_fields).await;
+        // The files' fields, then the partition columns: what the scan's statistics and orderings
+        // are stated over.
         let mut table_fields: Vec<FieldRef> = self.file_schema.fields().to_vec();
         table_fields.extend(partition_fields.iter().cloned());
-        let statistics = table_statistics(&groups, &Schema::new(table_fields))?;
+        let table_schema = Arc::new(Schema::new(table_fields));
+        let (groups, orderings) = self.file_groups(state, files, &table_schema).await;
+        let statistics = table_statistics(&groups, &table_schema)?;
         let config = FileScanConfigBuilder::new(self.storage.url.clone(), source)
             .with_file_groups(groups)
             .with_output_ordering(orderings)

@@ -27,7 +27,7 @@ use arrow::compute::kernels::partition::partition;
 use arrow::compute::{
     interleave_record_batch, lexsort_to_indices, take, take_record_batch, SortColumn,
 };
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::common::{HashMap, Result, ScalarValue};
@@ -94,6 +94,20 @@ impl PhysicalOptimizerRule for WindowTopN {
     }
 }
 
+/// The row format's fields of sort expressions over `schema`: rows in this format compare as the
+/// expressions order them.
+fn sort_fields(exprs: &[PhysicalSortExpr], schema: &Schema) -> Result<Vec<SortField>> {
+    exprs
+        .iter()
+        .map(|s| {
+            Ok(SortField::new_with_options(
+                s.expr.data_type(schema)?,
+                s.options,
+            ))
+        })
+        .collect()
+}
+
 /// `Filter(rn <= K) [→ Projection] → Window(row_number) → Sort` with the sort replaced, or None.
 fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan>>> {
     let Some(filter) = node.as_any().downcast_ref::<FilterExec>() else {
@@ -146,20 +160,17 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
         return Ok(None);
     }
     // Keys and order are compared in Arrow's row format, which takes most types, not all.
-    let schema = sort.input().schema();
-    let fields = sort
-        .expr()
-        .iter()
-        .map(|s| {
-            Ok(SortField::new_with_options(
-                s.expr.data_type(&schema)?,
-                s.options,
-            ))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    if !RowConverter::supports_fields(&fields) {
+    if !RowConverter::supports_fields(&sort_fields(sort.expr(), &sort.input().schema())?) {
         return Ok(None);
     }
+    let top_k = |input| -> Arc<dyn ExecutionPlan> {
+        Arc::new(PartitionedTopKExec::new(
+            input,
+            sort.expr().clone(),
+            window_expr.partition_by().len(),
+            k as usize,
+        ))
+    };
     let mut input = Arc::clone(sort.input());
     if !sort.preserve_partitioning() && input.output_partitioning().partition_count() > 1 {
         input = Arc::new(CoalescePartitionsExec::new(input));
@@ -168,22 +179,11 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
     // group are all that can win: keep only them before hashing and moving every row.
     if let Some(repartition) = input.as_any().downcast_ref::<RepartitionExec>() {
         if !repartition.preserve_order() {
-            let partial: Arc<dyn ExecutionPlan> = Arc::new(PartitionedTopKExec::new(
-                Arc::clone(repartition.input()),
-                sort.expr().clone(),
-                window_expr.partition_by().len(),
-                k as usize,
-            ));
+            let partial = top_k(Arc::clone(repartition.input()));
             input = Arc::clone(&input).with_new_children(vec![partial])?;
         }
     }
-    let topk: Arc<dyn ExecutionPlan> = Arc::new(PartitionedTopKExec::new(
-        input,
-        sort.expr().clone(),
-        window_expr.partition_by().len(),
-        k as usize,
-    ));
-    let window = Arc::clone(window).with_new_children(vec![topk])?;
+    let window = Arc::clone(window).with_new_children(vec![top_k(input)])?;
     let filter_input = match projection {
         Some(_) => Arc::clone(filter.input()).with_new_children(vec![window])?,
         None => window,
@@ -489,24 +489,13 @@ impl TopK {
         k: usize,
         reservation: MemoryReservation,
     ) -> Result<Self> {
-        let fields = |exprs: &[PhysicalSortExpr]| {
-            exprs
-                .iter()
-                .map(|s| {
-                    Ok(SortField::new_with_options(
-                        s.expr.data_type(schema)?,
-                        s.options,
-                    ))
-                })
-                .collect::<Result<Vec<_>>>()
-        };
         let (key_exprs, order_exprs) = ordering.split_at(keys);
         Ok(TopK {
             ordering: ordering.clone(),
             keys,
             k,
-            key_rows: RowConverter::new(fields(key_exprs)?)?,
-            order_rows: RowConverter::new(fields(order_exprs)?)?,
+            key_rows: RowConverter::new(sort_fields(key_exprs, schema)?)?,
+            order_rows: RowConverter::new(sort_fields(order_exprs, schema)?)?,
             groups: HashMap::default(),
             held: Vec::new(),
             held_rows: 0,
