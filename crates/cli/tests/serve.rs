@@ -1092,3 +1092,81 @@ fn latest_and_symbols_read_only_what_they_need() {
         (&json!(["A", "B"]), &json!(true))
     );
 }
+
+#[test]
+fn hive_default_partitions_are_null_on_every_route() {
+    // Daily closes of A and B for three days of 2024-01 (close 100 + day, 200 + day).
+    let env = Env::embedded();
+    let mut csv = String::from("Index,Date,Open,High,Low,Close,Adj Close,Volume,CloseUSD\n");
+    for (symbol, base) in [("A", 100), ("B", 200)] {
+        for day in 1..=3 {
+            let close = base + day;
+            csv.push_str(&format!(
+                "{symbol},2024-01-{day:02},{close},{close},{close},{close},{close},{day},{close}\n"
+            ));
+        }
+    }
+    let file = env.dir.path().join("daily.csv");
+    std::fs::write(&file, csv).unwrap();
+    env.ok(&["-q", "produce", "--source", file.to_str().unwrap()]);
+    env.ok(&["-q", "sink", "--once"]);
+
+    // Another writer's folders in Hive's default partition, which queries read as NULL: a copy of
+    // A's 2024-01-02 file with no symbol, and a copy of B's 2024-01-03 file, moved a day later, with
+    // no date.
+    let table_dir = env.dir.path().join("lake").join(env.table());
+    let copy = |from: &str, to: &str| {
+        let to = table_dir.join(to);
+        std::fs::create_dir_all(&to).unwrap();
+        for f in std::fs::read_dir(table_dir.join(from)).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+        }
+    };
+    copy(
+        "date=2024-01-02/symbol=A",
+        "date=2024-01-02/symbol=__HIVE_DEFAULT_PARTITION__",
+    );
+    copy(
+        "date=2024-01-03/symbol=B",
+        "date=__HIVE_DEFAULT_PARTITION__/symbol=B",
+    );
+    let (out, _) = env.ok(&["crawl"]);
+    assert!(out.contains("2 new partitions"), "{out}");
+
+    let served = Served::start(&env, &[], &[]);
+    let sql = |q: &str| {
+        let a = post_sql(&served.url("/api/query"), q, "application/json");
+        assert_eq!(a.status, 200, "{q}: {}", String::from_utf8_lossy(&a.body));
+        a.json()["rows"].clone()
+    };
+    // The symbols are those SQL sees, without the marker.
+    assert_eq!(
+        sql("SELECT DISTINCT symbol FROM stock_topic WHERE symbol IS NOT NULL ORDER BY symbol"),
+        json!([{"symbol": "A"}, {"symbol": "B"}])
+    );
+    let symbols = get(&served.url("/api/symbols")).json();
+    assert_eq!(symbols["symbols"], json!(["A", "B"]), "{symbols}");
+
+    // B's rows of no date may be its newest, so they are read: its latest price is its newest day's
+    // close either way, and the board matches the SQL of it over the whole table.
+    let latest = get(&served.url("/api/latest")).json();
+    let board: Vec<(Value, Value)> = latest["latest"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["symbol"].clone(), r["price"].clone()))
+        .collect();
+    assert_eq!(
+        board,
+        [
+            (json!("A"), json!(103.0)),
+            (json!("B"), json!(203.0)),
+            (Value::Null, json!(102.0))
+        ],
+        "{latest}"
+    );
+    let b = get(&served.url("/api/latest?symbol=B")).json();
+    assert_eq!(b["latest"][0]["price"], json!(203.0), "{b}");
+    assert_eq!(b["latest"][0]["change"], json!(0.0), "{b}");
+}

@@ -21,7 +21,7 @@ use ticklake_iceberg::IcebergLake;
 
 use crate::helpers::{vwap_udaf, Ohlcv, Tables};
 use crate::iceberg::{AsOf, IcebergTable, IcebergTables, Snapshots};
-use crate::provider::{LakeTable, Storage};
+use crate::provider::{partition_value, LakeTable, Storage};
 use crate::window_topn::WindowTopN;
 use crate::QueryError;
 
@@ -331,13 +331,14 @@ impl Engine {
 
     /// The values of `keys` of each partition of table `name` (in `keys` order), from the catalog,
     /// when queries read `name` as a catalog table partitioned by every one of `keys`; None for an
-    /// Iceberg table, a table without one of the keys, or no table. For answers that partition values
-    /// alone give (a table's symbols), or that they narrow (the partitions a query need read).
+    /// Iceberg table, a table without one of the keys, or no table. A value is None where queries
+    /// read NULL (Hive's `__HIVE_DEFAULT_PARTITION__`). For answers that partition values alone give
+    /// (a table's symbols), or that they narrow (the partitions a query need read).
     pub async fn partition_values(
         &self,
         name: &str,
         keys: &[&str],
-    ) -> Result<Option<Vec<Vec<String>>>, QueryError> {
+    ) -> Result<Option<Vec<Vec<Option<String>>>>, QueryError> {
         let provider = self
             .tables
             .read()
@@ -362,12 +363,7 @@ impl Engine {
         Ok(Some(
             partitions
                 .into_iter()
-                .filter_map(|p| {
-                    positions
-                        .iter()
-                        .map(|i| p.values.get(*i).cloned())
-                        .collect()
-                })
+                .map(|p| positions.iter().map(|i| partition_value(&p, *i)).collect())
                 .collect(),
         ))
     }

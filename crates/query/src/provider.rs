@@ -337,7 +337,9 @@ fn table_statistics(groups: &[FileGroup], schema: &Schema) -> Result<Statistics>
     }
 }
 
-fn partition_value(p: &Partition, i: usize) -> Option<String> {
+/// Partition `p`'s value of its `i`th key as queries read it: None (NULL) for Hive's default partition
+/// or a value the catalog lacks.
+pub(crate) fn partition_value(p: &Partition, i: usize) -> Option<String> {
     p.values
         .get(i)
         .filter(|v| v.as_str() != "__HIVE_DEFAULT_PARTITION__")

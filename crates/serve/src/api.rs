@@ -216,19 +216,20 @@ impl AppState {
 
     /// The partitions `/api/latest` must read in `table` (for `symbol`, or every symbol), from the
     /// catalog's: None when the table is not partitioned by `date` and `symbol` (or the catalog cannot
-    /// say), and then the whole table is read.
+    /// say), or when a partition's symbol or date is NULL (a scope of dates cannot name the rows of
+    /// no date, nor the symbols they belong to), and then the whole table is read.
     async fn latest_scope(&self, table: &str, symbol: Option<&str>) -> Option<market::LatestScope> {
         let values = self
             .engine
             .partition_values(table, &["symbol", "date"])
             .await
             .ok()??;
-        market::LatestScope::of(
-            values
-                .iter()
-                .map(|v| (v[0].as_str(), v[1].as_str()))
-                .filter(|(s, _)| symbol.is_none_or(|wanted| *s == wanted)),
-        )
+        let known: Vec<(&str, &str)> = values
+            .iter()
+            .filter(|v| symbol.is_none_or(|wanted| v[0].as_deref() == Some(wanted)))
+            .map(|v| Some((v[0].as_deref()?, v[1].as_deref()?)))
+            .collect::<Option<_>>()?;
+        market::LatestScope::of(known)
     }
 
     /// A row limit a request asks for, within the server's.
@@ -406,7 +407,8 @@ async fn symbols(
     let from_partitions = state.engine.partition_values(&table, &["symbol"]).await?;
     let (symbols, truncated) = match from_partitions {
         Some(values) => {
-            let all: BTreeSet<String> = values.into_iter().flatten().collect();
+            // Each partition's one value; NULL (Hive's default partition) is no symbol, as below.
+            let all: BTreeSet<String> = values.into_iter().flatten().flatten().collect();
             let truncated = all.len() > state.config.max_rows;
             (
                 all.into_iter().take(state.config.max_rows).collect(),
