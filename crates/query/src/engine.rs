@@ -22,6 +22,7 @@ use ticklake_iceberg::IcebergLake;
 use crate::helpers::{vwap_udaf, Ohlcv, Tables};
 use crate::iceberg::{AsOf, IcebergTable, IcebergTables, Snapshots};
 use crate::provider::{partition_value, LakeTable, Storage};
+use crate::run_aggregate::RunAggregate;
 use crate::window_topn::WindowTopN;
 use crate::QueryError;
 
@@ -137,6 +138,7 @@ impl Engine {
             .with_runtime_env(runtime.build_arc()?)
             .with_default_features()
             .with_physical_optimizer_rule(Arc::new(WindowTopN))
+            .with_physical_optimizer_rule(Arc::new(RunAggregate))
             .build();
         let ctx = SessionContext::new_with_state(state);
         let tables: Tables = Arc::new(RwLock::new(HashMap::new()));

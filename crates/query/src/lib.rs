@@ -10,6 +10,9 @@ mod iceberg;
 pub mod market;
 mod output;
 mod provider;
+mod run_aggregate;
+#[cfg(test)]
+mod test_table;
 mod window_topn;
 
 pub use engine::{
