@@ -33,6 +33,14 @@ export TICKLAKE_TEST_PYTHON=$MOTO_VENV/bin/python
 export TICKLAKE_TEST_SPARK_JARS=$SPARK_JARS
 export TICKLAKE_TEST_ICEBERG_REST=$ICEBERG_REST_URL
 
+# The shared target dir grows with every build. Its incremental state alone reached 12 GiB and filled
+# the disk: beyond 8 GiB it is deleted (cargo rebuilds what it needs from it).
+incremental="$CARGO_TARGET_DIR/debug/incremental"
+if [ -d "$incremental" ] && [ "$(du -s --block-size=1G "$incremental" | cut -f1)" -gt 8 ]; then
+  echo "== removing $incremental (over 8 GiB)"
+  rm -rf "$incremental"
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
