@@ -5,6 +5,7 @@
 //! formatting as a table, CSV, JSON lines or Parquet.
 
 mod engine;
+mod handover;
 mod helpers;
 mod iceberg;
 pub mod market;

@@ -52,7 +52,6 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::windows::{
     BoundedWindowAggExec, StandardWindowExpr, WindowAggExec, WindowExpr, WindowUDFExpr,
 };
@@ -61,6 +60,8 @@ use datafusion::physical_plan::{
     SendableRecordBatchStream,
 };
 use futures::{StreamExt, TryStreamExt};
+
+use crate::handover::rest_as_plan;
 
 /// The largest `K` the rule rewrites for: beyond it, keeping `K` rows per group costs about what
 /// the sort does.
@@ -395,19 +396,7 @@ impl ExecutionPlan for PartitionedTopKExec {
                 tracing::debug!("PartitionedTopKExec[{partition}]: out of memory, sorting instead");
                 sorted_instead.add(1);
                 let rest = futures::stream::iter(batches.into_iter().map(Ok)).chain(input);
-                let source = OnceStream::new(Box::pin(RecordBatchStreamAdapter::new(
-                    Arc::clone(&out_schema),
-                    rest,
-                )));
-                let source = StreamingTableExec::try_new(
-                    Arc::clone(&out_schema),
-                    vec![Arc::new(source)],
-                    None,
-                    Vec::<LexOrdering>::new(),
-                    false,
-                    None,
-                )?;
-                let sort = SortExec::new(ordering, Arc::new(source));
+                let sort = SortExec::new(ordering, rest_as_plan(Arc::clone(&out_schema), rest)?);
                 return Ok(sort.execute(0, context)?.boxed());
             }
             metrics.record_output(batches.iter().map(RecordBatch::num_rows).sum());
@@ -415,45 +404,6 @@ impl ExecutionPlan for PartitionedTopKExec {
         })
         .try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, result)))
-    }
-}
-
-/// A stream handed to a plan that executes it once (the input left when the kept rows outgrow the
-/// memory limit, for the sort that takes over).
-struct OnceStream {
-    schema: SchemaRef,
-    stream: std::sync::Mutex<Option<SendableRecordBatchStream>>,
-}
-
-impl OnceStream {
-    fn new(stream: SendableRecordBatchStream) -> Self {
-        OnceStream {
-            schema: stream.schema(),
-            stream: std::sync::Mutex::new(Some(stream)),
-        }
-    }
-}
-
-impl fmt::Debug for OnceStream {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("OnceStream")
-    }
-}
-
-impl PartitionStream for OnceStream {
-    fn schema(&self) -> &SchemaRef {
-        &self.schema
-    }
-
-    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let taken = self.stream.lock().ok().and_then(|mut s| s.take());
-        taken.unwrap_or_else(|| {
-            let error = DataFusionError::Internal("the rest of the input was read already".into());
-            Box::pin(RecordBatchStreamAdapter::new(
-                Arc::clone(&self.schema),
-                futures::stream::once(async move { Err(error) }),
-            ))
-        })
     }
 }
 
