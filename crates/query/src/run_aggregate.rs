@@ -10,19 +10,20 @@
 //! 10 M rows and 10 symbols that was a fifth of `vwap` per symbol, and left it at twice DuckDB's
 //! time.
 //!
-//! The rule [`RunAggregate`] finds a partial aggregate grouped only by columns a file scan fills
-//! from its partition values (passed up unchanged by projections, filters and repartitions), or
-//! over an input sorted by its keys (a window's output), and runs it as [`RunAggregateExec`]: it splits each batch into runs of equal keys (one run for a
-//! batch of one file), updates one ungrouped accumulator per run over the whole run with Arrow's
-//! kernels, and emits one row of partial state each time the keys change. Partial states are
-//! merged by the final aggregate above it, as before, so the answer is the same: a run of keys
-//! seen again later is one more partial row for that group, as a partial aggregate spilling would
-//! give. Over input sorted by its keys, each key is one run of its partition, so a single-step
-//! aggregate grouped by plain columns (DataFusion's plan above a window partitioned by them: returns
-//! with `lag`) runs the same way and emits each run's final values. Sorted input alone does not make
-//! a partial aggregate run: its runs may be short (1-minute bars are 60 rows), and a run costs a set
-//! of accumulators. The rule leaves alone aggregates with
-//! `DISTINCT`, `ORDER BY` inside the call or `FILTER`, grouping sets, and any key that is neither.
+//! The rule [`RunAggregate`] finds an aggregate whose keys come in runs: keys its input is sorted by
+//! (bars by symbol and time, a window's output partitioned by them), or a file scan's partition
+//! columns (passed up unchanged by projections, filters and repartitions).
+//! It runs the aggregate as [`RunAggregateExec`]: each batch is split into runs of equal keys (one
+//! run for a batch of one file), one ungrouped accumulator per run is updated over the whole run with
+//! Arrow's kernels, and a row of partial state is emitted each time the keys change. The final
+//! aggregate above merges partial states as before, so the answer is the same: a key seen again
+//! later is one more partial row for its group, as a spilling partial aggregate would give. Over
+//! sorted input each key is one run of its partition, so a single-step aggregate (DataFusion's plan
+//! above a window partitioned by the keys: returns with `lag`) runs the same way and emits each
+//! run's final values. Runs can be short (1-minute bars of 1 s data are 60 rows), and each starts
+//! its own accumulators: a partial aggregate whose runs average under `HAND_OVER_BELOW` rows hands
+//! the rest of its input to the hash aggregate it replaced. The rule leaves alone aggregates with
+//! `DISTINCT`, `ORDER BY` inside the call or `FILTER`, grouping sets, and other keys.
 
 use std::any::Any;
 use std::fmt;
@@ -45,7 +46,9 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::filter::FilterExec;
-use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -54,6 +57,13 @@ use datafusion::physical_plan::{
     SendableRecordBatchStream,
 };
 use futures::{StreamExt, TryStreamExt};
+
+use crate::handover::rest_as_plan;
+
+/// The average run, in rows, below which a partial aggregate hands the rest of its input to the hash
+/// aggregate, judged after its first eight batches. Runs of 60 rows (1-minute bars of 1 s data)
+/// took 75 ms run by run against 57 ms hashed; runs of 3,600 (1-hour bars) 307 ms against 413 ms.
+const HAND_OVER_BELOW: usize = 512;
 
 /// The physical optimizer rule (see the module's documentation). Runs after DataFusion's own rules.
 #[derive(Debug, Default)]
@@ -66,10 +76,12 @@ impl PhysicalOptimizerRule for RunAggregate {
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         plan.transform_up(|node| {
-            Ok(match rewrite(&node, KeysMustBe::FromPartitionColumns)? {
-                Some(new) => Transformed::yes(new),
-                None => Transformed::no(node),
-            })
+            Ok(
+                match rewrite(&node, KeysMustBe::FromPartitionColumns, HAND_OVER_BELOW)? {
+                    Some(new) => Transformed::yes(new),
+                    None => Transformed::no(node),
+                },
+            )
         })
         .data()
     }
@@ -97,6 +109,7 @@ enum KeysMustBe {
 fn rewrite(
     node: &Arc<dyn ExecutionPlan>,
     keys: KeysMustBe,
+    hand_over_below: usize,
 ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
     let Some(agg) = node.as_any().downcast_ref::<AggregateExec>() else {
         return Ok(None);
@@ -120,26 +133,23 @@ fn rewrite(
     if !runnable {
         return Ok(None);
     }
-    // Keys in long runs: filled from partition values (a run per file), or, for a single aggregate,
-    // plain columns its input is sorted by (a window's output partitioned by them). Sorted input
-    // alone is not enough: a partial aggregate of 1-minute bars (runs of 60 rows of 1 s data) was
-    // slower run by run (75 ms) than hashed (57 ms), as each run starts its own accumulators.
-    let columns = || {
-        group_by
-            .expr()
-            .iter()
-            .map(|(e, _)| e.as_any().downcast_ref::<Column>())
-            .collect::<Option<Vec<_>>>()
-    };
-    let in_runs = columns().is_some_and(|keys| {
-        keys.iter()
-            .all(|c| from_partition_column(agg.input(), c.index()))
-            || (sorted && !matches!(agg.mode(), AggregateMode::Partial))
-    });
+    // Keys in runs: keys the input is sorted by (bars by symbol and time, a window's output
+    // partitioned by them), or plain columns filled from partition values (a run per file). Runs may
+    // still be short (1-minute bars of 1 s data are 60 rows, and a run starts its own accumulators):
+    // a partial aggregate then hands over to the hash aggregate (see `HAND_OVER_BELOW`).
+    let in_runs = sorted
+        || group_by.expr().iter().all(|(e, _)| {
+            e.as_any()
+                .downcast_ref::<Column>()
+                .is_some_and(|c| from_partition_column(agg.input(), c.index()))
+        });
     if keys == KeysMustBe::FromPartitionColumns && !in_runs {
         return Ok(None);
     }
-    Ok(Some(Arc::new(RunAggregateExec::new(Arc::new(agg.clone())))))
+    Ok(Some(Arc::new(RunAggregateExec::new(
+        Arc::new(agg.clone()),
+        hand_over_below,
+    ))))
 }
 
 /// Whether column `index` of `plan`'s output is a partition column of a file scan, passed up
@@ -200,17 +210,28 @@ pub struct RunAggregateExec {
     agg: Arc<AggregateExec>,
     /// Each aggregate's argument expressions over the input.
     args: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    /// For a partial aggregate, the average run below which it hands over to the hash aggregate
+    /// (0: never).
+    hand_over_below: usize,
     metrics: ExecutionPlanMetricsSet,
 }
 
 impl RunAggregateExec {
     /// Runs `agg`: a partial aggregate, or a single one whose input is sorted by its keys, without
     /// filters, `DISTINCT` or `ORDER BY` in its calls.
-    pub fn new(agg: Arc<AggregateExec>) -> Self {
+    /// A partial aggregate whose runs average fewer than `hand_over_below` rows (0: never) over its
+    /// first eight batches hands the rest of its input to `agg` itself, the hash aggregate.
+    pub fn new(agg: Arc<AggregateExec>, hand_over_below: usize) -> Self {
         let args = agg.aggr_expr().iter().map(|a| a.expressions()).collect();
+        let hand_over_below = if matches!(agg.mode(), AggregateMode::Partial) {
+            hand_over_below
+        } else {
+            0
+        };
         RunAggregateExec {
             agg,
             args,
+            hand_over_below,
             metrics: ExecutionPlanMetricsSet::new(),
         }
     }
@@ -264,7 +285,10 @@ impl ExecutionPlan for RunAggregateExec {
                 DataFusionError::Internal("RunAggregateExec's aggregate changed type".into())
             })?
             .clone();
-        Ok(Arc::new(RunAggregateExec::new(Arc::new(agg))))
+        Ok(Arc::new(RunAggregateExec::new(
+            Arc::new(agg),
+            self.hand_over_below,
+        )))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
@@ -280,6 +304,10 @@ impl ExecutionPlan for RunAggregateExec {
         let schema = self.schema();
         let batch_size = context.session_config().batch_size().max(1);
         let metrics = BaselineMetrics::new(&self.metrics, partition);
+        let hashed_instead = MetricBuilder::new(&self.metrics).counter("hashed_instead", partition);
+        let hand_over_below = self.hand_over_below;
+        let decide_after = 8 * batch_size;
+        let agg = Arc::clone(&self.agg);
         let mut runs = Runs {
             keys: self
                 .agg
@@ -292,21 +320,41 @@ impl ExecutionPlan for RunAggregateExec {
             aggregates: self.agg.aggr_expr().to_vec(),
             final_values: !matches!(self.agg.mode(), AggregateMode::Partial),
             current: None,
-            rows: vec![Vec::new(); schema.fields().len()],
+            finished: vec![Vec::new(); schema.fields().len()],
+            rows_seen: 0,
+            runs_started: 0,
         };
         let out_schema = Arc::clone(&schema);
         let result = futures::stream::once(async move {
+            let mut short_runs = false;
             while let Some(batch) = input.next().await {
                 let batch = batch?;
                 let _timer = metrics.elapsed_compute().timer();
                 runs.update(&batch)?;
+                if hand_over_below > 0
+                    && runs.rows_seen >= decide_after
+                    && runs.rows_seen < runs.runs_started * hand_over_below
+                {
+                    short_runs = true;
+                    break;
+                }
             }
             let batches = {
                 let _timer = metrics.elapsed_compute().timer();
                 runs.finish(&out_schema, batch_size)?
             };
             metrics.record_output(batches.iter().map(RecordBatch::num_rows).sum());
-            Ok::<_, DataFusionError>(futures::stream::iter(batches.into_iter().map(Ok)).boxed())
+            let done = futures::stream::iter(batches.into_iter().map(Ok));
+            if short_runs {
+                // The runs' partial rows so far, then the hash aggregate's of the rest: the final
+                // aggregate merges both, as it merges every partition's.
+                tracing::debug!("RunAggregateExec[{partition}]: short runs, hashing instead");
+                hashed_instead.add(1);
+                let rest = rest_as_plan(agg.input().schema(), input)?;
+                let hashed = agg.with_new_children(vec![rest])?.execute(0, context)?;
+                return Ok(done.chain(hashed).boxed());
+            }
+            Ok::<_, DataFusionError>(done.boxed())
         })
         .try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, result)))
@@ -330,7 +378,10 @@ struct Runs {
     final_values: bool,
     current: Option<Run>,
     /// The finished rows, column by column: keys, then each aggregate's state fields.
-    rows: Vec<Vec<ScalarValue>>,
+    finished: Vec<Vec<ScalarValue>>,
+    /// Rows read and runs started so far.
+    rows_seen: usize,
+    runs_started: usize,
 }
 
 impl Runs {
@@ -339,6 +390,7 @@ impl Runs {
         if n == 0 {
             return Ok(());
         }
+        self.rows_seen += n;
         let keys = evaluate(&self.keys, batch)?;
         let args = self
             .args
@@ -352,6 +404,7 @@ impl Runs {
                 .collect::<Result<Vec<_>>>()?;
             if self.current.as_ref().is_none_or(|r| r.keys != run_keys) {
                 self.finish_run()?;
+                self.runs_started += 1;
                 self.current = Some(Run {
                     keys: run_keys,
                     accumulators: self
@@ -392,14 +445,14 @@ impl Runs {
                 values.extend(accumulator.state()?);
             }
         }
-        if values.len() != self.rows.len() {
+        if values.len() != self.finished.len() {
             return Err(DataFusionError::Internal(format!(
                 "RunAggregateExec: a run has {} values for {} columns",
                 values.len(),
-                self.rows.len()
+                self.finished.len()
             )));
         }
-        for (column, value) in self.rows.iter_mut().zip(values) {
+        for (column, value) in self.finished.iter_mut().zip(values) {
             column.push(value);
         }
         Ok(())
@@ -412,11 +465,11 @@ impl Runs {
         batch_size: usize,
     ) -> Result<Vec<RecordBatch>> {
         self.finish_run()?;
-        let count = self.rows.first().map_or(0, Vec::len);
+        let count = self.finished.first().map_or(0, Vec::len);
         if count == 0 {
             return Ok(Vec::new());
         }
-        let columns = std::mem::take(&mut self.rows)
+        let columns = std::mem::take(&mut self.finished)
             .into_iter()
             .zip(schema.fields())
             .map(|(values, field)| {
@@ -457,9 +510,10 @@ mod tests {
     use datafusion::execution::context::{SessionConfig, SessionContext};
     use datafusion::execution::SessionStateBuilder;
 
-    /// The operator for every partial aggregate it can run, whatever its keys.
+    /// The operator for every aggregate it can run, whatever its keys, handing over below runs of
+    /// this many rows (0: never).
     #[derive(Debug)]
-    struct AnyKeys;
+    struct AnyKeys(usize);
 
     impl PhysicalOptimizerRule for AnyKeys {
         fn optimize(
@@ -468,7 +522,7 @@ mod tests {
             _config: &ConfigOptions,
         ) -> Result<Arc<dyn ExecutionPlan>> {
             plan.transform_up(|node| {
-                Ok(match rewrite(&node, KeysMustBe::Any)? {
+                Ok(match rewrite(&node, KeysMustBe::Any, self.0)? {
                     Some(new) => Transformed::yes(new),
                     None => Transformed::no(node),
                 })
@@ -514,9 +568,11 @@ mod tests {
     /// null keys, runs across batch boundaries), and the operator runs exactly where it can.
     #[tokio::test]
     async fn runs_of_any_keys_answer_as_the_hash_aggregate() {
-        let with_runs = session(Some(Arc::new(AnyKeys)));
+        // Runs all the way, and runs that hand over to hashing when short (as these mostly are).
+        let with_runs = session(Some(Arc::new(AnyKeys(0))));
+        let handing_over = session(Some(Arc::new(AnyKeys(HAND_OVER_BELOW))));
         let hashed = session(None);
-        for ctx in [&with_runs, &hashed] {
+        for ctx in [&with_runs, &handing_over, &hashed] {
             ctx.register_table("t", Arc::new(table())).unwrap();
         }
         let cases = [
@@ -578,7 +634,25 @@ mod tests {
             assert_eq!(answer, expected, "{sql}\n{plan}");
             assert_eq!(plan.contains("RunAggregateExec"), runs, "{sql}\n{plan}");
             assert!(!hashed_plan.contains("RunAggregateExec"));
+            let (handed_over, plan) = run(&handing_over, sql).await;
+            assert_eq!(handed_over, expected, "{sql}\n{plan}");
         }
+        // The symbols' runs are short, and the partitions of more than eight batches handed over.
+        let analyzed = handing_over
+            .sql("EXPLAIN ANALYZE SELECT sym, count(*), sum(id) FROM t GROUP BY sym")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let analyzed = pretty_format_batches(&analyzed).unwrap().to_string();
+        let handovers: usize = analyzed
+            .split("hashed_instead=")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(handovers >= 1, "{analyzed}");
     }
 
     /// A Hive-partitioned folder of Parquet files: `sym=S0` … `sym=S3`, three files each, of `day`,
