@@ -138,7 +138,7 @@ impl Engine {
             .with_runtime_env(runtime.build_arc()?)
             .with_default_features()
             .with_physical_optimizer_rule(Arc::new(WindowTopN))
-            .with_physical_optimizer_rule(Arc::new(RunAggregate))
+            .with_physical_optimizer_rule(Arc::new(RunAggregate::default()))
             .build();
         let ctx = SessionContext::new_with_state(state);
         let tables: Tables = Arc::new(RwLock::new(HashMap::new()));
