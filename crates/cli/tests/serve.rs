@@ -1000,17 +1000,12 @@ fn serves_a_lake_on_s3_registered_in_glue_fed_through_kafka() {
     assert_eq!(count(None), 660);
 }
 
-#[test]
-fn latest_and_symbols_read_only_what_they_need() {
-    // Daily closes: A and B for ten days of 2024 (close 100 + day, 200 + day), C for five days of
-    // 2023-06 (50 + day), then C stopped trading.
-    let env = Env::embedded();
+/// Sinks daily closes into `env`'s lake: for each `(symbol, month, days, base)`, one record on each of
+/// days 1 to `days` of `month` (`YYYY-MM`), every price `base + day`, volume `day`.
+fn sink_daily_closes(env: &Env, series: &[(&str, &str, u32, u32)]) {
     let mut csv = String::from("Index,Date,Open,High,Low,Close,Adj Close,Volume,CloseUSD\n");
-    for (symbol, month, days, base) in [("A", "2024-01", 10, 100), ("B", "2024-01", 10, 200)]
-        .into_iter()
-        .chain([("C", "2023-06", 5, 50)])
-    {
-        for day in 1..=days {
+    for (symbol, month, days, base) in series {
+        for day in 1..=*days {
             let close = base + day;
             csv.push_str(&format!(
                 "{symbol},{month}-{day:02},{close},{close},{close},{close},{close},{day},{close}\n"
@@ -1021,6 +1016,21 @@ fn latest_and_symbols_read_only_what_they_need() {
     std::fs::write(&file, csv).unwrap();
     env.ok(&["-q", "produce", "--source", file.to_str().unwrap()]);
     env.ok(&["-q", "sink", "--once"]);
+}
+
+#[test]
+fn latest_and_symbols_read_only_what_they_need() {
+    // Daily closes: A and B for ten days of 2024 (close 100 + day, 200 + day), C for five days of
+    // 2023-06 (50 + day), then C stopped trading.
+    let env = Env::embedded();
+    sink_daily_closes(
+        &env,
+        &[
+            ("A", "2024-01", 10, 100),
+            ("B", "2024-01", 10, 200),
+            ("C", "2023-06", 5, 50),
+        ],
+    );
 
     // Every file a symbol's latest record and the one before it cannot be in is made unreadable:
     // A's and B's first eight days, C's first three.
@@ -1097,19 +1107,7 @@ fn latest_and_symbols_read_only_what_they_need() {
 fn hive_default_partitions_are_null_on_every_route() {
     // Daily closes of A and B for three days of 2024-01 (close 100 + day, 200 + day).
     let env = Env::embedded();
-    let mut csv = String::from("Index,Date,Open,High,Low,Close,Adj Close,Volume,CloseUSD\n");
-    for (symbol, base) in [("A", 100), ("B", 200)] {
-        for day in 1..=3 {
-            let close = base + day;
-            csv.push_str(&format!(
-                "{symbol},2024-01-{day:02},{close},{close},{close},{close},{close},{day},{close}\n"
-            ));
-        }
-    }
-    let file = env.dir.path().join("daily.csv");
-    std::fs::write(&file, csv).unwrap();
-    env.ok(&["-q", "produce", "--source", file.to_str().unwrap()]);
-    env.ok(&["-q", "sink", "--once"]);
+    sink_daily_closes(&env, &[("A", "2024-01", 3, 100), ("B", "2024-01", 3, 200)]);
 
     // Another writer's folders in Hive's default partition, which queries read as NULL: a copy of
     // A's 2024-01-02 file with no symbol, and a copy of B's 2024-01-03 file, moved a day later, with

@@ -13,7 +13,7 @@ mod output;
 mod provider;
 mod run_aggregate;
 #[cfg(test)]
-mod test_table;
+mod test_support;
 mod window_topn;
 
 pub use engine::{

@@ -510,15 +510,12 @@ fn evaluate(exprs: &[Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::helpers::vwap_udaf;
-    use crate::test_table::table;
+    use crate::test_support::{run, session};
     use arrow::array::{Float64Array, Int64Array};
     use arrow::datatypes::{DataType, Field, Schema};
     use arrow::util::pretty::pretty_format_batches;
     use datafusion::datasource::file_format::parquet::ParquetFormat;
     use datafusion::datasource::listing::ListingOptions;
-    use datafusion::execution::context::{SessionConfig, SessionContext};
-    use datafusion::execution::SessionStateBuilder;
 
     /// The rule for every aggregate the operator can run, whatever its keys, handing over below
     /// runs of `hand_over_below` rows (0: never).
@@ -529,31 +526,6 @@ mod tests {
         })
     }
 
-    fn session(rule: Option<Arc<dyn PhysicalOptimizerRule + Send + Sync>>) -> SessionContext {
-        let config = SessionConfig::new()
-            .with_target_partitions(3)
-            .with_batch_size(64);
-        let mut state = SessionStateBuilder::new()
-            .with_config(config)
-            .with_default_features();
-        if let Some(rule) = rule {
-            state = state.with_physical_optimizer_rule(rule);
-        }
-        let ctx = SessionContext::new_with_state(state.build());
-        ctx.register_udaf(vwap_udaf());
-        ctx
-    }
-
-    async fn run(ctx: &SessionContext, sql: &str) -> (String, String) {
-        let df = ctx.sql(sql).await.unwrap();
-        let plan = df.clone().create_physical_plan().await.unwrap();
-        let plan = datafusion::physical_plan::displayable(plan.as_ref())
-            .indent(false)
-            .to_string();
-        let batches = df.collect().await.unwrap();
-        (pretty_format_batches(&batches).unwrap().to_string(), plan)
-    }
-
     /// Each query answers the same run by run as hashed, on batches of many runs (unsorted keys,
     /// null keys, runs across batch boundaries), and the operator runs exactly where it can.
     #[tokio::test]
@@ -562,9 +534,6 @@ mod tests {
         let with_runs = session(Some(any_keys(0)));
         let handing_over = session(Some(any_keys(HAND_OVER_BELOW)));
         let hashed = session(None);
-        for ctx in [&with_runs, &handing_over, &hashed] {
-            ctx.register_table("t", Arc::new(table())).unwrap();
-        }
         let cases = [
             // (SQL, whether the operator runs it)
             (

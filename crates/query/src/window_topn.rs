@@ -609,7 +609,7 @@ impl TopK {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_table::table;
+    use crate::test_support::{run, session};
     use arrow::array::{Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
     use arrow::util::pretty::pretty_format_batches;
@@ -617,37 +617,12 @@ mod tests {
     use datafusion::execution::context::{SessionConfig, SessionContext};
     use datafusion::execution::SessionStateBuilder;
 
-    fn session(with_rule: bool) -> SessionContext {
-        let config = SessionConfig::new()
-            .with_target_partitions(3)
-            .with_batch_size(64);
-        let mut state = SessionStateBuilder::new()
-            .with_config(config)
-            .with_default_features();
-        if with_rule {
-            state = state.with_physical_optimizer_rule(Arc::new(WindowTopN));
-        }
-        let ctx = SessionContext::new_with_state(state.build());
-        ctx.register_table("t", Arc::new(table())).unwrap();
-        ctx
-    }
-
-    async fn run(ctx: &SessionContext, sql: &str) -> (String, String) {
-        let df = ctx.sql(sql).await.unwrap();
-        let plan = df.clone().create_physical_plan().await.unwrap();
-        let plan = datafusion::physical_plan::displayable(plan.as_ref())
-            .indent(false)
-            .to_string();
-        let batches = df.collect().await.unwrap();
-        (pretty_format_batches(&batches).unwrap().to_string(), plan)
-    }
-
     /// Each query answers the same with the rule as without it, and the rule replaced the sort
     /// exactly where it should.
     #[tokio::test]
     async fn top_rows_per_group_match_the_full_sort() {
-        let with_rule = session(true);
-        let without = session(false);
+        let with_rule = session(Some(Arc::new(WindowTopN)));
+        let without = session(None);
         let numbered =
             |window: &str| format!("(SELECT sym, day, ts, id, price, {window} AS rn FROM t)");
         let by_sym_ts = numbered("row_number() OVER (PARTITION BY sym ORDER BY ts DESC, id)");

@@ -1,10 +1,48 @@
-//! A table for the query operators' unit tests.
+//! For the query operators' unit tests: a table, a session with or without an operator's rule, and a
+//! query's answer beside its plan.
 
 use std::sync::Arc;
 
 use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
+use arrow::util::pretty::pretty_format_batches;
 use datafusion::datasource::MemTable;
+use datafusion::execution::context::{SessionConfig, SessionContext};
+use datafusion::execution::SessionStateBuilder;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+
+use crate::helpers::vwap_udaf;
+
+/// A session of 3 partitions and batches of 64 rows, with `rule` after DataFusion's own, [`table`]
+/// as `t`, and `vwap`.
+pub(crate) fn session(
+    rule: Option<Arc<dyn PhysicalOptimizerRule + Send + Sync>>,
+) -> SessionContext {
+    let config = SessionConfig::new()
+        .with_target_partitions(3)
+        .with_batch_size(64);
+    let mut state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features();
+    if let Some(rule) = rule {
+        state = state.with_physical_optimizer_rule(rule);
+    }
+    let ctx = SessionContext::new_with_state(state.build());
+    ctx.register_table("t", Arc::new(table())).unwrap();
+    ctx.register_udaf(vwap_udaf());
+    ctx
+}
+
+/// `sql`'s answer as a table, and its physical plan.
+pub(crate) async fn run(ctx: &SessionContext, sql: &str) -> (String, String) {
+    let df = ctx.sql(sql).await.unwrap();
+    let plan = df.clone().create_physical_plan().await.unwrap();
+    let plan = datafusion::physical_plan::displayable(plan.as_ref())
+        .indent(false)
+        .to_string();
+    let batches = df.collect().await.unwrap();
+    (pretty_format_batches(&batches).unwrap().to_string(), plan)
+}
 
 /// 3,000 rows in 4 partitions of uneven batches: symbols (some null), days, a timestamp that
 /// repeats and is sometimes null, and a unique id that breaks every tie (so row numbers are
