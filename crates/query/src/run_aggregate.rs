@@ -412,20 +412,22 @@ impl Runs {
                 .iter()
                 .map(|k| ScalarValue::try_from_array(k, range.start))
                 .collect::<Result<Vec<_>>>()?;
-            if self.current.as_ref().is_none_or(|r| r.keys != run_keys) {
+            if self.current.as_ref().is_some_and(|r| r.keys != run_keys) {
                 self.finish_run()?;
-                self.runs_started += 1;
-                self.current = Some(Run {
-                    keys: run_keys,
-                    accumulators: self
-                        .aggregates
-                        .iter()
-                        .map(|a| a.create_accumulator())
-                        .collect::<Result<_>>()?,
-                });
             }
-            let Some(run) = self.current.as_mut() else {
-                unreachable!("a run was just started");
+            let run = match &mut self.current {
+                Some(run) => run,
+                none => {
+                    self.runs_started += 1;
+                    none.insert(Run {
+                        keys: run_keys,
+                        accumulators: self
+                            .aggregates
+                            .iter()
+                            .map(|a| a.create_accumulator())
+                            .collect::<Result<_>>()?,
+                    })
+                }
             };
             for (accumulator, values) in run.accumulators.iter_mut().zip(&args) {
                 if range.len() == n {
