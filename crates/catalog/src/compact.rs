@@ -19,6 +19,7 @@
 //! (and fresh). Path-based readers (a DuckDB glob over the folders) do not know the catalog's
 //! locations: they should read through the catalog (Glue) once a table is compacted.
 
+use futures::future::BoxFuture;
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
@@ -100,46 +101,48 @@ fn ms(d: Duration) -> i64 {
 }
 
 /// Compacts the partitions of the Hive table `table` of `lake` registered in `catalog`.
-pub async fn compact_hive(
-    lake: &Lake,
-    catalog: &dyn Catalog,
-    table: &str,
-    options: &HiveCompactOptions,
-) -> Result<HiveCompacted, CatalogError> {
-    let def = catalog
-        .get_table(table)
-        .await?
-        .ok_or_else(|| CatalogError::NoSuchTable(table.to_owned()))?;
-    if def.format != StorageFormat::Parquet {
-        return Err(CatalogError::Invalid(format!(
-            "table {table} is {}: compaction merges Parquet tables",
-            def.format.classification()
-        )));
-    }
-    if def.partition_keys.is_empty() {
-        return Err(CatalogError::Invalid(format!(
-            "table {table} is not partitioned: compaction switches partitions to merged files"
-        )));
-    }
-    let root = lake.url_of("");
-    let table_url = format!("{}/", def.location.trim_end_matches('/'));
-    let table_rel = table_url
-        .strip_prefix(&root)
-        .map(|r| r.trim_end_matches('/').to_owned())
-        .ok_or_else(|| {
-            CatalogError::Invalid(format!(
-                "table {table} is at {}, outside the lake {root}",
-                def.location
-            ))
-        })?;
-    let mut done = HiveCompacted::default();
-    for p in catalog.list_partitions(table).await? {
-        compact_partition(
-            lake, catalog, table, &table_rel, &root, &p, options, &mut done,
-        )
-        .await?;
-    }
-    Ok(done)
+pub fn compact_hive<'a>(
+    lake: &'a Lake,
+    catalog: &'a dyn Catalog,
+    table: &'a str,
+    options: &'a HiveCompactOptions,
+) -> BoxFuture<'a, Result<HiveCompacted, CatalogError>> {
+    Box::pin(async move {
+        let def = catalog
+            .get_table(table)
+            .await?
+            .ok_or_else(|| CatalogError::NoSuchTable(table.to_owned()))?;
+        if def.format != StorageFormat::Parquet {
+            return Err(CatalogError::Invalid(format!(
+                "table {table} is {}: compaction merges Parquet tables",
+                def.format.classification()
+            )));
+        }
+        if def.partition_keys.is_empty() {
+            return Err(CatalogError::Invalid(format!(
+                "table {table} is not partitioned: compaction switches partitions to merged files"
+            )));
+        }
+        let root = lake.url_of("");
+        let table_url = format!("{}/", def.location.trim_end_matches('/'));
+        let table_rel = table_url
+            .strip_prefix(&root)
+            .map(|r| r.trim_end_matches('/').to_owned())
+            .ok_or_else(|| {
+                CatalogError::Invalid(format!(
+                    "table {table} is at {}, outside the lake {root}",
+                    def.location
+                ))
+            })?;
+        let mut done = HiveCompacted::default();
+        for p in catalog.list_partitions(table).await? {
+            compact_partition(
+                lake, catalog, table, &table_rel, &root, &p, options, &mut done,
+            )
+            .await?;
+        }
+        Ok(done)
+    })
 }
 
 /// The own folder (relative to the lake) and the current generation folder, if compacted, of a

@@ -17,6 +17,7 @@
 //!   table: its files are not Hive partitions. It is reported ([`CrawlReport::iceberg`], with its
 //!   newest metadata file) for registration in an Iceberg catalog, and left out of this one.
 
+use futures::future::BoxFuture;
 use std::collections::{BTreeMap, BTreeSet};
 
 use arrow::datatypes::{DataType, Schema};
@@ -143,79 +144,81 @@ impl std::fmt::Display for Conflict {
 }
 
 /// Crawls `lake` and records what it finds in `catalog`.
-pub async fn crawl(
-    lake: &Lake,
-    catalog: &dyn Catalog,
-    options: &CrawlOptions,
-) -> Result<CrawlReport, CatalogError> {
-    let files: Vec<FileInfo> = lake
-        .list_files("")
-        .await?
-        .into_iter()
-        .filter(|f| !f.path.split('/').any(|s| s.starts_with(['_', '.'])))
-        .collect();
-    let mut report = CrawlReport::default();
-    // The location itself may be one Iceberg table.
-    if let Some(meta) = newest_metadata(files.iter().map(|f| f.path.as_str())) {
-        let name = options
-            .table
-            .clone()
-            .unwrap_or_else(|| default_table_name(lake));
-        validate_name("table", &name)?;
-        report.iceberg.push(IcebergFound {
-            name,
-            location: lake.url_of("").trim_end_matches('/').to_owned(),
-            metadata: lake.url_of(meta).trim_end_matches('/').to_owned(),
-        });
-        return Ok(report);
-    }
-    // Group the files by table folder.
-    let mut tables: BTreeMap<String, Vec<FileInfo>> = BTreeMap::new();
-    let single = files.iter().any(|f| !f.path.contains('/'));
-    for f in files {
-        if single {
-            tables.entry(String::new()).or_default().push(f);
-        } else {
-            let (top, rest) = f.path.split_once('/').unwrap_or(("", &f.path));
-            let rest = rest.to_owned();
-            tables
-                .entry(top.to_owned())
-                .or_default()
-                .push(FileInfo { path: rest, ..f });
-        }
-    }
-    for (folder, files) in tables {
-        let name = match (&options.table, folder.is_empty()) {
-            (Some(t), true) => t.clone(),
-            (_, true) => default_table_name(lake),
-            (_, false) => normalize_column_name(&folder),
-        };
+pub fn crawl<'a>(
+    lake: &'a Lake,
+    catalog: &'a dyn Catalog,
+    options: &'a CrawlOptions,
+) -> BoxFuture<'a, Result<CrawlReport, CatalogError>> {
+    Box::pin(async move {
+        let files: Vec<FileInfo> = lake
+            .list_files("")
+            .await?
+            .into_iter()
+            .filter(|f| !f.path.split('/').any(|s| s.starts_with(['_', '.'])))
+            .collect();
+        let mut report = CrawlReport::default();
+        // The location itself may be one Iceberg table.
         if let Some(meta) = newest_metadata(files.iter().map(|f| f.path.as_str())) {
+            let name = options
+                .table
+                .clone()
+                .unwrap_or_else(|| default_table_name(lake));
             validate_name("table", &name)?;
             report.iceberg.push(IcebergFound {
                 name,
-                location: lake.url_of(&folder).trim_end_matches('/').to_owned(),
-                metadata: lake
-                    .url_of(&format!("{folder}/{meta}"))
-                    .trim_end_matches('/')
-                    .to_owned(),
+                location: lake.url_of("").trim_end_matches('/').to_owned(),
+                metadata: lake.url_of(meta).trim_end_matches('/').to_owned(),
             });
-            continue;
+            return Ok(report);
         }
-        validate_name("table", &name).map_err(|e| {
-            CatalogError::Invalid(format!(
-                "{e}; the folder {:?} gives it (use --table to name a single-table location)",
-                if folder.is_empty() {
-                    lake.describe()
-                } else {
-                    folder.clone()
-                }
-            ))
-        })?;
-        let t = crawl_table(lake, catalog, options, &name, &folder, files, &mut report).await?;
-        report.tables.push(t);
-    }
-    Ok(report)
+        // Group the files by table folder.
+        let mut tables: BTreeMap<String, Vec<FileInfo>> = BTreeMap::new();
+        let single = files.iter().any(|f| !f.path.contains('/'));
+        for f in files {
+            if single {
+                tables.entry(String::new()).or_default().push(f);
+            } else {
+                let (top, rest) = f.path.split_once('/').unwrap_or(("", &f.path));
+                let rest = rest.to_owned();
+                tables
+                    .entry(top.to_owned())
+                    .or_default()
+                    .push(FileInfo { path: rest, ..f });
+            }
+        }
+        for (folder, files) in tables {
+            let name = match (&options.table, folder.is_empty()) {
+                (Some(t), true) => t.clone(),
+                (_, true) => default_table_name(lake),
+                (_, false) => normalize_column_name(&folder),
+            };
+            if let Some(meta) = newest_metadata(files.iter().map(|f| f.path.as_str())) {
+                validate_name("table", &name)?;
+                report.iceberg.push(IcebergFound {
+                    name,
+                    location: lake.url_of(&folder).trim_end_matches('/').to_owned(),
+                    metadata: lake
+                        .url_of(&format!("{folder}/{meta}"))
+                        .trim_end_matches('/')
+                        .to_owned(),
+                });
+                continue;
+            }
+            validate_name("table", &name).map_err(|e| {
+                CatalogError::Invalid(format!(
+                    "{e}; the folder {:?} gives it (use --table to name a single-table location)",
+                    if folder.is_empty() {
+                        lake.describe()
+                    } else {
+                        folder.clone()
+                    }
+                ))
+            })?;
+            let t = crawl_table(lake, catalog, options, &name, &folder, files, &mut report).await?;
+            report.tables.push(t);
+        }
+        Ok(report)
+    })
 }
 
 fn default_table_name(lake: &Lake) -> String {

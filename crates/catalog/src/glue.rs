@@ -6,6 +6,7 @@
 //! (`ticklake.source_name`), and for JSON also as the OpenX SerDe's `mapping.<column>` parameter, so
 //! Athena reads the same field.
 
+use futures::future::BoxFuture;
 use std::collections::{BTreeMap, HashMap};
 
 use aws_sdk_glue::error::DisplayErrorContext;
@@ -39,27 +40,29 @@ fn glue_err(operation: &'static str, e: impl std::error::Error) -> CatalogError 
 
 impl GlueCatalog {
     /// Connects with the standard AWS configuration and creates the database if it does not exist.
-    pub async fn connect(database: &str) -> Result<GlueCatalog, CatalogError> {
-        validate_name("database", database)?;
-        let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        if config.region().is_none() {
-            return Err(CatalogError::Invalid(
-                "AWS Glue: no region configured; set AWS_REGION (e.g. us-east-1) or a profile"
-                    .into(),
-            ));
-        }
-        let endpoint = config
-            .endpoint_url()
-            .map(str::to_owned)
-            .unwrap_or_else(|| "AWS".into());
-        let client = Client::new(&config);
-        let catalog = GlueCatalog {
-            client,
-            database: database.to_owned(),
-            endpoint,
-        };
-        catalog.ensure_database().await?;
-        Ok(catalog)
+    pub fn connect<'a>(database: &'a str) -> BoxFuture<'a, Result<GlueCatalog, CatalogError>> {
+        Box::pin(async move {
+            validate_name("database", database)?;
+            let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+            if config.region().is_none() {
+                return Err(CatalogError::Invalid(
+                    "AWS Glue: no region configured; set AWS_REGION (e.g. us-east-1) or a profile"
+                        .into(),
+                ));
+            }
+            let endpoint = config
+                .endpoint_url()
+                .map(str::to_owned)
+                .unwrap_or_else(|| "AWS".into());
+            let client = Client::new(&config);
+            let catalog = GlueCatalog {
+                client,
+                database: database.to_owned(),
+                endpoint,
+            };
+            catalog.ensure_database().await?;
+            Ok(catalog)
+        })
     }
 
     async fn ensure_database(&self) -> Result<(), CatalogError> {

@@ -15,6 +15,7 @@ mod embedded;
 mod glue;
 pub mod table;
 
+use futures::future::BoxFuture;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -125,12 +126,17 @@ pub enum CatalogConfig {
 }
 
 /// Opens the configured catalog.
-pub async fn open(config: &CatalogConfig) -> Result<Arc<dyn Catalog>, CatalogError> {
-    Ok(match config {
-        CatalogConfig::Embedded { path, database } => {
-            Arc::new(EmbeddedCatalog::open(path, database)?)
-        }
-        CatalogConfig::Glue { database } => Arc::new(GlueCatalog::connect(database).await?),
+pub fn open<'a>(
+    config: &'a CatalogConfig,
+) -> BoxFuture<'a, Result<Arc<dyn Catalog>, CatalogError>> {
+    Box::pin(async move {
+        let catalog: Arc<dyn Catalog> = match config {
+            CatalogConfig::Embedded { path, database } => {
+                Arc::new(EmbeddedCatalog::open(path, database)?)
+            }
+            CatalogConfig::Glue { database } => Arc::new(GlueCatalog::connect(database).await?),
+        };
+        Ok(catalog)
     })
 }
 

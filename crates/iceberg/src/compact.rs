@@ -13,6 +13,7 @@
 //! Offsets: the replace snapshot records the end of every partition of every topic the table holds
 //! (and says so), so the sink still resumes at the right place after older snapshots are expired.
 
+use futures::future::BoxFuture;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -85,74 +86,77 @@ pub struct Compacted {
 impl IcebergLake {
     /// Merges the small files of each partition of `table`, expires snapshots older than the
     /// retention and deletes the files nothing references any more.
-    pub async fn compact(
-        &self,
-        table: &str,
-        options: &CompactOptions,
-    ) -> Result<Compacted, IcebergError> {
-        let mut done = Compacted::default();
-        let Some(t) = self.load(table).await? else {
-            return Ok(done);
-        };
-        let now_ms = now_ms();
-        let older_than_ms = i64::try_from(options.older_than.as_millis()).unwrap_or(i64::MAX);
-        let entries = mergeable_entries(&t).await?;
-        // Per partition, the files worth merging: small and old enough.
-        let mut groups: BTreeMap<String, Vec<LiveEntry>> = BTreeMap::new();
-        for e in entries {
-            if e.file.file_size_in_bytes() * 4 < options.target_size * 3
-                && now_ms.saturating_sub(e.committed_ms) >= older_than_ms
-            {
-                groups.entry(e.partition.clone()).or_default().push(e);
-            }
-        }
-        groups.retain(|_, files| files.len() >= 2);
-        if !groups.is_empty() {
-            let mut removed = Vec::new();
-            let mut added = Vec::new();
-            for files in groups.values() {
-                // Bins of about the target size, each read and written at once.
-                for bin in bins(files, options.target_size) {
-                    if bin.len() < 2 {
-                        continue;
-                    }
-                    let batches = read_files(&t, &bin).await?;
-                    done.records += bin.iter().map(|e| e.file.record_count()).sum::<u64>();
-                    let target = usize::try_from(options.target_size).unwrap_or(usize::MAX);
-                    let written = write_sorted(&t, "compacted", &batches, target).await?;
-                    done.bytes_read += bin.iter().map(|e| e.file.file_size_in_bytes()).sum::<u64>();
-                    done.bytes_written +=
-                        written.iter().map(|f| f.file_size_in_bytes()).sum::<u64>();
-                    removed.extend(bin.iter().map(|e| e.file.file_path().to_owned()));
-                    added.extend(written);
+    pub fn compact<'a>(
+        &'a self,
+        table: &'a str,
+        options: &'a CompactOptions,
+    ) -> BoxFuture<'a, Result<Compacted, IcebergError>> {
+        Box::pin(async move {
+            let mut done = Compacted::default();
+            let Some(t) = self.load(table).await? else {
+                return Ok(done);
+            };
+            let now_ms = now_ms();
+            let older_than_ms = i64::try_from(options.older_than.as_millis()).unwrap_or(i64::MAX);
+            let entries = mergeable_entries(&t).await?;
+            // Per partition, the files worth merging: small and old enough.
+            let mut groups: BTreeMap<String, Vec<LiveEntry>> = BTreeMap::new();
+            for e in entries {
+                if e.file.file_size_in_bytes() * 4 < options.target_size * 3
+                    && now_ms.saturating_sub(e.committed_ms) >= older_than_ms
+                {
+                    groups.entry(e.partition.clone()).or_default().push(e);
                 }
             }
-            if !removed.is_empty() {
-                match self.replace(table, &removed, &added).await? {
-                    Some(id) => {
-                        done.partitions = groups.len();
-                        done.files_removed = removed.len();
-                        done.files_added = added.len();
-                        done.snapshot_id = Some(id);
+            groups.retain(|_, files| files.len() >= 2);
+            if !groups.is_empty() {
+                let mut removed = Vec::new();
+                let mut added = Vec::new();
+                for files in groups.values() {
+                    // Bins of about the target size, each read and written at once.
+                    for bin in bins(files, options.target_size) {
+                        if bin.len() < 2 {
+                            continue;
+                        }
+                        let batches = read_files(&t, &bin).await?;
+                        done.records += bin.iter().map(|e| e.file.record_count()).sum::<u64>();
+                        let target = usize::try_from(options.target_size).unwrap_or(usize::MAX);
+                        let written = write_sorted(&t, "compacted", &batches, target).await?;
+                        done.bytes_read +=
+                            bin.iter().map(|e| e.file.file_size_in_bytes()).sum::<u64>();
+                        done.bytes_written +=
+                            written.iter().map(|f| f.file_size_in_bytes()).sum::<u64>();
+                        removed.extend(bin.iter().map(|e| e.file.file_path().to_owned()));
+                        added.extend(written);
                     }
-                    None => {
-                        done.superseded = true;
-                        done.records = 0;
-                        done.bytes_read = 0;
-                        done.bytes_written = 0;
-                        for f in &added {
-                            let _ = t.file_io().delete(f.file_path()).await;
+                }
+                if !removed.is_empty() {
+                    match self.replace(table, &removed, &added).await? {
+                        Some(id) => {
+                            done.partitions = groups.len();
+                            done.files_removed = removed.len();
+                            done.files_added = added.len();
+                            done.snapshot_id = Some(id);
+                        }
+                        None => {
+                            done.superseded = true;
+                            done.records = 0;
+                            done.bytes_read = 0;
+                            done.bytes_written = 0;
+                            for f in &added {
+                                let _ = t.file_io().delete(f.file_path()).await;
+                            }
                         }
                     }
                 }
             }
-        }
-        let (expired, deleted) = self
-            .expire_and_clean(table, options.retention, options.orphan_age)
-            .await?;
-        done.snapshots_expired = expired;
-        done.files_deleted = deleted;
-        Ok(done)
+            let (expired, deleted) = self
+                .expire_and_clean(table, options.retention, options.orphan_age)
+                .await?;
+            done.snapshots_expired = expired;
+            done.files_deleted = deleted;
+            Ok(done)
+        })
     }
 
     /// Commits a `replace` snapshot: `removed` (paths of live files) out, `added` in. Retried on the

@@ -1,5 +1,6 @@
 //! The lake's Iceberg tables: where they are cataloged, how a checkpoint is appended.
 
+use futures::future::BoxFuture;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
@@ -123,121 +124,126 @@ pub struct IcebergLake {
 impl IcebergLake {
     /// The embedded catalog of a lake on local disk: Iceberg's SQL catalog in the SQLite file
     /// `<lake>/_ticklake/iceberg.sqlite`; each table's data and metadata in `<lake>/<table>/`.
-    pub async fn embedded(lake: &Path) -> Result<IcebergLake, IcebergError> {
-        IcebergLake::open(&IcebergConfig::embedded(lake)?).await
+    pub fn embedded<'a>(lake: &'a Path) -> BoxFuture<'a, Result<IcebergLake, IcebergError>> {
+        Box::pin(async move { IcebergLake::open(&IcebergConfig::embedded(lake)?).await })
     }
 
     /// The catalog `config` names, if it can have tables: an SQL catalog's file must exist (it is not
     /// made by looking), Glue and REST catalogs are asked.
-    pub async fn open_if_present(
-        config: &IcebergConfig,
-    ) -> Result<Option<IcebergLake>, IcebergError> {
-        match &config.catalog {
-            IcebergCatalog::Sql { file } if !file.is_file() => Ok(None),
-            _ => Ok(Some(IcebergLake::open(config).await?)),
-        }
+    pub fn open_if_present<'a>(
+        config: &'a IcebergConfig,
+    ) -> BoxFuture<'a, Result<Option<IcebergLake>, IcebergError>> {
+        Box::pin(async move {
+            match &config.catalog {
+                IcebergCatalog::Sql { file } if !file.is_file() => Ok(None),
+                _ => Ok(Some(IcebergLake::open(config).await?)),
+            }
+        })
     }
 
     /// Opens the catalog `config` names, making its namespace if it has none.
-    pub async fn open(config: &IcebergConfig) -> Result<IcebergLake, IcebergError> {
-        let described = config.describe();
-        let invalid = |message: String| IcebergError::Catalog {
-            catalog: described.clone(),
-            message,
-        };
-        let err = |source: iceberg::Error| invalid(crate::config::error_chain(&source));
-        let root = config.warehouse.trim_end_matches('/').to_owned();
-        let local = root.starts_with("file://");
-        let mut props = if local {
-            HashMap::new()
-        } else {
-            s3_properties()
-        };
-        let (catalog, raw): (Arc<dyn Catalog>, RawCatalog) = match &config.catalog {
-            IcebergCatalog::Sql { file } => {
-                if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).map_err(|e| {
-                        invalid(format!("cannot create the folder {}: {e}", dir.display()))
-                    })?;
+    pub fn open<'a>(config: &'a IcebergConfig) -> BoxFuture<'a, Result<IcebergLake, IcebergError>> {
+        Box::pin(async move {
+            let described = config.describe();
+            let invalid = |message: String| IcebergError::Catalog {
+                catalog: described.clone(),
+                message,
+            };
+            let err = |source: iceberg::Error| invalid(crate::config::error_chain(&source));
+            let root = config.warehouse.trim_end_matches('/').to_owned();
+            let local = root.starts_with("file://");
+            let mut props = if local {
+                HashMap::new()
+            } else {
+                s3_properties()
+            };
+            let (catalog, raw): (Arc<dyn Catalog>, RawCatalog) = match &config.catalog {
+                IcebergCatalog::Sql { file } => {
+                    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+                        std::fs::create_dir_all(dir).map_err(|e| {
+                            invalid(format!("cannot create the folder {}: {e}", dir.display()))
+                        })?;
+                    }
+                    let uri = format!("sqlite:{}?mode=rwc", file.display());
+                    props.extend([
+                        (SQL_CATALOG_PROP_URI.to_owned(), uri.clone()),
+                        (SQL_CATALOG_PROP_WAREHOUSE.to_owned(), root.clone()),
+                        (
+                            SQL_CATALOG_PROP_BIND_STYLE.to_owned(),
+                            SqlBindStyle::QMark.to_string(),
+                        ),
+                    ]);
+                    let builder = SqlCatalogBuilder::default().with_storage_factory(storage(local));
+                    let catalog = builder.load(CATALOG_NAME, props).await.map_err(err)?;
+                    (Arc::new(catalog), RawCatalog::Sql { uri })
                 }
-                let uri = format!("sqlite:{}?mode=rwc", file.display());
-                props.extend([
-                    (SQL_CATALOG_PROP_URI.to_owned(), uri.clone()),
-                    (SQL_CATALOG_PROP_WAREHOUSE.to_owned(), root.clone()),
-                    (
-                        SQL_CATALOG_PROP_BIND_STYLE.to_owned(),
-                        SqlBindStyle::QMark.to_string(),
-                    ),
-                ]);
-                let builder = SqlCatalogBuilder::default().with_storage_factory(storage(local));
-                let catalog = builder.load(CATALOG_NAME, props).await.map_err(err)?;
-                (Arc::new(catalog), RawCatalog::Sql { uri })
+                IcebergCatalog::Glue => {
+                    let sdk =
+                        aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+                    if sdk.region().is_none() {
+                        return Err(invalid(
+                            "AWS Glue: no region configured; set AWS_REGION (e.g. us-east-1) or a profile"
+                                .into(),
+                        ));
+                    }
+                    props.insert(GLUE_CATALOG_PROP_WAREHOUSE.to_owned(), root.clone());
+                    if let Some(endpoint) = sdk.endpoint_url() {
+                        props.insert(GLUE_CATALOG_PROP_URI.to_owned(), endpoint.to_owned());
+                    }
+                    if let Some(region) = sdk.region() {
+                        props.insert(AWS_REGION_NAME.to_owned(), region.to_string());
+                    }
+                    let catalog = GlueCatalogBuilder::default()
+                        .with_storage_factory(storage(local))
+                        .load(CATALOG_NAME, props)
+                        .await
+                        .map_err(err)?;
+                    let client = aws_sdk_glue::Client::new(&sdk);
+                    (Arc::new(catalog), RawCatalog::Glue { client })
+                }
+                IcebergCatalog::Rest { uri, token } => {
+                    let uri = uri.trim_end_matches('/').to_owned();
+                    props.insert(REST_CATALOG_PROP_URI.to_owned(), uri.clone());
+                    props.insert(REST_CATALOG_PROP_WAREHOUSE.to_owned(), root.clone());
+                    if let Some(token) = token {
+                        props.insert("token".to_owned(), token.clone());
+                    }
+                    let catalog = RestCatalogBuilder::default()
+                        .with_storage_factory(storage(local))
+                        .load(CATALOG_NAME, props)
+                        .await
+                        .map_err(err)?;
+                    let http = reqwest::Client::new();
+                    let prefix = rest_prefix(&http, &uri, &root, token.as_deref())
+                        .await
+                        .map_err(invalid)?;
+                    let base = match prefix {
+                        Some(p) => format!("{uri}/v1/{}/", p.trim_matches('/')),
+                        None => format!("{uri}/v1/"),
+                    };
+                    let token = token.clone();
+                    (Arc::new(catalog), RawCatalog::Rest { http, base, token })
+                }
+            };
+            let namespace = NamespaceIdent::new(config.namespace.clone());
+            if !catalog.namespace_exists(&namespace).await.map_err(err)? {
+                match catalog.create_namespace(&namespace, HashMap::new()).await {
+                    Ok(_) => {}
+                    // Another process made it meanwhile.
+                    Err(e) if catalog.namespace_exists(&namespace).await.unwrap_or(false) => {
+                        tracing::debug!("namespace created meanwhile: {e}");
+                    }
+                    Err(e) => return Err(err(e)),
+                }
             }
-            IcebergCatalog::Glue => {
-                let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-                if sdk.region().is_none() {
-                    return Err(invalid(
-                        "AWS Glue: no region configured; set AWS_REGION (e.g. us-east-1) or a profile"
-                            .into(),
-                    ));
-                }
-                props.insert(GLUE_CATALOG_PROP_WAREHOUSE.to_owned(), root.clone());
-                if let Some(endpoint) = sdk.endpoint_url() {
-                    props.insert(GLUE_CATALOG_PROP_URI.to_owned(), endpoint.to_owned());
-                }
-                if let Some(region) = sdk.region() {
-                    props.insert(AWS_REGION_NAME.to_owned(), region.to_string());
-                }
-                let catalog = GlueCatalogBuilder::default()
-                    .with_storage_factory(storage(local))
-                    .load(CATALOG_NAME, props)
-                    .await
-                    .map_err(err)?;
-                let client = aws_sdk_glue::Client::new(&sdk);
-                (Arc::new(catalog), RawCatalog::Glue { client })
-            }
-            IcebergCatalog::Rest { uri, token } => {
-                let uri = uri.trim_end_matches('/').to_owned();
-                props.insert(REST_CATALOG_PROP_URI.to_owned(), uri.clone());
-                props.insert(REST_CATALOG_PROP_WAREHOUSE.to_owned(), root.clone());
-                if let Some(token) = token {
-                    props.insert("token".to_owned(), token.clone());
-                }
-                let catalog = RestCatalogBuilder::default()
-                    .with_storage_factory(storage(local))
-                    .load(CATALOG_NAME, props)
-                    .await
-                    .map_err(err)?;
-                let http = reqwest::Client::new();
-                let prefix = rest_prefix(&http, &uri, &root, token.as_deref())
-                    .await
-                    .map_err(invalid)?;
-                let base = match prefix {
-                    Some(p) => format!("{uri}/v1/{}/", p.trim_matches('/')),
-                    None => format!("{uri}/v1/"),
-                };
-                let token = token.clone();
-                (Arc::new(catalog), RawCatalog::Rest { http, base, token })
-            }
-        };
-        let namespace = NamespaceIdent::new(config.namespace.clone());
-        if !catalog.namespace_exists(&namespace).await.map_err(err)? {
-            match catalog.create_namespace(&namespace, HashMap::new()).await {
-                Ok(_) => {}
-                // Another process made it meanwhile.
-                Err(e) if catalog.namespace_exists(&namespace).await.unwrap_or(false) => {
-                    tracing::debug!("namespace created meanwhile: {e}");
-                }
-                Err(e) => return Err(err(e)),
-            }
-        }
-        Ok(IcebergLake {
-            catalog,
-            namespace,
-            root,
-            naive_times: matches!(raw, RawCatalog::Glue { .. }),
-            raw,
-            described,
+            Ok(IcebergLake {
+                catalog,
+                namespace,
+                root,
+                naive_times: matches!(raw, RawCatalog::Glue { .. }),
+                raw,
+                described,
+            })
         })
     }
 
@@ -247,59 +253,68 @@ impl IcebergLake {
     }
 
     /// The names of the tables, sorted.
-    pub async fn tables(&self) -> Result<Vec<String>, IcebergError> {
-        let mut names: Vec<String> = self
-            .catalog
-            .list_tables(&self.namespace)
-            .await
-            .map_err(Self::error("catalog"))?
-            .into_iter()
-            .map(|t| t.name().to_owned())
-            .collect();
-        names.sort();
-        Ok(names)
+    pub fn tables<'a>(&'a self) -> BoxFuture<'a, Result<Vec<String>, IcebergError>> {
+        Box::pin(async move {
+            let mut names: Vec<String> = self
+                .catalog
+                .list_tables(&self.namespace)
+                .await
+                .map_err(Self::error("catalog"))?
+                .into_iter()
+                .map(|t| t.name().to_owned())
+                .collect();
+            names.sort();
+            Ok(names)
+        })
     }
 
     /// The live data files of the table's current snapshot, per partition, sorted by partition.
-    pub async fn partitions(&self, table: &str) -> Result<Vec<PartitionFiles>, IcebergError> {
-        let Some(t) = self.load(table).await? else {
-            return Ok(Vec::new());
-        };
-        let mut by_partition: BTreeMap<String, PartitionFiles> = BTreeMap::new();
-        for e in live_entries(&t).await? {
-            let p = by_partition
-                .entry(e.partition.clone())
-                .or_insert_with(|| PartitionFiles {
-                    partition: e.partition.clone(),
-                    files: 0,
-                    records: 0,
-                    bytes: 0,
-                });
-            p.files += 1;
-            p.records += e.file.record_count();
-            p.bytes += e.file.file_size_in_bytes();
-        }
-        Ok(by_partition.into_values().collect())
+    pub fn partitions<'a>(
+        &'a self,
+        table: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<PartitionFiles>, IcebergError>> {
+        Box::pin(async move {
+            let Some(t) = self.load(table).await? else {
+                return Ok(Vec::new());
+            };
+            let mut by_partition: BTreeMap<String, PartitionFiles> = BTreeMap::new();
+            for e in live_entries(&t).await? {
+                let p = by_partition
+                    .entry(e.partition.clone())
+                    .or_insert_with(|| PartitionFiles {
+                        partition: e.partition.clone(),
+                        files: 0,
+                        records: 0,
+                        bytes: 0,
+                    });
+                p.files += 1;
+                p.records += e.file.record_count();
+                p.bytes += e.file.file_size_in_bytes();
+            }
+            Ok(by_partition.into_values().collect())
+        })
     }
 
     /// Registers an existing table (written by another tool, or whose catalog was lost) by its
     /// metadata file.
-    pub async fn register(
-        &self,
-        table: &str,
-        metadata_location: &str,
-    ) -> Result<Registered, IcebergError> {
-        if let Some(t) = self.load(table).await? {
-            return Ok(match t.metadata_location() {
-                Some(l) if l == metadata_location => Registered::Same,
-                other => Registered::Other(other.unwrap_or_default().to_owned()),
-            });
-        }
-        self.catalog
-            .register_table(&self.ident(table), metadata_location.to_owned())
-            .await
-            .map_err(Self::error(table))?;
-        Ok(Registered::New)
+    pub fn register<'a>(
+        &'a self,
+        table: &'a str,
+        metadata_location: &'a str,
+    ) -> BoxFuture<'a, Result<Registered, IcebergError>> {
+        Box::pin(async move {
+            if let Some(t) = self.load(table).await? {
+                return Ok(match t.metadata_location() {
+                    Some(l) if l == metadata_location => Registered::Same,
+                    other => Registered::Other(other.unwrap_or_default().to_owned()),
+                });
+            }
+            self.catalog
+                .register_table(&self.ident(table), metadata_location.to_owned())
+                .await
+                .map_err(Self::error(table))?;
+            Ok(Registered::New)
+        })
     }
 
     pub(crate) fn ident(&self, table: &str) -> TableIdent {
@@ -314,28 +329,33 @@ impl IcebergLake {
     }
 
     /// The table, if it exists.
-    pub async fn load(&self, table: &str) -> Result<Option<Table>, IcebergError> {
-        let ident = self.ident(table);
-        match self.catalog.load_table(&ident).await {
-            Ok(t) => Ok(Some(t)),
-            Err(e) if e.kind() == ErrorKind::TableNotFound => Ok(None),
-            // Not every catalog says "not found" with that kind (Glue's does not).
-            Err(_) if matches!(self.catalog.table_exists(&ident).await, Ok(false)) => Ok(None),
-            Err(e) => {
-                // Name the metadata file: the library's message does not always.
-                let file = self
-                    .raw
-                    .metadata_location(&self.namespace_name(), table)
-                    .await;
-                Err(IcebergError::Iceberg {
-                    table: match file {
-                        Some(f) => format!("{table} (metadata file {f})"),
-                        None => table.to_owned(),
-                    },
-                    source: Box::new(e),
-                })
+    pub fn load<'a>(
+        &'a self,
+        table: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Table>, IcebergError>> {
+        Box::pin(async move {
+            let ident = self.ident(table);
+            match self.catalog.load_table(&ident).await {
+                Ok(t) => Ok(Some(t)),
+                Err(e) if e.kind() == ErrorKind::TableNotFound => Ok(None),
+                // Not every catalog says "not found" with that kind (Glue's does not).
+                Err(_) if matches!(self.catalog.table_exists(&ident).await, Ok(false)) => Ok(None),
+                Err(e) => {
+                    // Name the metadata file: the library's message does not always.
+                    let file = self
+                        .raw
+                        .metadata_location(&self.namespace_name(), table)
+                        .await;
+                    Err(IcebergError::Iceberg {
+                        table: match file {
+                            Some(f) => format!("{table} (metadata file {f})"),
+                            None => table.to_owned(),
+                        },
+                        source: Box::new(e),
+                    })
+                }
             }
-        }
+        })
     }
 
     /// The namespace as the SQL catalog stores it.
@@ -344,34 +364,41 @@ impl IcebergLake {
     }
 
     /// Every row of the table's current snapshot (none for a table that does not exist yet).
-    pub async fn read(&self, table: &str) -> Result<Vec<RecordBatch>, IcebergError> {
-        use futures::TryStreamExt;
-        let Some(t) = self.load(table).await? else {
-            return Ok(Vec::new());
-        };
-        let err = Self::error(table);
-        t.scan()
-            .select_all()
-            .build()
-            .map_err(&err)?
-            .to_arrow()
-            .await
-            .map_err(&err)?
-            .try_collect()
-            .await
-            .map_err(&err)
+    pub fn read<'a>(
+        &'a self,
+        table: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<RecordBatch>, IcebergError>> {
+        Box::pin(async move {
+            use futures::TryStreamExt;
+            let Some(t) = self.load(table).await? else {
+                return Ok(Vec::new());
+            };
+            let err = Self::error(table);
+            t.scan()
+                .select_all()
+                .build()
+                .map_err(&err)?
+                .to_arrow()
+                .await
+                .map_err(&err)?
+                .try_collect()
+                .await
+                .map_err(&err)
+        })
     }
 
     /// Per partition of `topic`, where the table's records of it end (`None` for a table that does
     /// not exist yet: nothing is held).
-    pub async fn offsets(
-        &self,
-        table: &str,
-        topic: &str,
-    ) -> Result<BTreeMap<i32, i64>, IcebergError> {
-        Ok(match self.load(table).await? {
-            Some(t) => recorded_offsets(t.metadata_ref(), topic),
-            None => BTreeMap::new(),
+    pub fn offsets<'a>(
+        &'a self,
+        table: &'a str,
+        topic: &'a str,
+    ) -> BoxFuture<'a, Result<BTreeMap<i32, i64>, IcebergError>> {
+        Box::pin(async move {
+            Ok(match self.load(table).await? {
+                Some(t) => recorded_offsets(t.metadata_ref(), topic),
+                None => BTreeMap::new(),
+            })
         })
     }
 
@@ -480,72 +507,74 @@ impl IcebergLake {
     /// Appends `batches` (all of one Arrow schema: `symbol`, `ts`, …) as one snapshot covering
     /// `ranges` of `topic`, unless a range does not start where the table says its partition ends.
     /// The table is created on the first append; new columns are added to its schema first.
-    pub async fn append(
-        &self,
-        table: &str,
-        topic: &str,
-        ranges: &[OffsetRange],
-        batches: &[RecordBatch],
-    ) -> Result<Appended, IcebergError> {
-        let err = Self::error(table);
-        let Some(first) = batches.first() else {
-            return Err(IcebergError::Invalid {
-                table: table.to_owned(),
-                message: "an append needs records".into(),
-            });
-        };
-        // The batches of one checkpoint may differ in their extra columns: the union of them all.
-        let mut fields: Vec<arrow_schema::FieldRef> =
-            first.schema().fields().iter().cloned().collect();
-        for b in &batches[1..] {
-            for f in b.schema().fields() {
-                if !fields.iter().any(|have| have.name() == f.name()) {
-                    fields.push(f.clone());
+    pub fn append<'a>(
+        &'a self,
+        table: &'a str,
+        topic: &'a str,
+        ranges: &'a [OffsetRange],
+        batches: &'a [RecordBatch],
+    ) -> BoxFuture<'a, Result<Appended, IcebergError>> {
+        Box::pin(async move {
+            let err = Self::error(table);
+            let Some(first) = batches.first() else {
+                return Err(IcebergError::Invalid {
+                    table: table.to_owned(),
+                    message: "an append needs records".into(),
+                });
+            };
+            // The batches of one checkpoint may differ in their extra columns: the union of them all.
+            let mut fields: Vec<arrow_schema::FieldRef> =
+                first.schema().fields().iter().cloned().collect();
+            for b in &batches[1..] {
+                for f in b.schema().fields() {
+                    if !fields.iter().any(|have| have.name() == f.name()) {
+                        fields.push(f.clone());
+                    }
                 }
             }
-        }
-        let schema = ArrowSchema::new(fields);
-        let current = match self.load(table).await? {
-            Some(t) => t,
-            None => self.create(table, &schema).await?,
-        };
-        let current = self.evolve(current, &schema).await?;
-        let files = self.write_files(&current, topic, ranges, batches).await?;
-        let count = files.len();
-        let bytes = files.iter().map(|f| f.file_size_in_bytes()).sum();
-        let properties: HashMap<String, String> = ranges
-            .iter()
-            .map(|r| {
-                (
-                    offsets_key(topic, r.partition),
-                    format!("{}..{}", r.from, r.to),
-                )
-            })
-            .collect();
-        let fenced = FencedCatalog::new(self.catalog.clone(), self.ident(table), topic, ranges);
-        let tx = Transaction::new(&current);
-        let tx = tx
-            .fast_append()
-            .add_data_files(files)
-            .set_snapshot_properties(properties)
-            .with_check_duplicate(false)
-            .apply(tx)
-            .map_err(&err)?;
-        match tx.commit(&fenced).await {
-            Ok(t) => Ok(Appended::Committed {
-                snapshot_id: t.metadata().current_snapshot_id().unwrap_or_default(),
-                files: count,
-                bytes,
-            }),
-            Err(e) => match fenced.refused() {
-                // The files written for it are referenced by no snapshot (orphans, for cleanup).
-                Some(r) => Ok(Appended::Taken {
-                    partition: r.partition,
-                    recorded: r.recorded,
+            let schema = ArrowSchema::new(fields);
+            let current = match self.load(table).await? {
+                Some(t) => t,
+                None => self.create(table, &schema).await?,
+            };
+            let current = self.evolve(current, &schema).await?;
+            let files = self.write_files(&current, topic, ranges, batches).await?;
+            let count = files.len();
+            let bytes = files.iter().map(|f| f.file_size_in_bytes()).sum();
+            let properties: HashMap<String, String> = ranges
+                .iter()
+                .map(|r| {
+                    (
+                        offsets_key(topic, r.partition),
+                        format!("{}..{}", r.from, r.to),
+                    )
+                })
+                .collect();
+            let fenced = FencedCatalog::new(self.catalog.clone(), self.ident(table), topic, ranges);
+            let tx = Transaction::new(&current);
+            let tx = tx
+                .fast_append()
+                .add_data_files(files)
+                .set_snapshot_properties(properties)
+                .with_check_duplicate(false)
+                .apply(tx)
+                .map_err(&err)?;
+            match tx.commit(&fenced).await {
+                Ok(t) => Ok(Appended::Committed {
+                    snapshot_id: t.metadata().current_snapshot_id().unwrap_or_default(),
+                    files: count,
+                    bytes,
                 }),
-                None => Err(err(e)),
-            },
-        }
+                Err(e) => match fenced.refused() {
+                    // The files written for it are referenced by no snapshot (orphans, for cleanup).
+                    Some(r) => Ok(Appended::Taken {
+                        partition: r.partition,
+                        recorded: r.recorded,
+                    }),
+                    None => Err(err(e)),
+                },
+            }
+        })
     }
 
     /// Writes the batches as Parquet data files of the table, sorted by `symbol, ts`, one or more per

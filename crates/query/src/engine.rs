@@ -14,6 +14,7 @@ use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::{AggregateUDF, LogicalPlan};
+use futures::future::BoxFuture;
 use ticklake_catalog::Catalog;
 
 use datafusion::catalog::{SchemaProvider, TableProvider};
@@ -99,155 +100,164 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// The values of some partition keys, one row per partition, None where queries read NULL.
+pub type PartitionValues = Vec<Vec<Option<String>>>;
+
 impl Engine {
     /// A session over every table of `catalog` (its `database` is the default schema).
-    pub async fn new(
+    pub fn new<'a>(
         catalog: Arc<dyn Catalog>,
-        database: &str,
+        database: &'a str,
         options: EngineOptions,
-    ) -> Result<Engine, QueryError> {
-        Engine::with_iceberg(catalog, None, database, options).await
+    ) -> BoxFuture<'a, Result<Engine, QueryError>> {
+        Box::pin(async move { Engine::with_iceberg(catalog, None, database, options).await })
     }
 
     /// A session over every table of `catalog` and every Iceberg table of `iceberg` (an Iceberg
     /// table hides a catalog table of the same name).
-    pub async fn with_iceberg(
+    pub fn with_iceberg<'a>(
         catalog: Arc<dyn Catalog>,
         iceberg: Option<Arc<IcebergLake>>,
-        database: &str,
+        database: &'a str,
         options: EngineOptions,
-    ) -> Result<Engine, QueryError> {
-        let mut config = SessionConfig::new()
-            .with_default_catalog_and_schema(CATALOG_NAME, database)
-            .with_create_default_catalog_and_schema(true)
-            .with_information_schema(true);
-        config.options_mut().sql_parser.collect_spans = true;
-        let mut runtime = RuntimeEnvBuilder::new();
-        if let Some(limit) = options.memory_limit {
-            // A fair pool, not DataFusion's default greedy one: with a sort per partition, a greedy
-            // pool let one partition's sorter keep the memory the other's spill merge needed, and a
-            // window over 100 M rows failed under 4 GiB instead of spilling (2 M rows under 64 MiB).
-            let pool = FairSpillPool::new(limit);
-            runtime = runtime.with_memory_pool(Arc::new(TrackConsumersPool::new(
-                pool,
-                NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN),
-            )));
-        }
-        let state = SessionStateBuilder::new()
-            .with_config(config)
-            .with_runtime_env(runtime.build_arc()?)
-            .with_default_features()
-            .with_physical_optimizer_rule(Arc::new(WindowTopN))
-            .with_physical_optimizer_rule(Arc::new(RunAggregate::default()))
-            .build();
-        let ctx = SessionContext::new_with_state(state);
-        let tables: Tables = Arc::new(RwLock::new(HashMap::new()));
-        let iceberg_tables: IcebergTables = Arc::new(RwLock::new(HashMap::new()));
-        ctx.register_udaf(vwap_udaf());
-        ctx.register_udtf(
-            "ohlcv",
-            Arc::new(Ohlcv {
-                tables: tables.clone(),
-            }),
-        );
-        ctx.register_udtf(
-            "snapshots",
-            Arc::new(Snapshots {
-                tables: iceberg_tables.clone(),
-            }),
-        );
-        ctx.register_udtf(
-            "as_of",
-            Arc::new(AsOf {
-                tables: iceberg_tables.clone(),
-            }),
-        );
-        ctx.catalog(CATALOG_NAME)
-            .ok_or_else(|| QueryError::Execution(format!("no catalog {CATALOG_NAME}")))?
-            .register_schema(
-                database,
-                Arc::new(LakeSchema {
+    ) -> BoxFuture<'a, Result<Engine, QueryError>> {
+        Box::pin(async move {
+            let mut config = SessionConfig::new()
+                .with_default_catalog_and_schema(CATALOG_NAME, database)
+                .with_create_default_catalog_and_schema(true)
+                .with_information_schema(true);
+            config.options_mut().sql_parser.collect_spans = true;
+            let mut runtime = RuntimeEnvBuilder::new();
+            if let Some(limit) = options.memory_limit {
+                // A fair pool, not DataFusion's default greedy one: with a sort per partition, a greedy
+                // pool let one partition's sorter keep the memory the other's spill merge needed, and a
+                // window over 100 M rows failed under 4 GiB instead of spilling (2 M rows under 64 MiB).
+                let pool = FairSpillPool::new(limit);
+                runtime = runtime.with_memory_pool(Arc::new(TrackConsumersPool::new(
+                    pool,
+                    NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN),
+                )));
+            }
+            let state = SessionStateBuilder::new()
+                .with_config(config)
+                .with_runtime_env(runtime.build_arc()?)
+                .with_default_features()
+                .with_physical_optimizer_rule(Arc::new(WindowTopN))
+                .with_physical_optimizer_rule(Arc::new(RunAggregate::default()))
+                .build();
+            let ctx = SessionContext::new_with_state(state);
+            let tables: Tables = Arc::new(RwLock::new(HashMap::new()));
+            let iceberg_tables: IcebergTables = Arc::new(RwLock::new(HashMap::new()));
+            ctx.register_udaf(vwap_udaf());
+            ctx.register_udtf(
+                "ohlcv",
+                Arc::new(Ohlcv {
                     tables: tables.clone(),
                 }),
-            )?;
-        let engine = Engine {
-            ctx,
-            catalog,
-            iceberg,
-            database: database.to_owned(),
-            options,
-            tables,
-            iceberg_tables,
-        };
-        engine.refresh().await?;
-        Ok(engine)
+            );
+            ctx.register_udtf(
+                "snapshots",
+                Arc::new(Snapshots {
+                    tables: iceberg_tables.clone(),
+                }),
+            );
+            ctx.register_udtf(
+                "as_of",
+                Arc::new(AsOf {
+                    tables: iceberg_tables.clone(),
+                }),
+            );
+            ctx.catalog(CATALOG_NAME)
+                .ok_or_else(|| QueryError::Execution(format!("no catalog {CATALOG_NAME}")))?
+                .register_schema(
+                    database,
+                    Arc::new(LakeSchema {
+                        tables: tables.clone(),
+                    }),
+                )?;
+            let engine = Engine {
+                ctx,
+                catalog,
+                iceberg,
+                database: database.to_owned(),
+                options,
+                tables,
+                iceberg_tables,
+            };
+            engine.refresh().await?;
+            Ok(engine)
+        })
     }
 
     /// Re-reads the table definitions from the catalogs (partitions, and Iceberg tables' current
     /// snapshots, are read at every query anyway).
-    pub async fn refresh(&self) -> Result<(), QueryError> {
-        let defs = self.catalog.list_tables().await?;
-        let mut stores: HashSet<String> = HashSet::new();
-        let mut tables: HashMap<String, Arc<dyn TableProvider>> = HashMap::new();
-        for def in defs {
-            if let Err(why) = self.check_location(&def.location) {
-                // The table stays unknown to queries; naming it says why.
-                tracing::warn!("table {}: {why}", def.name);
-                continue;
-            }
-            let storage = Storage::open(&def.location, &self.options.s3_options)
-                .map_err(|e| QueryError::Table(def.name.clone(), e.to_string()))?;
-            if stores.insert(storage.url.as_str().to_owned()) {
-                self.ctx
-                    .register_object_store(storage.url.as_ref(), storage.store.clone());
-            }
-            let name = def.name.clone();
-            let table = LakeTable::new(def, self.catalog.clone(), storage)
-                .map_err(|e| QueryError::Table(name.clone(), e.to_string()))?;
-            tables.insert(name, Arc::new(table));
-        }
-        let mut iceberg_tables = HashMap::new();
-        if let Some(lake) = &self.iceberg {
-            for name in lake.tables().await.map_err(iceberg_error)? {
-                // A broken table (its metadata file missing or corrupt) is left out, with the reason,
-                // and the others stay queryable.
-                let table =
-                    match IcebergTable::open(lake.clone(), &name, &self.options.s3_options).await {
-                        Ok(t) => t,
-                        Err(e) => {
-                            tracing::warn!("Iceberg table {name} cannot be read: {e}");
-                            continue;
-                        }
-                    };
-                if let Err(why) = self.check_location(table.location()) {
-                    tracing::warn!("table {name}: {why}");
+    pub fn refresh<'a>(&'a self) -> BoxFuture<'a, Result<(), QueryError>> {
+        Box::pin(async move {
+            let defs = self.catalog.list_tables().await?;
+            let mut stores: HashSet<String> = HashSet::new();
+            let mut tables: HashMap<String, Arc<dyn TableProvider>> = HashMap::new();
+            for def in defs {
+                if let Err(why) = self.check_location(&def.location) {
+                    // The table stays unknown to queries; naming it says why.
+                    tracing::warn!("table {}: {why}", def.name);
                     continue;
                 }
-                let storage = table.storage();
+                let storage = Storage::open(&def.location, &self.options.s3_options)
+                    .map_err(|e| QueryError::Table(def.name.clone(), e.to_string()))?;
                 if stores.insert(storage.url.as_str().to_owned()) {
                     self.ctx
                         .register_object_store(storage.url.as_ref(), storage.store.clone());
                 }
-                if tables.contains_key(&name) {
-                    tracing::warn!(
-                        "table {name} is both an Iceberg table and a table of {}: queries read the Iceberg table",
-                        self.catalog.describe()
-                    );
-                }
-                let table = Arc::new(table);
-                iceberg_tables.insert(name.clone(), table.clone());
-                tables.insert(name, table);
+                let name = def.name.clone();
+                let table = LakeTable::new(def, self.catalog.clone(), storage)
+                    .map_err(|e| QueryError::Table(name.clone(), e.to_string()))?;
+                tables.insert(name, Arc::new(table));
             }
-        }
-        // Queries find their tables in this map (see `LakeSchema`): swapping it in one step means a
-        // query planned during a refresh (a server refreshes while it answers) never finds a table
-        // missing.
-        *self.tables.write().unwrap_or_else(|p| p.into_inner()) = tables;
-        *self
-            .iceberg_tables
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = iceberg_tables;
-        Ok(())
+            let mut iceberg_tables = HashMap::new();
+            if let Some(lake) = &self.iceberg {
+                for name in lake.tables().await.map_err(iceberg_error)? {
+                    // A broken table (its metadata file missing or corrupt) is left out, with the reason,
+                    // and the others stay queryable.
+                    let table =
+                        match IcebergTable::open(lake.clone(), &name, &self.options.s3_options)
+                            .await
+                        {
+                            Ok(t) => t,
+                            Err(e) => {
+                                tracing::warn!("Iceberg table {name} cannot be read: {e}");
+                                continue;
+                            }
+                        };
+                    if let Err(why) = self.check_location(table.location()) {
+                        tracing::warn!("table {name}: {why}");
+                        continue;
+                    }
+                    let storage = table.storage();
+                    if stores.insert(storage.url.as_str().to_owned()) {
+                        self.ctx
+                            .register_object_store(storage.url.as_ref(), storage.store.clone());
+                    }
+                    if tables.contains_key(&name) {
+                        tracing::warn!(
+                            "table {name} is both an Iceberg table and a table of {}: queries read the Iceberg table",
+                            self.catalog.describe()
+                        );
+                    }
+                    let table = Arc::new(table);
+                    iceberg_tables.insert(name.clone(), table.clone());
+                    tables.insert(name, table);
+                }
+            }
+            // Queries find their tables in this map (see `LakeSchema`): swapping it in one step means a
+            // query planned during a refresh (a server refreshes while it answers) never finds a table
+            // missing.
+            *self.tables.write().unwrap_or_else(|p| p.into_inner()) = tables;
+            *self
+                .iceberg_tables
+                .write()
+                .unwrap_or_else(|p| p.into_inner()) = iceberg_tables;
+            Ok(())
+        })
     }
 
     /// The Iceberg table of that name, if there is one.
@@ -292,34 +302,36 @@ impl Engine {
     /// Runs one statement. `SHOW TABLES`, `DESCRIBE <table>` and `SHOW PARTITIONS <table>` answer
     /// from the catalog as Athena does; anything that would write or change the lake or the catalog is
     /// refused.
-    pub async fn execute(&self, sql: &str) -> Result<Output, QueryError> {
-        self.timed(self.run(sql, None)).await
+    pub fn execute<'a>(&'a self, sql: &'a str) -> BoxFuture<'a, Result<Output, QueryError>> {
+        Box::pin(async move { self.timed(self.run(sql, None)).await })
     }
 
     /// Runs one statement as [`Engine::execute`] does, but stops once it has `max_rows` rows: the
     /// plan itself is limited, so a query over a large table does not compute rows it would throw
     /// away. The flag is true when the statement had more rows than were returned.
-    pub async fn execute_limited(
-        &self,
-        sql: &str,
+    pub fn execute_limited<'a>(
+        &'a self,
+        sql: &'a str,
         max_rows: usize,
-    ) -> Result<(Output, bool), QueryError> {
-        let plan_limit = max_rows.saturating_add(1).min(i64::MAX as usize);
-        let mut out = self.timed(self.run(sql, Some(plan_limit))).await?;
-        let truncated = out.rows() > max_rows;
-        if truncated {
-            let mut left = max_rows;
-            out.batches = out
-                .batches
-                .iter()
-                .filter_map(|b| {
-                    let take = b.num_rows().min(left);
-                    left -= take;
-                    (take > 0).then(|| b.slice(0, take))
-                })
-                .collect();
-        }
-        Ok((out, truncated))
+    ) -> BoxFuture<'a, Result<(Output, bool), QueryError>> {
+        Box::pin(async move {
+            let plan_limit = max_rows.saturating_add(1).min(i64::MAX as usize);
+            let mut out = self.timed(self.run(sql, Some(plan_limit))).await?;
+            let truncated = out.rows() > max_rows;
+            if truncated {
+                let mut left = max_rows;
+                out.batches = out
+                    .batches
+                    .iter()
+                    .filter_map(|b| {
+                        let take = b.num_rows().min(left);
+                        left -= take;
+                        (take > 0).then(|| b.slice(0, take))
+                    })
+                    .collect();
+            }
+            Ok((out, truncated))
+        })
     }
 
     /// Whether queries see a table of this name (spelt as the catalog spells it), as of the last
@@ -336,38 +348,40 @@ impl Engine {
     /// Iceberg table, a table without one of the keys, or no table. A value is None where queries
     /// read NULL (Hive's `__HIVE_DEFAULT_PARTITION__`). For answers that partition values alone give
     /// (a table's symbols), or that they narrow (the partitions a query need read).
-    pub async fn partition_values(
-        &self,
-        name: &str,
-        keys: &[&str],
-    ) -> Result<Option<Vec<Vec<Option<String>>>>, QueryError> {
-        let provider = self
-            .tables
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned();
-        let Some(table) = provider
-            .as_ref()
-            .and_then(|p| p.as_any().downcast_ref::<LakeTable>())
-        else {
-            return Ok(None);
-        };
-        let definition = table.definition();
-        let Some(positions) = keys
-            .iter()
-            .map(|k| definition.partition_keys.iter().position(|c| c.name == *k))
-            .collect::<Option<Vec<usize>>>()
-        else {
-            return Ok(None);
-        };
-        let partitions = self.catalog.list_partitions(&definition.name).await?;
-        Ok(Some(
-            partitions
-                .into_iter()
-                .map(|p| positions.iter().map(|i| partition_value(&p, *i)).collect())
-                .collect(),
-        ))
+    pub fn partition_values<'a>(
+        &'a self,
+        name: &'a str,
+        keys: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Option<PartitionValues>, QueryError>> {
+        Box::pin(async move {
+            let provider = self
+                .tables
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(name)
+                .cloned();
+            let Some(table) = provider
+                .as_ref()
+                .and_then(|p| p.as_any().downcast_ref::<LakeTable>())
+            else {
+                return Ok(None);
+            };
+            let definition = table.definition();
+            let Some(positions) = keys
+                .iter()
+                .map(|k| definition.partition_keys.iter().position(|c| c.name == *k))
+                .collect::<Option<Vec<usize>>>()
+            else {
+                return Ok(None);
+            };
+            let partitions = self.catalog.list_partitions(&definition.name).await?;
+            Ok(Some(
+                partitions
+                    .into_iter()
+                    .map(|p| positions.iter().map(|i| partition_value(&p, *i)).collect())
+                    .collect(),
+            ))
+        })
     }
 
     /// The database whose tables queries see (the default schema).

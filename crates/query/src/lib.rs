@@ -17,8 +17,8 @@ mod test_support;
 mod window_topn;
 
 pub use engine::{
-    split_statements, Engine, EngineOptions, Output, CATALOG_NAME, DEFAULT_MEMORY_LIMIT,
-    DEFAULT_TIMEOUT,
+    split_statements, Engine, EngineOptions, Output, PartitionValues, CATALOG_NAME,
+    DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT,
 };
 pub use iceberg::IcebergTable;
 pub use output::{write_output, OutputFormat};

@@ -27,6 +27,7 @@ mod error;
 mod live;
 mod page;
 
+use futures::future::BoxFuture;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -125,34 +126,40 @@ pub struct Server {
 impl Server {
     /// Checks `config` (a token off loopback, limits above zero), starts the live tail (which has its
     /// place at the end of the topic when this returns) and binds the address.
-    pub async fn bind(engine: Arc<Engine>, config: ServeConfig) -> Result<Server, ServeError> {
-        check(&config)?;
-        let live = match config.live.clone() {
-            Some(l) => Some(Arc::new(
-                tokio::task::spawn_blocking(move || {
-                    LiveTail::start(l.bus, l.topic, Duration::from_secs(10))
-                })
-                .await
-                .map_err(|e| ServeError::Config(format!("the live tail did not start: {e}")))?,
-            )),
-            None => None,
-        };
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServeError::Bind {
+    pub fn bind(
+        engine: Arc<Engine>,
+        config: ServeConfig,
+    ) -> BoxFuture<'static, Result<Server, ServeError>> {
+        Box::pin(async move {
+            check(&config)?;
+            let live = match config.live.clone() {
+                Some(l) => Some(Arc::new(
+                    tokio::task::spawn_blocking(move || {
+                        LiveTail::start(l.bus, l.topic, Duration::from_secs(10))
+                    })
+                    .await
+                    .map_err(|e| ServeError::Config(format!("the live tail did not start: {e}")))?,
+                )),
+                None => None,
+            };
+            let listener =
+                tokio::net::TcpListener::bind(config.listen)
+                    .await
+                    .map_err(|source| ServeError::Bind {
+                        addr: config.listen,
+                        source,
+                    })?;
+            let addr = listener.local_addr().map_err(|source| ServeError::Bind {
                 addr: config.listen,
                 source,
             })?;
-        let addr = listener.local_addr().map_err(|source| ServeError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-        Ok(Server {
-            listener,
-            addr,
-            engine,
-            config,
-            live,
+            Ok(Server {
+                listener,
+                addr,
+                engine,
+                config,
+                live,
+            })
         })
     }
 
@@ -162,18 +169,27 @@ impl Server {
     }
 
     /// Answers requests until `shutdown` completes, then finishes the requests under way.
-    pub async fn run(
+    pub fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(), ServeError> {
-        let refresher = tokio::spawn(refresh(self.engine.clone(), self.config.refresh_every));
-        let router = api::router(self.engine, self.config, self.live);
-        let served = axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(ServeError::Serve);
-        refresher.abort();
-        served
+    ) -> BoxFuture<'static, Result<(), ServeError>> {
+        self.serve_until(Box::pin(shutdown))
+    }
+
+    fn serve_until(
+        self,
+        shutdown: BoxFuture<'static, ()>,
+    ) -> BoxFuture<'static, Result<(), ServeError>> {
+        Box::pin(async move {
+            let refresher = tokio::spawn(refresh(self.engine.clone(), self.config.refresh_every));
+            let router = api::router(self.engine, self.config, self.live);
+            let served = axum::serve(self.listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(ServeError::Serve);
+            refresher.abort();
+            served
+        })
     }
 }
 

@@ -23,6 +23,7 @@ mod sink;
 
 pub use compaction::{BackgroundCompaction, CompactionTarget};
 pub use format::FileFormat;
+use futures::future::BoxFuture;
 pub use sink::{
     FlushPolicy, PartitionBy, Sink, SinkConfig, Stats, TableFormat, DEFAULT_MAX_MESSAGE_BYTES,
 };
@@ -30,10 +31,12 @@ pub use ticklake_lake::{Lake, PartitionKey, Partitioning};
 
 /// Opens the catalog the sink registers its tables in, waiting out an outage of it (AWS Glue answering
 /// 5xx or unreachable) as a flush does, so a sink started while the catalog is briefly away carries on.
-pub async fn open_catalog(
-    config: &ticklake_catalog::CatalogConfig,
-) -> Result<std::sync::Arc<dyn ticklake_catalog::Catalog>, SinkError> {
-    patience::patiently("the catalog", || ticklake_catalog::open(config)).await
+pub fn open_catalog<'a>(
+    config: &'a ticklake_catalog::CatalogConfig,
+) -> BoxFuture<'a, Result<std::sync::Arc<dyn ticklake_catalog::Catalog>, SinkError>> {
+    Box::pin(
+        async move { patience::patiently("the catalog", || ticklake_catalog::open(config)).await },
+    )
 }
 
 /// Errors of the sink.
