@@ -10,7 +10,6 @@ use arrow_array::RecordBatch;
 use arrow_schema::Schema as ArrowSchema;
 use iceberg::arrow::{
     arrow_schema_to_schema_auto_assign_ids, arrow_type_to_type, schema_to_arrow_schema,
-    RecordBatchPartitionSplitter,
 };
 use iceberg::spec::{
     DataFileFormat, NullOrder, SortDirection, SortField, SortOrder, TableMetadataRef, Transform,
@@ -641,12 +640,12 @@ pub(crate) async fn write_sorted(
         ),
     );
     let mut writer = FanoutWriter::new(DataFileWriterBuilder::new(rolling));
-    let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(
+    let parts = crate::split::split_by_partition(
+        &batch,
         iceberg_schema.clone(),
         metadata.default_partition_spec().clone(),
     )
     .map_err(&err)?;
-    let parts = splitter.split(&batch).map_err(&err)?;
     drop(batch);
     for (key, part) in parts {
         writer.write(key, part).await.map_err(&err)?;

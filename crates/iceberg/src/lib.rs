@@ -16,6 +16,7 @@ mod config;
 mod fenced;
 mod lake;
 mod raw_catalog;
+mod split;
 
 pub use compact::{CompactOptions, Compacted};
 pub use config::{local_warehouse, IcebergCatalog, IcebergConfig};
