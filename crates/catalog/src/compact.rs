@@ -19,12 +19,12 @@
 //! (and fresh). Path-based readers (a DuckDB glob over the folders) do not know the catalog's
 //! locations: they should read through the catalog (Glue) once a table is compacted.
 
-use futures::future::BoxFuture;
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
 use arrow::array::RecordBatch;
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use serde::{Deserialize, Serialize};

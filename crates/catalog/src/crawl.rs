@@ -17,10 +17,10 @@
 //!   table: its files are not Hive partitions. It is reported ([`CrawlReport::iceberg`], with its
 //!   newest metadata file) for registration in an Iceberg catalog, and left out of this one.
 
-use futures::future::BoxFuture;
 use std::collections::{BTreeMap, BTreeSet};
 
 use arrow::datatypes::{DataType, Schema};
+use futures::future::BoxFuture;
 use futures::StreamExt;
 use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
 use ticklake_lake::{hive_unescape, FileInfo, Lake};

@@ -6,7 +6,6 @@
 //! (`ticklake.source_name`), and for JSON also as the OpenX SerDe's `mapping.<column>` parameter, so
 //! Athena reads the same field.
 
-use futures::future::BoxFuture;
 use std::collections::{BTreeMap, HashMap};
 
 use aws_sdk_glue::error::DisplayErrorContext;
@@ -15,6 +14,7 @@ use aws_sdk_glue::types::{
     StorageDescriptor, TableInput,
 };
 use aws_sdk_glue::Client;
+use futures::future::BoxFuture;
 
 use crate::{validate_name, Catalog, CatalogError, Column, Partition, StorageFormat, Table};
 

@@ -15,9 +15,10 @@ mod embedded;
 mod glue;
 pub mod table;
 
-use futures::future::BoxFuture;
 use std::path::PathBuf;
 use std::sync::Arc;
+
+use futures::future::BoxFuture;
 
 pub use compact::{compact_hive, HiveCompactOptions, HiveCompacted};
 pub use crawl::{crawl, CrawlOptions, CrawlReport, IcebergFound};

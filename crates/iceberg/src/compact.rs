@@ -13,12 +13,12 @@
 //! Offsets: the replace snapshot records the end of every partition of every topic the table holds
 //! (and says so), so the sink still resumes at the right place after older snapshots are expired.
 
-use futures::future::BoxFuture;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use arrow_array::RecordBatch;
+use futures::future::BoxFuture;
 use iceberg::spec::{
     DataFile, FormatVersion, ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot,
     Summary,

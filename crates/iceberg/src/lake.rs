@@ -1,6 +1,5 @@
 //! The lake's Iceberg tables: where they are cataloged, how a checkpoint is appended.
 
-use futures::future::BoxFuture;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
@@ -8,6 +7,7 @@ use std::sync::Arc;
 use arrow::compute::concat_batches;
 use arrow_array::RecordBatch;
 use arrow_schema::Schema as ArrowSchema;
+use futures::future::BoxFuture;
 use iceberg::arrow::{
     arrow_schema_to_schema_auto_assign_ids, arrow_type_to_type, schema_to_arrow_schema,
 };

@@ -110,7 +110,7 @@ impl Engine {
         database: &'a str,
         options: EngineOptions,
     ) -> BoxFuture<'a, Result<Engine, QueryError>> {
-        Box::pin(async move { Engine::with_iceberg(catalog, None, database, options).await })
+        Engine::with_iceberg(catalog, None, database, options)
     }
 
     /// A session over every table of `catalog` and every Iceberg table of `iceberg` (an Iceberg
@@ -303,7 +303,7 @@ impl Engine {
     /// from the catalog as Athena does; anything that would write or change the lake or the catalog is
     /// refused.
     pub fn execute<'a>(&'a self, sql: &'a str) -> BoxFuture<'a, Result<Output, QueryError>> {
-        Box::pin(async move { self.timed(self.run(sql, None)).await })
+        Box::pin(self.timed(self.run(sql, None)))
     }
 
     /// Runs one statement as [`Engine::execute`] does, but stops once it has `max_rows` rows: the

@@ -27,12 +27,12 @@ mod error;
 mod live;
 mod page;
 
-use futures::future::BoxFuture;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 pub use live::{LiveBar, LiveTail, PUSH_EVERY};
 pub use metrics_exporter_prometheus::PrometheusHandle;
 use ticklake_query::Engine;

@@ -34,9 +34,9 @@ pub use ticklake_lake::{Lake, PartitionKey, Partitioning};
 pub fn open_catalog<'a>(
     config: &'a ticklake_catalog::CatalogConfig,
 ) -> BoxFuture<'a, Result<std::sync::Arc<dyn ticklake_catalog::Catalog>, SinkError>> {
-    Box::pin(
-        async move { patience::patiently("the catalog", || ticklake_catalog::open(config)).await },
-    )
+    Box::pin(patience::patiently("the catalog", move || {
+        ticklake_catalog::open(config)
+    }))
 }
 
 /// Errors of the sink.
