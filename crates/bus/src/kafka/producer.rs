@@ -65,6 +65,10 @@ struct Transactions {
     topic: String,
     /// The producer's settings, to start a new instance after a fatal error.
     config: ClientConfig,
+    /// Whether the transactional id is this producer's own (not one the settings gave). Then no other
+    /// instance can fence it: a "fenced" error comes from the coordinator bumping the epoch of a
+    /// transaction it aborted (a broker restart, a timed-out transaction), and a new instance carries on.
+    own_id: bool,
     producer: ThreadedProducer<DefaultProducerContext>,
     held: HeldMessages,
     /// How long a transaction stays open before it is committed.
@@ -151,6 +155,7 @@ impl KafkaProducer {
         let state = Arc::new(Mutex::new(Transactions {
             topic: topic.to_owned(),
             config,
+            own_id: !settings.iter().any(|(k, _)| k == "transactional.id"),
             producer,
             held: HeldMessages::default(),
             span,
@@ -274,9 +279,11 @@ impl Transactions {
     /// Commits the open transaction and begins the next. When librdkafka says the transaction must be
     /// aborted (messages failed, the coordinator timed it out), aborts it and sends its messages again in
     /// a new one; after a fatal error (librdkafka cannot abort a transaction the coordinator already
-    /// timed out, confluentinc/librdkafka#3297), starts a new producer instance with the same
-    /// transactional id, which aborts the old one's transaction, and sends them again there. Waits out
-    /// brokers that are away for up to [`crate::OUTAGE_PATIENCE`].
+    /// timed out, confluentinc/librdkafka#3297), or when fenced under its own transactional id (the
+    /// coordinator aborted the transaction and bumped the epoch), starts a new producer instance with the
+    /// same transactional id, which aborts the old one's transaction, and sends them again there. Fenced
+    /// under an id the settings gave, it stops: another instance took over. Waits out brokers that are
+    /// away for up to [`crate::OUTAGE_PATIENCE`].
     fn commit(&mut self) -> Result<(), BusError> {
         if self.held.len() == 0 {
             return Ok(());
@@ -292,10 +299,10 @@ impl Transactions {
                 }
                 Err(e) => e,
             };
-            if fenced(&e) || !patience.wait(&e) {
+            if (fenced(&e) && !self.own_id) || !patience.wait(&e) {
                 return Err(undelivered(self.held.len(), &e));
             }
-            if is_fatal(&e) {
+            if is_fatal(&e) || fenced(&e) {
                 self.restart(&mut patience)?;
             } else if requires_abort(&e) {
                 self.abort_and_resend(&mut patience)?;
@@ -308,9 +315,11 @@ impl Transactions {
         loop {
             match self.producer.abort_transaction(CALL_TIMEOUT) {
                 Ok(()) => break,
-                Err(e) if fenced(&e) => return Err(undelivered(self.held.len(), &e)),
+                Err(e) if fenced(&e) && !self.own_id => {
+                    return Err(undelivered(self.held.len(), &e))
+                }
                 Err(e) if !patience.wait(&e) => return Err(undelivered(self.held.len(), &e)),
-                Err(e) if is_fatal(&e) => return self.restart(patience),
+                Err(e) if is_fatal(&e) || fenced(&e) => return self.restart(patience),
                 Err(_) => {}
             }
         }
@@ -357,7 +366,8 @@ fn is_fatal(e: &KafkaError) -> bool {
     transaction_error(e).is_some_and(|t| t.is_fatal())
 }
 
-/// Another producer with the same transactional id took over: this one must stop, not fight it.
+/// The coordinator fenced this instance: another producer with the same transactional id took over (this
+/// one must stop, not fight it), or, under the producer's own id, the coordinator bumped the epoch itself.
 fn fenced(e: &KafkaError) -> bool {
     matches!(
         e.rdkafka_error_code(),
