@@ -106,8 +106,8 @@ impl BatchBuilder {
     }
 
     /// Appends one record.
-    pub fn push(&mut self, r: &Record) {
-        self.symbol.append_value(&r.symbol);
+    pub fn push<S: AsRef<str>>(&mut self, r: &Record<S>) {
+        self.symbol.append_value(r.symbol.as_ref());
         self.ts.append_value(r.ts);
         for (b, v) in self
             .prices

@@ -89,6 +89,12 @@ pub const MAX_EXTRA_COLUMNS: usize = 256;
 
 /// Decodes one JSON message into a [`Record`].
 pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+    decode_borrowed(bytes).map(Record::into_owned)
+}
+
+/// Decodes one JSON message into a [`Record`] whose symbol borrows `bytes` where it can (a symbol
+/// without escapes): the same checks as [`decode`], without allocating the symbol.
+pub fn decode_borrowed(bytes: &[u8]) -> Result<Record<Cow<'_, str>>, DecodeError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let result = de
         .deserialize_any(RecordVisitor)
@@ -201,7 +207,7 @@ fn slot_of(core: &str) -> usize {
 struct RecordVisitor;
 
 impl<'de> Visitor<'de> for RecordVisitor {
-    type Value = Result<Record, DecodeError>;
+    type Value = Result<Record<Cow<'de, str>>, DecodeError>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
@@ -282,7 +288,7 @@ fn build<'de>(
     mut canonical: [Slot<'de>; 7],
     alias: [Slot<'de>; 7],
     extra: Vec<(Cow<'de, str>, Scalar<'de>)>,
-) -> Result<Record, DecodeError> {
+) -> Result<Record<Cow<'de, str>>, DecodeError> {
     let mut extras = Vec::with_capacity(extra.len());
     // An alias is the field only when the canonical name is absent; otherwise it is an ordinary column.
     for (i, a) in alias.into_iter().enumerate() {
@@ -322,9 +328,11 @@ fn build<'de>(
     }
     let [symbol, ts, open, high, low, close, volume] = canonical;
     let symbol = match symbol {
-        Some((_, Scalar::Str(s))) => s.into_owned(),
+        Some((_, Scalar::Str(s))) => s,
         // A whole number names an instrument in some feeds (exchange codes): its digits, if exact.
-        Some((_, Scalar::Num(n))) if n.fract() == 0.0 && n.abs() <= MAX_EXACT => format!("{n:.0}"),
+        Some((_, Scalar::Num(n))) if n.fract() == 0.0 && n.abs() <= MAX_EXACT => {
+            Cow::Owned(format!("{n:.0}"))
+        }
         Some((key, v @ (Scalar::Bool(_) | Scalar::Num(_) | Scalar::Nested(_)))) => {
             return Err(bad(
                 &key,
@@ -369,7 +377,7 @@ fn build<'de>(
             reason: "is outside the years 0001-9999".into(),
         });
     }
-    let mut record = Record::new(symbol, ts);
+    let mut record = Record::with_symbol(symbol, ts);
     record.open = number(open)?;
     record.high = number(high)?;
     record.low = number(low)?;
@@ -481,6 +489,24 @@ mod tests {
         r.extra.push((Arc::from("halted"), Value::Bool(false)));
         r.ts += 123_456;
         assert_eq!(decode(&encode_to_vec(&r)).unwrap(), r);
+    }
+
+    #[test]
+    fn a_borrowed_decode_is_the_same_record_without_copying_a_plain_symbol() {
+        let plain = encode_to_vec(&sample());
+        let r = decode_borrowed(&plain).unwrap();
+        assert!(matches!(r.symbol, Cow::Borrowed("HSI")));
+        assert_eq!(r.into_owned(), sample());
+        // An escaped symbol, or a number naming one, is made into a string of its own.
+        let escaped = br#"{"symbol":"H\u0053I","ts":0}"#;
+        let r = decode_borrowed(escaped).unwrap();
+        assert!(matches!(&r.symbol, Cow::Owned(s) if s == "HSI"));
+        let numeric = decode_borrowed(br#"{"symbol":700,"ts":0}"#).unwrap();
+        assert_eq!(numeric.symbol, "700");
+        assert_eq!(
+            decode_borrowed(br#"{"symbol":"","ts":0}"#).unwrap_err(),
+            decode(br#"{"symbol":"","ts":0}"#).unwrap_err()
+        );
     }
 
     #[test]

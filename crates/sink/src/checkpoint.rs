@@ -6,6 +6,7 @@
 //! (the decoder's rules, the column types of the table, the size limit), so a record accepted into a
 //! checkpoint can always be written.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
@@ -122,16 +123,25 @@ const PARALLEL_DECODE_MIN: usize = 4096;
 /// Decodes every message of a batch into a record or the reason it is a dead letter, on up to one
 /// thread per core: JSON decoding is most of a sink's work. (Routing stays on one thread, in offset
 /// order.)
-fn decode_all(batch: &[Message], max_message_bytes: usize) -> Vec<Result<Record, String>> {
-    let one = |m: &Message| match &m.payload {
-        None => Err("the message has no value".to_owned()),
-        Some(p) if p.len() > max_message_bytes => Err(format!(
-            "the message is {} bytes, more than the {max_message_bytes} a record may have \
-             (--max-message-bytes)",
-            p.len()
-        )),
-        Some(p) => json::decode(p).map_err(|e| e.to_string()),
-    };
+///
+/// The records borrow their symbols from the messages: a record costs no allocation of its own, and
+/// none is freed on the sink's thread that another thread made.
+fn decode_all(
+    batch: &[Message],
+    max_message_bytes: usize,
+) -> Vec<Result<Record<Cow<'_, str>>, String>> {
+    fn decode_one(m: &Message, max_message_bytes: usize) -> Result<Record<Cow<'_, str>>, String> {
+        match &m.payload {
+            None => Err("the message has no value".to_owned()),
+            Some(p) if p.len() > max_message_bytes => Err(format!(
+                "the message is {} bytes, more than the {max_message_bytes} a record may have \
+                 (--max-message-bytes)",
+                p.len()
+            )),
+            Some(p) => json::decode_borrowed(p).map_err(|e| e.to_string()),
+        }
+    }
+    let one = |m| decode_one(m, max_message_bytes);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
     if threads < 2 || batch.len() < PARALLEL_DECODE_MIN {
         return batch.iter().map(one).collect();
@@ -317,7 +327,10 @@ impl Checkpoint {
             return;
         }
         let decoded = decode_all(&batch, rules.max_message_bytes);
-        for (m, decoded) in batch.into_iter().zip(decoded) {
+        // Messages held for the next checkpoint, by index: they are moved out of the batch once the
+        // records borrowing it are gone.
+        let mut hold = Vec::new();
+        for (i, (m, decoded)) in batch.iter().zip(decoded).enumerate() {
             // Only a partition resumed from the ledger may take messages: one the sink has not
             // resumed (its assignment not seen yet, or taken back after a lost claim) is resumed
             // first, and its messages are fetched again from where the ledger says.
@@ -352,7 +365,7 @@ impl Checkpoint {
                 pos.after_seek = None;
             }
             if pos.replay_to.is_some_and(|end| m.offset >= end) {
-                self.held.push(m);
+                hold.push(i);
                 continue;
             }
             let from = pos.from.unwrap_or(m.offset);
@@ -373,17 +386,18 @@ impl Checkpoint {
             match record {
                 Ok(r) => {
                     let path = self.routes.path(&pc.routed_by, &r.symbol, r.ts);
-                    if !pc.groups.contains_key(path) {
-                        pc.bytes += GROUP_OVERHEAD;
-                        self.bytes += GROUP_OVERHEAD;
-                        let group = FileGroup {
-                            first_offset: m.offset,
-                            builder: BatchBuilder::new(),
-                        };
-                        pc.groups.insert(path.to_owned(), group);
-                    }
-                    if let Some(group) = pc.groups.get_mut(path) {
-                        group.builder.push(&r);
+                    match pc.groups.get_mut(path) {
+                        Some(group) => group.builder.push(&r),
+                        None => {
+                            pc.bytes += GROUP_OVERHEAD;
+                            self.bytes += GROUP_OVERHEAD;
+                            let mut group = FileGroup {
+                                first_offset: m.offset,
+                                builder: BatchBuilder::new(),
+                            };
+                            group.builder.push(&r);
+                            pc.groups.insert(path.to_owned(), group);
+                        }
                     }
                     pc.stamps.push(m.timestamp_ms.unwrap_or(r.ts / 1000));
                     pc.records += 1;
@@ -392,7 +406,15 @@ impl Checkpoint {
                 Err(reason) => {
                     pc.dead_first.get_or_insert(m.offset);
                     pc.dead_count += 1;
-                    dead_letter(&mut pc.dead, rules.topic, &m, &reason);
+                    dead_letter(&mut pc.dead, rules.topic, m, &reason);
+                }
+            }
+        }
+        if !hold.is_empty() {
+            let mut hold = hold.into_iter().peekable();
+            for (i, m) in batch.into_iter().enumerate() {
+                if hold.next_if_eq(&i).is_some() {
+                    self.held.push(m);
                 }
             }
         }

@@ -113,7 +113,7 @@ impl ColumnTypes {
 
     /// Converts the record's extra values to their columns' types, deciding the type of columns seen for
     /// the first time. On a value that does not fit, nothing is decided and the reason is returned.
-    pub(crate) fn fit(&mut self, r: &mut Record) -> Result<(), String> {
+    pub(crate) fn fit<S>(&mut self, r: &mut Record<S>) -> Result<(), String> {
         let mut decided: Vec<(Arc<str>, ColumnType)> = Vec::new();
         for (name, v) in r.extra.iter_mut() {
             let known = self
