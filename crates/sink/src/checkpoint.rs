@@ -8,6 +8,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
@@ -117,57 +118,98 @@ impl Routes {
     }
 }
 
-/// Below this many messages a poll's batch is decoded on the sink's thread alone.
-const PARALLEL_DECODE_MIN: usize = 4096;
+/// Messages in a piece of a batch: what one thread decodes at a time.
+const DECODE_PIECE: usize = 1024;
 
-/// Decodes every message of a batch into a record or the reason it is a dead letter, on up to one
-/// thread per core: JSON decoding is most of a sink's work. (Routing stays on one thread, in offset
-/// order.)
-///
-/// The records borrow their symbols from the messages: a record costs no allocation of its own, and
-/// none is freed on the sink's thread that another thread made.
-fn decode_all(
-    batch: &[Message],
+/// The records of a piece of a batch, or the reasons they are dead letters, in offset order.
+type Decoded<'a> = Vec<Result<Record<Cow<'a, str>>, String>>;
+
+/// A message's record, or the reason it is a dead letter. The record borrows its symbol from the
+/// message: it costs no allocation of its own, and none is freed on the sink's thread that another
+/// thread made.
+fn decode_one(m: &Message, max_message_bytes: usize) -> Result<Record<Cow<'_, str>>, String> {
+    match &m.payload {
+        None => Err("the message has no value".to_owned()),
+        Some(p) if p.len() > max_message_bytes => Err(format!(
+            "the message is {} bytes, more than the {max_message_bytes} a record may have \
+             (--max-message-bytes)",
+            p.len()
+        )),
+        Some(p) => json::decode_borrowed(p).map_err(|e| e.to_string()),
+    }
+}
+
+/// Decodes a batch piece by piece and hands the pieces to `route` in offset order, with the index of
+/// each piece's first message. JSON decoding is most of a sink's work, and routing must stay on one
+/// thread in offset order: so helper threads (one per further core) decode the pieces ahead while this
+/// thread routes the earlier ones, and this thread decodes too whenever the next piece is not ready.
+fn decode_in_order<'a>(
+    batch: &'a [Message],
     max_message_bytes: usize,
-) -> Vec<Result<Record<Cow<'_, str>>, String>> {
-    fn decode_one(m: &Message, max_message_bytes: usize) -> Result<Record<Cow<'_, str>>, String> {
-        match &m.payload {
-            None => Err("the message has no value".to_owned()),
-            Some(p) if p.len() > max_message_bytes => Err(format!(
-                "the message is {} bytes, more than the {max_message_bytes} a record may have \
-                 (--max-message-bytes)",
-                p.len()
-            )),
-            Some(p) => json::decode_borrowed(p).map_err(|e| e.to_string()),
+    mut route: impl FnMut(usize, &'a [Message], Decoded<'a>),
+) {
+    let pieces: Vec<&'a [Message]> = batch.chunks(DECODE_PIECE).collect();
+    let decode = move |piece: &'a [Message]| -> Decoded<'a> {
+        piece
+            .iter()
+            .map(|m| decode_one(m, max_message_bytes))
+            .collect()
+    };
+    let helpers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) - 1;
+    if helpers == 0 || pieces.len() < 2 {
+        for (k, piece) in pieces.iter().enumerate() {
+            route(k * DECODE_PIECE, piece, decode(piece));
         }
+        return;
     }
-    let one = |m| decode_one(m, max_message_bytes);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-    if threads < 2 || batch.len() < PARALLEL_DECODE_MIN {
-        return batch.iter().map(one).collect();
-    }
-    let chunk = batch.len().div_ceil(threads);
+    let next = AtomicUsize::new(0);
+    let claim = || {
+        let k = next.fetch_add(1, Ordering::Relaxed);
+        (k < pieces.len()).then_some(k)
+    };
+    let (claim, pieces_ref) = (&claim, &pieces);
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, Decoded<'a>)>();
     std::thread::scope(|s| {
-        let mut parts = batch.chunks(chunk);
-        let first = parts.next().unwrap_or_default();
-        // A part whose thread cannot be started (a thread limit) is decoded here instead.
-        let others: Vec<_> = parts
-            .map(|part| {
-                std::thread::Builder::new()
-                    .name("ticklake-sink-decode".into())
-                    .spawn_scoped(s, move || part.iter().map(one).collect::<Vec<_>>())
-                    .map_err(|_| part)
-            })
-            .collect();
-        let mut out: Vec<_> = first.iter().map(one).collect();
-        for h in others {
-            match h {
-                Ok(h) => out.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))),
-                Err(part) => out.extend(part.iter().map(one)),
-            }
+        for _ in 0..helpers.min(pieces.len() - 1) {
+            let tx = tx.clone();
+            // A helper that cannot be started (a thread limit) leaves its pieces to the others.
+            let _ = std::thread::Builder::new()
+                .name("ticklake-sink-decode".into())
+                .spawn_scoped(s, move || {
+                    while let Some(k) = claim() {
+                        if tx.send((k, decode(pieces_ref[k]))).is_err() {
+                            break;
+                        }
+                    }
+                });
         }
-        out
-    })
+        drop(tx);
+        let mut done: BTreeMap<usize, Decoded<'a>> = BTreeMap::new();
+        for (k, piece) in pieces.iter().enumerate() {
+            let decoded = loop {
+                if let Some(d) = done.remove(&k) {
+                    break d;
+                }
+                if let Ok((j, d)) = rx.try_recv() {
+                    done.insert(j, d);
+                    continue;
+                }
+                match claim() {
+                    Some(j) => {
+                        done.insert(j, decode(pieces[j]));
+                    }
+                    None => match rx.recv() {
+                        Ok((j, d)) => {
+                            done.insert(j, d);
+                        }
+                        // Every helper is gone without it (one panicked; the scope re-raises that).
+                        Err(_) => break decode(piece),
+                    },
+                }
+            };
+            route(k * DECODE_PIECE, piece, decoded);
+        }
+    });
 }
 
 /// Every partition's records since the last commit.
@@ -326,96 +368,109 @@ impl Checkpoint {
         if batch.is_empty() {
             return;
         }
-        let decoded = decode_all(&batch, rules.max_message_bytes);
         // Messages held for the next checkpoint, by index: they are moved out of the batch once the
         // records borrowing it are gone.
         let mut hold = Vec::new();
-        for (i, (m, decoded)) in batch.iter().zip(decoded).enumerate() {
-            // Only a partition resumed from the ledger may take messages: one the sink has not
-            // resumed (its assignment not seen yet, or taken back after a lost claim) is resumed
-            // first, and its messages are fetched again from where the ledger says.
-            let Some(pos) = self.positions.get_mut(&m.partition) else {
-                if !self.assigned.contains(&m.partition) {
-                    self.assigned.push(m.partition);
-                }
-                continue;
-            };
-            let expected = self
-                .parts
-                .get(&m.partition)
-                .map(|pc| pc.next_offset)
-                .or(pos.from);
-            if expected.is_some_and(|e| m.offset < e) {
-                continue;
+        decode_in_order(&batch, rules.max_message_bytes, |first, piece, decoded| {
+            for (i, (m, decoded)) in piece.iter().zip(decoded).enumerate() {
+                self.take(first + i, m, decoded, rules, &mut hold);
             }
-            if let (true, Some(from)) = (pos.resync, pos.from) {
-                if m.offset > from && pos.after_seek != Some(m.offset) {
-                    if !self.reseek.iter().any(|(p, _)| *p == m.partition) {
-                        tracing::debug!(
-                            "partition {}: offset {} came before {from}; moving back",
-                            m.partition,
-                            m.offset
-                        );
-                        pos.after_seek = Some(m.offset);
-                        self.reseek.push((m.partition, from));
-                    }
-                    continue;
-                }
-                pos.resync = false;
-                pos.after_seek = None;
-            }
-            if pos.replay_to.is_some_and(|end| m.offset >= end) {
-                hold.push(i);
-                continue;
-            }
-            let from = pos.from.unwrap_or(m.offset);
-            self.since.get_or_insert_with(Instant::now);
-            let pc = self
-                .parts
-                .entry(m.partition)
-                .or_insert_with(|| PartitionCheckpoint {
-                    from,
-                    routed_by: rules.partitioning.clone(),
-                    ..Default::default()
-                });
-            pc.next_offset = m.offset + 1;
-            let size = m.payload.as_ref().map_or(0, Vec::len);
-            pc.bytes += size;
-            self.bytes += size;
-            let record = decoded.and_then(|mut r| rules.types.fit(&mut r).map(|()| r));
-            match record {
-                Ok(r) => {
-                    let path = self.routes.path(&pc.routed_by, &r.symbol, r.ts);
-                    match pc.groups.get_mut(path) {
-                        Some(group) => group.builder.push(&r),
-                        None => {
-                            pc.bytes += GROUP_OVERHEAD;
-                            self.bytes += GROUP_OVERHEAD;
-                            let mut group = FileGroup {
-                                first_offset: m.offset,
-                                builder: BatchBuilder::new(),
-                            };
-                            group.builder.push(&r);
-                            pc.groups.insert(path.to_owned(), group);
-                        }
-                    }
-                    pc.stamps.push(m.timestamp_ms.unwrap_or(r.ts / 1000));
-                    pc.records += 1;
-                    self.records += 1;
-                }
-                Err(reason) => {
-                    pc.dead_first.get_or_insert(m.offset);
-                    pc.dead_count += 1;
-                    dead_letter(&mut pc.dead, rules.topic, m, &reason);
-                }
-            }
-        }
+        });
         if !hold.is_empty() {
             let mut hold = hold.into_iter().peekable();
             for (i, m) in batch.into_iter().enumerate() {
                 if hold.next_if_eq(&i).is_some() {
                     self.held.push(m);
                 }
+            }
+        }
+    }
+
+    /// Takes in one message (the `i`th of its batch) and its decoded record.
+    fn take(
+        &mut self,
+        i: usize,
+        m: &Message,
+        decoded: Result<Record<Cow<'_, str>>, String>,
+        rules: &mut Rules<'_>,
+        hold: &mut Vec<usize>,
+    ) {
+        // Only a partition resumed from the ledger may take messages: one the sink has not
+        // resumed (its assignment not seen yet, or taken back after a lost claim) is resumed
+        // first, and its messages are fetched again from where the ledger says.
+        let Some(pos) = self.positions.get_mut(&m.partition) else {
+            if !self.assigned.contains(&m.partition) {
+                self.assigned.push(m.partition);
+            }
+            return;
+        };
+        let expected = self
+            .parts
+            .get(&m.partition)
+            .map(|pc| pc.next_offset)
+            .or(pos.from);
+        if expected.is_some_and(|e| m.offset < e) {
+            return;
+        }
+        if let (true, Some(from)) = (pos.resync, pos.from) {
+            if m.offset > from && pos.after_seek != Some(m.offset) {
+                if !self.reseek.iter().any(|(p, _)| *p == m.partition) {
+                    tracing::debug!(
+                        "partition {}: offset {} came before {from}; moving back",
+                        m.partition,
+                        m.offset
+                    );
+                    pos.after_seek = Some(m.offset);
+                    self.reseek.push((m.partition, from));
+                }
+                return;
+            }
+            pos.resync = false;
+            pos.after_seek = None;
+        }
+        if pos.replay_to.is_some_and(|end| m.offset >= end) {
+            hold.push(i);
+            return;
+        }
+        let from = pos.from.unwrap_or(m.offset);
+        self.since.get_or_insert_with(Instant::now);
+        let pc = self
+            .parts
+            .entry(m.partition)
+            .or_insert_with(|| PartitionCheckpoint {
+                from,
+                routed_by: rules.partitioning.clone(),
+                ..Default::default()
+            });
+        pc.next_offset = m.offset + 1;
+        let size = m.payload.as_ref().map_or(0, Vec::len);
+        pc.bytes += size;
+        self.bytes += size;
+        let record = decoded.and_then(|mut r| rules.types.fit(&mut r).map(|()| r));
+        match record {
+            Ok(r) => {
+                let path = self.routes.path(&pc.routed_by, &r.symbol, r.ts);
+                match pc.groups.get_mut(path) {
+                    Some(group) => group.builder.push(&r),
+                    None => {
+                        pc.bytes += GROUP_OVERHEAD;
+                        self.bytes += GROUP_OVERHEAD;
+                        let mut group = FileGroup {
+                            first_offset: m.offset,
+                            builder: BatchBuilder::new(),
+                        };
+                        group.builder.push(&r);
+                        pc.groups.insert(path.to_owned(), group);
+                    }
+                }
+                pc.stamps.push(m.timestamp_ms.unwrap_or(r.ts / 1000));
+                pc.records += 1;
+                self.records += 1;
+            }
+            Err(reason) => {
+                pc.dead_first.get_or_insert(m.offset);
+                pc.dead_count += 1;
+                dead_letter(&mut pc.dead, rules.topic, m, &reason);
             }
         }
     }
@@ -659,6 +714,79 @@ mod tests {
         assert_eq!(dead, plan.dead as usize);
         assert_eq!(rows + dead, n, "every message is a record or a dead letter");
         (rows, dead, reasons)
+    }
+
+    /// The files a checkpoint plans from messages absorbed in the given batches, encoded as JSON lines.
+    fn planned(batches: Vec<Vec<Message>>) -> Vec<(String, Vec<u8>)> {
+        let partitioning = Partitioning::default();
+        let mut types = ColumnTypes::default();
+        let mut cp = Checkpoint::default();
+        for p in 0..3 {
+            cp.positions.insert(p, Position::default());
+        }
+        for batch in batches {
+            cp.absorb(
+                batch,
+                &mut Rules {
+                    topic: "t",
+                    partitioning: &partitioning,
+                    max_message_bytes: 1 << 20,
+                    types: &mut types,
+                },
+            );
+        }
+        let plan = cp
+            .plan("t", "t", &partitioning, FileFormat::Json, &types)
+            .expect("a checkpoint always plans");
+        plan.files
+            .into_iter()
+            .map(|(rel, job)| match job {
+                Job::Data(b) => (rel, encode(&b, FileFormat::Json).unwrap().to_vec()),
+                Job::Raw(b) => (rel, b.to_vec()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_large_batch_decoded_in_pieces_gives_the_files_of_one_message_at_a_time() {
+        // Several pieces (DECODE_PIECE each), decoded on the helper threads and this one: dead letters
+        // among the records, a column whose type the first value decides and later ones must fit.
+        let payloads: Vec<Vec<u8>> = (0..5 * DECODE_PIECE as i64 + 17)
+            .map(|i| match i % 11 {
+                0 => b"not json".to_vec(),
+                5 => format!(r#"{{"symbol":"S{}","ts":{i},"venue":{i}}}"#, i % 4).into_bytes(),
+                7 if i > 3000 => {
+                    format!(r#"{{"symbol":"S{}","ts":{i},"venue":"x"}}"#, i % 4).into_bytes()
+                }
+                _ => format!(
+                    r#"{{"symbol":"S{}","ts":{},"close":{i}.5}}"#,
+                    i % 4,
+                    i * 1_000_000
+                )
+                .into_bytes(),
+            })
+            .collect();
+        let messages = |p: &[Vec<u8>]| -> Vec<Message> {
+            p.iter()
+                .enumerate()
+                .map(|(i, p)| message(i as i64, p.clone()))
+                .collect()
+        };
+        let whole = planned(vec![messages(&payloads)]);
+        let one_by_one = planned(messages(&payloads).into_iter().map(|m| vec![m]).collect());
+        assert_eq!(whole, one_by_one);
+        let lines: usize = whole
+            .iter()
+            .map(|(_, b)| b.split(|c| *c == b'\n').filter(|l| !l.is_empty()).count())
+            .sum();
+        assert_eq!(
+            lines,
+            payloads.len(),
+            "every message is a row or a dead letter"
+        );
+        assert!(whole
+            .iter()
+            .any(|(rel, _)| rel.starts_with("_ticklake/dlq/")));
     }
 
     #[test]
