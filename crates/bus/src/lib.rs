@@ -19,6 +19,8 @@ mod partitioner;
 
 pub use partitioner::murmur2_partition;
 
+use bytes::Bytes;
+
 /// A message read from a topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
@@ -27,9 +29,10 @@ pub struct Message {
     /// Its offset within the partition.
     pub offset: i64,
     /// The key (the symbol, for ticklake's own producer).
-    pub key: Option<Vec<u8>>,
-    /// The value (one JSON record, for ticklake's own producer).
-    pub payload: Option<Vec<u8>>,
+    pub key: Option<Bytes>,
+    /// The value (one JSON record, for ticklake's own producer). The messages of one batch of the
+    /// embedded log share its buffer: a payload is a slice of it, not a copy.
+    pub payload: Option<Bytes>,
     /// The message timestamp, ms since the epoch (ticklake sets it to the record's event time).
     pub timestamp_ms: Option<i64>,
 }

@@ -83,7 +83,7 @@ fn produce(cfg: &BusConfig, topic: &str, keys: &[String], per_key: usize) -> Vec
 }
 
 fn parse(m: &Message) -> (String, usize) {
-    let text = String::from_utf8(m.payload.clone().unwrap()).unwrap();
+    let text = String::from_utf8(m.payload.clone().unwrap().to_vec()).unwrap();
     let (k, seq) = text.split_once(':').unwrap();
     assert_eq!(
         m.key.as_deref(),

@@ -118,7 +118,7 @@ fn kill_9_of_producers_loses_no_acknowledged_record() {
             break;
         }
         for m in batch {
-            let text = String::from_utf8(m.payload.unwrap()).unwrap();
+            let text = String::from_utf8(m.payload.unwrap().to_vec()).unwrap();
             let (run, seq) = text.split_once(':').unwrap();
             let (run, seq): (usize, u64) = (run.parse().unwrap(), seq.parse().unwrap());
             assert_eq!(seq, next_seq[run], "run {run}: no gap, no repeat");
@@ -205,7 +205,7 @@ fn a_consumer_reads_while_another_process_produces() {
             }
             idle = 0;
             for m in batch {
-                let text = String::from_utf8(m.payload.unwrap()).unwrap();
+                let text = String::from_utf8(m.payload.unwrap().to_vec()).unwrap();
                 let seq: u64 = text.split_once(':').unwrap().1.parse().unwrap();
                 assert_eq!(seq, next, "in order, no gap, while being written");
                 next += 1;

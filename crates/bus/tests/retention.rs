@@ -54,7 +54,7 @@ fn read_all(cfg: &BusConfig) -> Vec<Message> {
 
 fn payloads(ms: &[Message]) -> Vec<String> {
     ms.iter()
-        .map(|m| String::from_utf8(m.payload.clone().unwrap()).unwrap())
+        .map(|m| String::from_utf8(m.payload.clone().unwrap().to_vec()).unwrap())
         .collect()
 }
 

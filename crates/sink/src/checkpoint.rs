@@ -443,7 +443,7 @@ impl Checkpoint {
                 ..Default::default()
             });
         pc.next_offset = m.offset + 1;
-        let size = m.payload.as_ref().map_or(0, Vec::len);
+        let size = m.payload.as_ref().map_or(0, Bytes::len);
         pc.bytes += size;
         self.bytes += size;
         let record = decoded.and_then(|mut r| rules.types.fit(&mut r).map(|()| r));
@@ -656,8 +656,8 @@ mod tests {
         Message {
             partition: (offset % 3) as i32,
             offset,
-            key: Some(b"k".to_vec()),
-            payload: Some(payload),
+            key: Some(Bytes::from_static(b"k")),
+            payload: Some(payload.into()),
             timestamp_ms: Some(0),
         }
     }
@@ -812,7 +812,7 @@ mod tests {
                 partition: 0,
                 offset: 10 + i as i64,
                 key: None,
-                payload: Some(p.clone().into_bytes()),
+                payload: Some(p.clone().into()),
                 timestamp_ms: Some(0),
             })
             .collect();
@@ -864,7 +864,7 @@ mod tests {
                 partition: 0,
                 offset: 0,
                 key: None,
-                payload: Some(payloads[0].clone().into_bytes()),
+                payload: Some(payloads[0].clone().into()),
                 timestamp_ms: Some(0),
             }],
             &mut Rules {

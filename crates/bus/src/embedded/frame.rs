@@ -2,6 +2,8 @@
 
 use std::collections::VecDeque;
 
+use bytes::Bytes;
+
 use crate::Message;
 
 /// Appends one record's frame to a batch being built.
@@ -21,34 +23,39 @@ pub(super) fn decode_batch(
     skip_below: i64,
     out: &mut VecDeque<Message>,
 ) -> Result<(), String> {
-    let raw = lz4_flex::decompress_size_prepended(blob).map_err(|e| e.to_string())?;
+    // The messages' keys and payloads are slices of the decompressed batch.
+    let raw = Bytes::from(lz4_flex::decompress_size_prepended(blob).map_err(|e| e.to_string())?);
     // A frame is at least 16 bytes; ticklake's own messages are about 200.
     out.reserve(raw.len() / 192);
     let mut at = 0usize;
     let mut offset = base;
-    let take = |at: &mut usize, n: usize| -> Result<&[u8], String> {
-        let s = raw.get(*at..*at + n).ok_or_else(|| {
-            format!("batch at offset {base} of partition {partition} is truncated")
-        })?;
-        *at += n;
+    let take = |at: &mut usize, n: usize| -> Result<Bytes, String> {
+        let end = at
+            .checked_add(n)
+            .filter(|end| *end <= raw.len())
+            .ok_or_else(|| {
+                format!("batch at offset {base} of partition {partition} is truncated")
+            })?;
+        let s = raw.slice(*at..end);
+        *at = end;
         Ok(s)
     };
     while at < raw.len() {
-        let ts = i64::from_le_bytes(take(&mut at, 8)?.try_into().unwrap_or_default());
-        let klen = i32::from_le_bytes(take(&mut at, 4)?.try_into().unwrap_or_default());
+        let ts = i64::from_le_bytes(take(&mut at, 8)?[..].try_into().unwrap_or_default());
+        let klen = i32::from_le_bytes(take(&mut at, 4)?[..].try_into().unwrap_or_default());
         let key = if klen >= 0 {
-            Some(take(&mut at, klen as usize)?.to_vec())
+            Some(take(&mut at, klen as usize)?)
         } else {
             None
         };
-        let vlen = u32::from_le_bytes(take(&mut at, 4)?.try_into().unwrap_or_default());
+        let vlen = u32::from_le_bytes(take(&mut at, 4)?[..].try_into().unwrap_or_default());
         let value = take(&mut at, vlen as usize)?;
         if offset >= skip_below {
             out.push_back(Message {
                 partition,
                 offset,
                 key,
-                payload: Some(value.to_vec()),
+                payload: Some(value),
                 timestamp_ms: Some(ts),
             });
         }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -176,8 +177,8 @@ impl Consumer for KafkaConsumer {
                     out.push(Message {
                         partition: m.partition(),
                         offset: m.offset(),
-                        key: m.key().map(<[u8]>::to_vec),
-                        payload: m.payload().map(<[u8]>::to_vec),
+                        key: m.key().map(Bytes::copy_from_slice),
+                        payload: m.payload().map(Bytes::copy_from_slice),
                         timestamp_ms: m.timestamp().to_millis(),
                     });
                 }
