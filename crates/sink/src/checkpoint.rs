@@ -373,7 +373,7 @@ impl Checkpoint {
         let mut hold = Vec::new();
         decode_in_order(&batch, rules.max_message_bytes, |first, piece, decoded| {
             for (i, (m, decoded)) in piece.iter().zip(decoded).enumerate() {
-                self.take(first + i, m, decoded, rules, &mut hold);
+                self.absorb_one(first + i, m, decoded, rules, &mut hold);
             }
         });
         if !hold.is_empty() {
@@ -387,7 +387,7 @@ impl Checkpoint {
     }
 
     /// Takes in one message (the `i`th of its batch) and its decoded record.
-    fn take(
+    fn absorb_one(
         &mut self,
         i: usize,
         m: &Message,
@@ -666,26 +666,13 @@ mod tests {
     /// Returns (records in data files, dead letters) and checks every file encodes.
     fn through(payloads: Vec<Vec<u8>>, format: FileFormat) -> (usize, usize, Vec<String>) {
         let partitioning = Partitioning::default();
-        let mut types = ColumnTypes::default();
-        let mut cp = Checkpoint::default();
-        for p in 0..3 {
-            cp.positions.insert(p, Position::default());
-        }
         let n = payloads.len();
         let batch = payloads
             .into_iter()
             .enumerate()
             .map(|(i, p)| message(i as i64, p))
             .collect();
-        cp.absorb(
-            batch,
-            &mut Rules {
-                topic: "t",
-                partitioning: &partitioning,
-                max_message_bytes: 1 << 20,
-                types: &mut types,
-            },
-        );
+        let (cp, types) = absorbed(vec![batch], &partitioning);
         let plan = cp
             .plan("t", "t", &partitioning, format, &types)
             .expect("a checkpoint always plans");
@@ -716,9 +703,11 @@ mod tests {
         (rows, dead, reasons)
     }
 
-    /// The files a checkpoint plans from messages absorbed in the given batches, encoded as JSON lines.
-    fn planned(batches: Vec<Vec<Message>>) -> Vec<(String, Vec<u8>)> {
-        let partitioning = Partitioning::default();
+    /// A checkpoint of partitions 0-2 that has absorbed the given batches, and the column types decided.
+    fn absorbed(
+        batches: Vec<Vec<Message>>,
+        partitioning: &Partitioning,
+    ) -> (Checkpoint, ColumnTypes) {
         let mut types = ColumnTypes::default();
         let mut cp = Checkpoint::default();
         for p in 0..3 {
@@ -729,12 +718,19 @@ mod tests {
                 batch,
                 &mut Rules {
                     topic: "t",
-                    partitioning: &partitioning,
+                    partitioning,
                     max_message_bytes: 1 << 20,
                     types: &mut types,
                 },
             );
         }
+        (cp, types)
+    }
+
+    /// The files a checkpoint plans from messages absorbed in the given batches, encoded as JSON lines.
+    fn planned(batches: Vec<Vec<Message>>) -> Vec<(String, Vec<u8>)> {
+        let partitioning = Partitioning::default();
+        let (cp, types) = absorbed(batches, &partitioning);
         let plan = cp
             .plan("t", "t", &partitioning, FileFormat::Json, &types)
             .expect("a checkpoint always plans");
