@@ -142,25 +142,41 @@ pub fn parse_timestamp(text: &str) -> Option<i64> {
     })
 }
 
+thread_local! {
+    /// The whole second [`write_rfc3339`] wrote last, and its text. A feed's records come in runs of
+    /// one time (every symbol's bar of a minute), so most records reuse it instead of converting the
+    /// time to a calendar date again (that was a twentieth of the producer's time).
+    static LAST_SECOND: std::cell::Cell<(i64, [u8; 19])> =
+        const { std::cell::Cell::new((i64::MIN, [0; 19])) };
+}
+
 /// Appends `micros` as RFC 3339 in UTC: `2024-01-02T14:30:00Z`, with `.ffffff` only when the sub-second
 /// part is not zero.
 pub fn write_rfc3339(micros: i64, out: &mut Vec<u8>) {
-    let Some(dt) = DateTime::from_timestamp_micros(micros) else {
-        out.extend_from_slice(micros.to_string().as_bytes());
-        return;
+    let second = micros.div_euclid(MICROS_PER_SEC);
+    let (last, text) = LAST_SECOND.get();
+    let buf = if last == second {
+        text
+    } else {
+        let Some(dt) = DateTime::from_timestamp_micros(micros) else {
+            out.extend_from_slice(micros.to_string().as_bytes());
+            return;
+        };
+        let year = dt.year();
+        if !(0..=9999).contains(&year) {
+            out.extend_from_slice(dt.to_rfc3339().as_bytes());
+            return;
+        }
+        let mut buf = *b"0000-00-00T00:00:00";
+        put(&mut buf[0..4], year as u32);
+        put(&mut buf[5..7], dt.month());
+        put(&mut buf[8..10], dt.day());
+        put(&mut buf[11..13], dt.hour());
+        put(&mut buf[14..16], dt.minute());
+        put(&mut buf[17..19], dt.second());
+        LAST_SECOND.set((second, buf));
+        buf
     };
-    let year = dt.year();
-    if !(0..=9999).contains(&year) {
-        out.extend_from_slice(dt.to_rfc3339().as_bytes());
-        return;
-    }
-    let mut buf = *b"0000-00-00T00:00:00";
-    put(&mut buf[0..4], year as u32);
-    put(&mut buf[5..7], dt.month());
-    put(&mut buf[8..10], dt.day());
-    put(&mut buf[11..13], dt.hour());
-    put(&mut buf[14..16], dt.minute());
-    put(&mut buf[17..19], dt.second());
     out.extend_from_slice(&buf);
     let sub = micros.rem_euclid(MICROS_PER_SEC) as u32;
     if sub != 0 {
@@ -267,5 +283,34 @@ mod tests {
         }
         assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(format_rfc3339(1), "1970-01-01T00:00:00.000001Z");
+    }
+
+    #[test]
+    fn the_last_second_reused_gives_chronos_text() {
+        // Runs of one second, its sub-seconds, the second before the epoch, a time past the years
+        // written as digits, and back again: every text is chrono's, whichever came before it.
+        let base = 1_700_000_000 * MICROS_PER_SEC;
+        for micros in [
+            base,
+            base,
+            base + 999_999,
+            base + MICROS_PER_SEC,
+            base,
+            -1,
+            -MICROS_PER_SEC,
+            -MICROS_PER_SEC - 1,
+            0,
+            MAX_TS,
+            MAX_TS + 1,
+            MAX_TS,
+        ] {
+            let dt = DateTime::from_timestamp_micros(micros).unwrap();
+            let chrono = if in_supported_range(micros) {
+                dt.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+            } else {
+                dt.to_rfc3339()
+            };
+            assert_eq!(format_rfc3339(micros), chrono, "{micros}");
+        }
     }
 }
