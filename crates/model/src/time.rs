@@ -145,7 +145,7 @@ pub fn parse_timestamp(text: &str) -> Option<i64> {
 thread_local! {
     /// The whole second [`write_rfc3339`] wrote last, and its text. A feed's records come in runs of
     /// one time (every symbol's bar of a minute), so most records reuse it instead of converting the
-    /// time to a calendar date again (that was a twentieth of the producer's time).
+    /// time to a calendar date again (that was 7% of the producer's samples).
     static LAST_SECOND: std::cell::Cell<(i64, [u8; 19])> =
         const { std::cell::Cell::new((i64::MIN, [0; 19])) };
 }
