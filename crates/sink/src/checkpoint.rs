@@ -9,6 +9,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::LazyLock;
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
@@ -139,6 +140,11 @@ fn decode_one(m: &Message, max_message_bytes: usize) -> Result<Record<Cow<'_, st
     }
 }
 
+/// Helper threads that decode beside the sink's: one per further core, up to 3. Counted once: finding
+/// the cores reads the process's cgroup files, too much to do for every batch.
+static DECODE_HELPERS: LazyLock<usize> =
+    LazyLock::new(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) - 1);
+
 /// Decodes a batch piece by piece and hands the pieces to `route` in offset order, with the index of
 /// each piece's first message. JSON decoding is most of a sink's work, and routing must stay on one
 /// thread in offset order: so helper threads (one per further core) decode the pieces ahead while this
@@ -155,7 +161,7 @@ fn decode_in_order<'a>(
             .map(|m| decode_one(m, max_message_bytes))
             .collect()
     };
-    let helpers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) - 1;
+    let helpers = *DECODE_HELPERS;
     if helpers == 0 || pieces.len() < 2 {
         for (k, piece) in pieces.iter().enumerate() {
             route(k * DECODE_PIECE, piece, decode(piece));
