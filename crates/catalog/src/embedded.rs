@@ -219,6 +219,35 @@ impl Catalog for EmbeddedCatalog {
         Ok(out)
     }
 
+    async fn get_partitions(
+        &self,
+        table: &str,
+        values: &[Vec<String>],
+    ) -> Result<Vec<Partition>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT location FROM partitions
+                 WHERE database = ?1 AND table_name = ?2 AND part_values = ?3",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for v in values {
+            let key = serde_json::to_string(v).map_err(|e| self.err(e))?;
+            let location: Option<String> = stmt
+                .query_row(params![self.database, table, key], |r| r.get(0))
+                .optional()
+                .map_err(|e| self.err(e))?;
+            if let Some(location) = location {
+                out.push(Partition {
+                    values: v.clone(),
+                    location,
+                });
+            }
+        }
+        Ok(out)
+    }
+
     async fn drop_partitions(
         &self,
         table: &str,

@@ -22,6 +22,7 @@ const SOURCE_NAME: &str = "ticklake.source_name";
 /// Glue's limits per batch call.
 const CREATE_BATCH: usize = 100;
 const DELETE_BATCH: usize = 25;
+const GET_BATCH: usize = 1000;
 
 /// A Glue database seen through the Glue API.
 #[derive(Debug)]
@@ -423,6 +424,61 @@ impl Catalog for GlueCatalog {
             }
         }
         out.sort();
+        Ok(out)
+    }
+
+    async fn get_partitions(
+        &self,
+        table: &str,
+        values: &[Vec<String>],
+    ) -> Result<Vec<Partition>, CatalogError> {
+        let mut out = Vec::new();
+        for chunk in values.chunks(GET_BATCH) {
+            let mut wanted = chunk
+                .iter()
+                .map(|v| {
+                    PartitionValueList::builder()
+                        .set_values(Some(v.clone()))
+                        .build()
+                        .map_err(|e| glue_err("BatchGetPartition", e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            // Glue may leave keys unprocessed (throttling): ask for those again.
+            for _ in 0..10 {
+                if wanted.is_empty() {
+                    break;
+                }
+                let got = self
+                    .client
+                    .batch_get_partition()
+                    .database_name(&self.database)
+                    .table_name(table)
+                    .set_partitions_to_get(Some(std::mem::take(&mut wanted)))
+                    .send()
+                    .await
+                    .map_err(|e| glue_err("BatchGetPartition", e))?;
+                out.extend(got.partitions().iter().map(|p| {
+                    Partition {
+                        values: p.values().to_vec(),
+                        location: p
+                            .storage_descriptor()
+                            .and_then(|s| s.location())
+                            .unwrap_or_default()
+                            .to_owned(),
+                    }
+                }));
+                wanted = got.unprocessed_keys().to_vec();
+            }
+            if !wanted.is_empty() {
+                return Err(CatalogError::Glue {
+                    operation: "BatchGetPartition",
+                    message: format!(
+                        "{} partitions of table {table} were left unprocessed ten times in a row",
+                        wanted.len()
+                    ),
+                });
+            }
+        }
         Ok(out)
     }
 

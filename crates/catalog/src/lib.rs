@@ -89,6 +89,15 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// Every partition of a table, sorted by values.
     async fn list_partitions(&self, table: &str) -> Result<Vec<Partition>, CatalogError>;
 
+    /// The partitions of a table with these values, as the catalog has them now (values that are not
+    /// registered are left out; any order). The sink reads its partitions' locations with it after
+    /// each flush, to find those a compaction has switched to merged files.
+    async fn get_partitions(
+        &self,
+        table: &str,
+        values: &[Vec<String>],
+    ) -> Result<Vec<Partition>, CatalogError>;
+
     /// Removes partitions (given by their values) from the catalog; the files stay.
     async fn drop_partitions(
         &self,

@@ -252,6 +252,28 @@ impl Lake {
         }
     }
 
+    /// Copies the file `from` to `to` (both inside the lake), replacing any file named `to`, whole and
+    /// atomically. Local: a hard link (no bytes copied; the lake's files are never changed in place,
+    /// only replaced), renamed into place and made durable; S3: a server-side copy.
+    pub async fn copy(&self, from: &str, to: &str) -> Result<(), LakeError> {
+        match self {
+            Lake::Local { root } => {
+                let (from, to) = (root.join(from), root.join(to));
+                on_blocking_pool(root, move || link_local(&from, &to)).await
+            }
+            Lake::Object { store, prefix, url } => {
+                let (from_key, to_key) = (Self::key(prefix, from)?, Self::key(prefix, to)?);
+                store
+                    .copy(&from_key, &to_key)
+                    .await
+                    .map_err(|e| LakeError::Storage {
+                        location: format!("{url}/{from} -> {url}/{to}"),
+                        message: e.to_string(),
+                    })
+            }
+        }
+    }
+
     /// Deletes a file; a file that is not there is not an error.
     pub async fn delete(&self, rel: &str) -> Result<(), LakeError> {
         match self {
@@ -415,9 +437,10 @@ async fn on_blocking_pool<T: Send + 'static>(
         })?
 }
 
-/// Writes `data` to a hidden temporary file beside `path` (creating and syncing the folders on the way:
-/// a new folder is durable only once its parent is fsynced too) and fsyncs it. Returns its name.
-fn write_temp(path: &Path, data: &[u8]) -> std::io::Result<PathBuf> {
+/// Creates the folder of `path` and those missing on the way, syncing each new folder's parent (a new
+/// folder is durable only once its parent is fsynced too); returns a hidden temporary name beside
+/// `path`, unique in this process.
+fn temp_beside(path: &Path) -> std::io::Result<PathBuf> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut missing = Vec::new();
     let mut d = Some(dir);
@@ -437,7 +460,13 @@ fn write_temp(path: &Path, data: &[u8]) -> std::io::Result<PathBuf> {
         .unwrap_or_default();
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = dir.join(format!(".{name}.tmp-{}-{seq}", std::process::id()));
+    Ok(dir.join(format!(".{name}.tmp-{}-{seq}", std::process::id())))
+}
+
+/// Writes `data` to a hidden temporary file beside `path` (see [`temp_beside`]) and fsyncs it.
+/// Returns its name.
+fn write_temp(path: &Path, data: &[u8]) -> std::io::Result<PathBuf> {
+    let tmp = temp_beside(path)?;
     let written = File::create(&tmp).and_then(|mut f| {
         f.write_all(data)?;
         f.sync_all()
@@ -459,6 +488,23 @@ fn write_local(path: &Path, data: &[u8]) -> Result<(), LakeError> {
     let tmp = write_temp(path, data).map_err(err)?;
     fs::rename(&tmp, path).map_err(err)?;
     // Make the rename itself durable.
+    File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+    Ok(())
+}
+
+fn link_local(from: &Path, to: &Path) -> Result<(), LakeError> {
+    let err = |e: std::io::Error| LakeError::Storage {
+        location: format!("{} -> {}", from.display(), to.display()),
+        message: e.to_string(),
+    };
+    // A link cannot replace a name: link to a temporary name, then rename over `to`.
+    let tmp = temp_beside(to).map_err(err)?;
+    fs::hard_link(from, &tmp).map_err(err)?;
+    if let Err(e) = fs::rename(&tmp, to) {
+        let _ = fs::remove_file(&tmp);
+        return Err(err(e));
+    }
+    let dir = to.parent().unwrap_or(Path::new("."));
     File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
     Ok(())
 }
@@ -485,6 +531,47 @@ fn create_local(path: &Path, data: &[u8]) -> Result<bool, LakeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn copy_replaces_the_target_whole_and_keeps_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        lake.put("t/a/f.parquet", Bytes::from_static(b"one"))
+            .await
+            .unwrap();
+        lake.copy("t/a/f.parquet", "t/_compacted/a/g/f.parquet")
+            .await
+            .unwrap();
+        assert_eq!(
+            &lake.get("t/_compacted/a/g/f.parquet").await.unwrap()[..],
+            b"one"
+        );
+        // Replacing the source afterwards (a replay rewrites a file) leaves the copy as it was.
+        lake.put("t/a/f.parquet", Bytes::from_static(b"two"))
+            .await
+            .unwrap();
+        assert_eq!(
+            &lake.get("t/_compacted/a/g/f.parquet").await.unwrap()[..],
+            b"one"
+        );
+        lake.copy("t/a/f.parquet", "t/_compacted/a/g/f.parquet")
+            .await
+            .unwrap();
+        assert_eq!(
+            &lake.get("t/_compacted/a/g/f.parquet").await.unwrap()[..],
+            b"two"
+        );
+        assert_eq!(&lake.get("t/a/f.parquet").await.unwrap()[..], b"two");
+        // No temporary file is left beside the copy, and a missing source is an error.
+        assert_eq!(
+            lake.list("t/_compacted/a/g").await.unwrap(),
+            vec!["t/_compacted/a/g/f.parquet".to_owned()]
+        );
+        assert!(lake
+            .copy("t/a/missing.parquet", "t/b/x.parquet")
+            .await
+            .is_err());
+    }
 
     #[tokio::test]
     async fn put_if_absent_lets_exactly_one_writer_create_a_file() {
