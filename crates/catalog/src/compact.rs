@@ -2,22 +2,25 @@
 //! `symbol, ts`, in a new folder, and the partition switched to it in the catalog in one step.
 //!
 //! Readers go through the catalog, so a query sees either the partition's old files or the merged
-//! ones, never both and never neither. The layout:
+//! ones, never both. The layout:
 //!
 //! * the sink writes into the partition's own folder, `<table>/date=…/symbol=…/`;
-//! * a compaction writes `<table>/_compacted/date=…/symbol=…/<generation>/part-NNNNN.parquet` and a
-//!   `_sources.json` naming every file of the own folder it holds (with its time), then points the
-//!   partition there (a compare-and-set on the old location);
-//! * files arriving in the own folder later (late records) are merged, with the current generation,
-//!   into the next generation at the next compaction; files named in `_sources.json` are never merged
-//!   twice (a sink that replays its last range writes the same names again);
+//! * a compaction writes `<table>/_compacted/date=…/symbol=…/<generation>/part-<ms>-NNNNN.parquet`
+//!   (the small files merged, sorted), the files it does not merge (large ones, and those younger than
+//!   [`HiveCompactOptions::older_than`]) as they are (a hard link, or an S3 server-side copy), and a
+//!   `_sources.json` naming every file of the own folder it holds, then points the partition there (a
+//!   compare-and-set on the old location). Files that landed in the own folder meanwhile are copied
+//!   into the generation before the switch, and once more after it;
+//! * a sink that writes into a partition switched to a generation copies its new files into that
+//!   generation before its offsets move ([`CompactedPartitions`]), so a partition being filled can be
+//!   compacted and still shows each file as soon as it is committed;
+//! * files named in `_sources.json` are never merged twice (a sink that replays its last range writes
+//!   the same names again, and does not copy a file the generation holds);
 //! * once a generation has been current for the grace period, the own folder's files it holds and
 //!   the older generations are deleted (a query still reading them has had that long).
 //!
-//! Only "cold" partitions are compacted: those whose newest own file is older than
-//! [`HiveCompactOptions::older_than`], so a partition the sink is filling stays as the sink writes it
-//! (and fresh). Path-based readers (a DuckDB glob over the folders) do not know the catalog's
-//! locations: they should read through the catalog (Glue) once a table is compacted.
+//! Path-based readers (a DuckDB glob over the folders) do not know the catalog's locations: they
+//! should read through the catalog (Glue) once a table is compacted.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
@@ -44,7 +47,7 @@ const SOURCES_FILE: &str = "_sources.json";
 pub struct HiveCompactOptions {
     /// The size merged files aim at.
     pub target_size: u64,
-    /// Partitions whose newest file is younger than this are left alone (the sink is filling them).
+    /// Files younger than this are not merged yet; they go into the new generation as they are.
     pub older_than: Duration,
     /// How long replaced files stay after the switch (queries that listed them may still read them).
     pub grace: Duration,
@@ -54,7 +57,7 @@ impl Default for HiveCompactOptions {
     fn default() -> Self {
         HiveCompactOptions {
             target_size: 128 << 20,
-            older_than: Duration::from_secs(3600),
+            older_than: Duration::ZERO,
             grace: Duration::from_secs(3600),
         }
     }
@@ -75,7 +78,7 @@ pub struct HiveCompacted {
     pub bytes_written: u64,
     /// Rows rewritten.
     pub records: u64,
-    /// Partitions left alone because they were written to recently.
+    /// Partitions whose small files were left as they are because they were written recently.
     pub hot: usize,
     /// Replaced files deleted after their grace period.
     pub files_deleted: usize,
@@ -107,6 +110,19 @@ pub fn compact_hive<'a>(
     table: &'a str,
     options: &'a HiveCompactOptions,
 ) -> BoxFuture<'a, Result<HiveCompacted, CatalogError>> {
+    compact_hive_partitions(lake, catalog, table, None, options)
+}
+
+/// Compacts the partitions of the Hive table `table` with the values `only` (all of them with `None`),
+/// as [`compact_hive`]. A sink's background compaction passes the partitions it wrote to, so a round
+/// costs what the sink wrote, not what the table holds.
+pub fn compact_hive_partitions<'a>(
+    lake: &'a Lake,
+    catalog: &'a dyn Catalog,
+    table: &'a str,
+    only: Option<&'a [Vec<String>]>,
+    options: &'a HiveCompactOptions,
+) -> BoxFuture<'a, Result<HiveCompacted, CatalogError>> {
     Box::pin(async move {
         let def = catalog
             .get_table(table)
@@ -135,7 +151,11 @@ pub fn compact_hive<'a>(
                 ))
             })?;
         let mut done = HiveCompacted::default();
-        for p in catalog.list_partitions(table).await? {
+        let partitions = match only {
+            None => catalog.list_partitions(table).await?,
+            Some(values) => catalog.get_partitions(table, values).await?,
+        };
+        for p in partitions {
             compact_partition(
                 lake, catalog, table, &table_rel, &root, &p, options, &mut done,
             )
@@ -198,17 +218,7 @@ async fn compact_partition(
     };
     let now = now_ms();
     let sources = match &current {
-        Some(g) => match lake.get(&format!("{g}/{SOURCES_FILE}")).await {
-            Ok(bytes) => serde_json::from_slice::<Sources>(&bytes).map_err(|e| {
-                CatalogError::Invalid(format!("{g}/{SOURCES_FILE} is not readable: {e}"))
-            })?,
-            Err(e) => {
-                return Err(CatalogError::Invalid(format!(
-                "table {table}: the compacted partition {g} has no readable {SOURCES_FILE} ({e}); \
-                     it was not written by ticklake compact"
-            )))
-            }
-        },
+        Some(g) => read_sources(lake, table, g).await?,
         None => Sources::default(),
     };
     let own_files = data_files(lake, &own).await?;
@@ -245,54 +255,78 @@ async fn compact_partition(
         }
     }
 
-    let fresh: Vec<&FileInfo> = own_files
-        .iter()
-        .filter(|f| !sources.sources.contains(name_of(f)))
-        .collect();
     let generation_files = match &current {
         Some(g) => data_files(lake, g).await?,
         None => Vec::new(),
     };
-    // Worth it: late files for a compacted partition, or several files (some small) otherwise.
-    let small = |f: &FileInfo| f.size * 4 < options.target_size * 3;
-    let worth = if current.is_some() {
-        !fresh.is_empty()
-    } else {
-        fresh.len() >= 2 && fresh.iter().filter(|f| small(f)).count() >= 2
-    };
-    if !worth {
-        return Ok(());
-    }
-    if fresh
+    // A sink copies the files it writes into the current generation, so they are visible at once;
+    // "fresh" files are the own folder's that are neither merged nor copied (late files written
+    // before a switch the sink did not see, or by a sink that died before its copy).
+    let in_generation: BTreeSet<&str> = generation_files.iter().map(name_of).collect();
+    let fresh: Vec<&FileInfo> = own_files
         .iter()
-        .any(|f| now - f.modified_ms < ms(options.older_than))
-    {
-        done.hot += 1;
+        .filter(|f| {
+            let name = name_of(f);
+            !sources.sources.contains(name) && !in_generation.contains(name)
+        })
+        .collect();
+    let (merge, keep) = choose_merge(
+        generation_files
+            .iter()
+            .chain(fresh.iter().copied())
+            .collect(),
+        now,
+        options,
+    );
+    let worth = merge.len() >= 2 || (current.is_some() && !fresh.is_empty());
+    if !worth {
+        if keep
+            .iter()
+            .any(|f| small(f, options) && now - f.modified_ms < ms(options.older_than))
+        {
+            done.hot += 1;
+        }
         return Ok(());
     }
 
-    let inputs: Vec<&FileInfo> = generation_files
-        .iter()
-        .chain(fresh.iter().copied())
-        .collect();
-    let mut batches = Vec::new();
-    for f in &inputs {
-        let bytes = lake.get(&f.path).await?;
-        batches.extend(read_parquet(bytes, &f.path)?);
-    }
-    let records: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-    let merged = concat_union(&batches).map_err(|e| CatalogError::Invalid(e.to_string()))?;
-    let merged = ticklake_lake::sort_by_symbol_ts(&merged)
-        .map_err(|e| CatalogError::Invalid(e.to_string()))?;
     let generation = format!(
         "{table_rel}/{COMPACTED_FOLDER}/{}/{}",
         own.strip_prefix(&format!("{table_rel}/")).unwrap_or(&own),
         generation_name(now)
     );
-    let bytes_in: u64 = inputs.iter().map(|f| f.size).sum();
-    let written = write_parquet(lake, &generation, &merged, bytes_in, options.target_size).await?;
+    let mut batches = Vec::new();
+    for f in &merge {
+        let bytes = lake.get(&f.path).await?;
+        batches.extend(read_parquet(bytes, &f.path)?);
+    }
+    let records: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+    let bytes_in: u64 = merge.iter().map(|f| f.size).sum();
+    let written = if merge.is_empty() {
+        Vec::new()
+    } else {
+        let merged = concat_union(&batches).map_err(|e| CatalogError::Invalid(e.to_string()))?;
+        let merged = ticklake_lake::sort_by_symbol_ts(&merged)
+            .map_err(|e| CatalogError::Invalid(e.to_string()))?;
+        let stem = format!("part-{now:013}");
+        write_parquet(
+            lake,
+            &generation,
+            &stem,
+            &merged,
+            bytes_in,
+            options.target_size,
+        )
+        .await?
+    };
+    for f in &keep {
+        lake.copy(&f.path, &format!("{generation}/{}", name_of(f)))
+            .await?;
+    }
+    // The own folder's files the new generation holds, merged or as they are, and those its
+    // predecessors held. (Merged parts' names are listed too: they never name an own file.)
     let mut held = sources.sources.clone();
     held.extend(fresh.iter().map(|f| name_of(f).to_owned()));
+    held.extend(merge.iter().map(|f| name_of(f).to_owned()));
     let manifest = Sources {
         created_ms: now,
         sources: held,
@@ -304,28 +338,233 @@ async fn compact_partition(
         })?),
     )
     .await?;
+    let copied: BTreeSet<String> = keep.iter().map(|f| name_of(f).to_owned()).collect();
 
-    // A file that landed in the own folder meanwhile would be hidden by the switch: not now.
-    let again = data_files(lake, &own).await?;
-    let landed = again.iter().any(|f| !manifest.sources.contains(name_of(f)));
-    let switched = !landed
-        && catalog
-            .set_partition_location(table, &p.values, &p.location, &lake.url_of(&generation))
-            .await?;
+    // Files that landed in the own folder meanwhile go into the new generation before the switch.
+    let mut carried = copied.clone();
+    carry_landed(lake, &own, &generation, &manifest, &mut carried).await?;
+    let switched = catalog
+        .set_partition_location(table, &p.values, &p.location, &lake.url_of(&generation))
+        .await?;
     if !switched {
         for f in lake.list_files(&generation).await? {
             lake.delete(&f.path).await?;
         }
-        done.hot += 1;
+        tracing::info!(
+            "table {table}: partition {:?} was switched by another compaction meanwhile; left to it",
+            p.values
+        );
         return Ok(());
     }
+    // A sink that read the old location just before the switch copied its file into the old
+    // generation: carry what landed since the last look too.
+    carry_landed(lake, &own, &generation, &manifest, &mut carried).await?;
     done.partitions += 1;
-    done.files_removed += inputs.len();
+    done.files_removed += merge.len();
     done.files_added += written.len();
     done.bytes_read += bytes_in;
     done.bytes_written += written.iter().sum::<u64>();
     done.records += records;
     Ok(())
+}
+
+/// A partition not written to for this long is merged whole (its small files, whatever their sizes).
+pub const MERGED_WHOLE_AFTER: Duration = Duration::from_secs(3600);
+
+/// Files under this fraction of the target size (1 MiB of 128 MiB) are cheap to rewrite: they are
+/// merged whatever their sizes, also in a partition being written to.
+const TIER_FLOOR: u64 = 128;
+
+/// Whether a file is below three quarters of the target size (so worth merging).
+fn small(f: &FileInfo, options: &HiveCompactOptions) -> bool {
+    f.size * 4 < options.target_size * 3
+}
+
+/// Splits a partition's files into those to merge and those that go into the new generation as they
+/// are: large files, files younger than `older_than`, and, in a partition still being written to,
+/// small files much larger than the smaller ones together. There, the smallest files are merged as
+/// long as the largest of them is under 1 MiB (at the default target) or at most twice the others
+/// together, so each merge beyond 1 MiB at least multiplies a row's file size by 1.5: a partition
+/// that grows all day has its rows rewritten a few times (logarithmically in the target size), not
+/// its growing file at every compaction.
+fn choose_merge<'a>(
+    files: Vec<&'a FileInfo>,
+    now: i64,
+    options: &HiveCompactOptions,
+) -> (Vec<&'a FileInfo>, Vec<&'a FileInfo>) {
+    let cold = files
+        .iter()
+        .all(|f| now - f.modified_ms >= ms(MERGED_WHOLE_AFTER));
+    let (mut merge, mut keep): (Vec<&FileInfo>, Vec<&FileInfo>) = files
+        .into_iter()
+        .partition(|f| small(f, options) && now - f.modified_ms >= ms(options.older_than));
+    if !cold {
+        merge.sort_by_key(|f| (f.size, f.path.clone()));
+        let floor = options.target_size / TIER_FLOOR;
+        let mut sum = 0u64;
+        let mut n = 0;
+        for (i, f) in merge.iter().enumerate() {
+            if i > 0 && f.size <= (2 * sum).max(floor) {
+                n = i + 1;
+            }
+            sum += f.size;
+        }
+        keep.extend(merge.drain(n..));
+    }
+    if merge.len() < 2 {
+        keep.append(&mut merge);
+    }
+    (merge, keep)
+}
+
+/// Copies into `generation` the own folder's files that it neither holds (`manifest`) nor has a copy
+/// of (`carried`, updated).
+async fn carry_landed(
+    lake: &Lake,
+    own: &str,
+    generation: &str,
+    manifest: &Sources,
+    carried: &mut BTreeSet<String>,
+) -> Result<(), CatalogError> {
+    for f in data_files(lake, own).await? {
+        let name = name_of(&f).to_owned();
+        if !manifest.sources.contains(&name) && !carried.contains(&name) {
+            lake.copy(&f.path, &format!("{generation}/{name}")).await?;
+            carried.insert(name);
+        }
+    }
+    Ok(())
+}
+
+/// The writer's half of Hive compaction: a file written into a partition's own folder after a
+/// compaction switched the partition to a generation folder is copied into that generation, so it is
+/// visible as soon as it is written, whether or not the partition is still being filled.
+///
+/// Keeps the generations' `_sources.json` read so far (a generation's never changes).
+#[derive(Debug, Default)]
+pub struct CompactedPartitions {
+    sources: std::collections::HashMap<String, std::sync::Arc<BTreeSet<String>>>,
+}
+
+impl CompactedPartitions {
+    /// How many generations' sources are kept before the cache starts again.
+    const MAX_CACHED: usize = 4096;
+
+    /// Makes the data files `written` visible through the catalog. Each item is a partition as the
+    /// writer registered it (values, and its own folder as location) and the names of the files
+    /// written into that folder. Where the catalog has the partition at a generation that does not
+    /// hold a file (its `_sources.json` does not name it), the file is copied into it; the locations
+    /// are read again after copying until none has moved (a compaction that switches between the
+    /// copy and that read carries the file itself). Returns how many files were copied.
+    pub fn make_visible<'a>(
+        &'a mut self,
+        lake: &'a Lake,
+        catalog: &'a dyn Catalog,
+        table: &'a str,
+        written: &'a [(Partition, Vec<String>)],
+    ) -> BoxFuture<'a, Result<usize, CatalogError>> {
+        Box::pin(async move {
+            let root = lake.url_of("");
+            let rel_of = |url: &str| -> Option<String> {
+                url.strip_prefix(&root)
+                    .map(|r| r.trim_end_matches('/').to_owned())
+            };
+            let mut copies = 0;
+            let mut copied_into: Vec<Option<String>> = vec![None; written.len()];
+            let mut pending: Vec<usize> = (0..written.len()).collect();
+            for _ in 0..MAX_SWITCHES {
+                if pending.is_empty() {
+                    return Ok(copies);
+                }
+                let values: Vec<Vec<String>> = pending
+                    .iter()
+                    .map(|&i| written[i].0.values.clone())
+                    .collect();
+                let at: std::collections::HashMap<Vec<String>, String> = catalog
+                    .get_partitions(table, &values)
+                    .await?
+                    .into_iter()
+                    .map(|p| (p.values, p.location))
+                    .collect();
+                let mut next = Vec::new();
+                for i in pending {
+                    let (own, names) = &written[i];
+                    let Some(location) = at.get(&own.values) else {
+                        continue;
+                    };
+                    let location = location.trim_end_matches('/');
+                    if location == own.location.trim_end_matches('/')
+                        || copied_into[i].as_deref() == Some(location)
+                    {
+                        continue;
+                    }
+                    let (Some(own_rel), Some(generation)) =
+                        (rel_of(&own.location), rel_of(location))
+                    else {
+                        tracing::warn!(
+                            "table {table}: partition {:?} is at {location}, outside the lake; \
+                             its new files stay in {}",
+                            own.values,
+                            own.location
+                        );
+                        continue;
+                    };
+                    let held = self.sources_of(lake, table, &generation).await?;
+                    for name in names.iter().filter(|n| !held.contains(*n)) {
+                        let from = format!("{own_rel}/{name}");
+                        match lake.copy(&from, &format!("{generation}/{name}")).await {
+                            Ok(()) => copies += 1,
+                            // A compaction deletes an own file only once a newer generation holds
+                            // it (this one was read just before that switch).
+                            Err(_) if !lake.exists(&from).await? => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    copied_into[i] = Some(location.to_owned());
+                    next.push(i);
+                }
+                pending = next;
+            }
+            Err(CatalogError::Invalid(format!(
+                "table {table}: {} partitions were switched to new files {MAX_SWITCHES} times while \
+                 a flush made its files visible; is a compaction running in a loop?",
+                pending.len()
+            )))
+        })
+    }
+
+    async fn sources_of(
+        &mut self,
+        lake: &Lake,
+        table: &str,
+        generation: &str,
+    ) -> Result<std::sync::Arc<BTreeSet<String>>, CatalogError> {
+        if let Some(held) = self.sources.get(generation) {
+            return Ok(held.clone());
+        }
+        let held = std::sync::Arc::new(read_sources(lake, table, generation).await?.sources);
+        if self.sources.len() >= Self::MAX_CACHED {
+            self.sources.clear();
+        }
+        self.sources.insert(generation.to_owned(), held.clone());
+        Ok(held)
+    }
+}
+
+/// How many times in a row a flush follows partitions being switched before it gives up.
+const MAX_SWITCHES: usize = 20;
+
+/// A generation's `_sources.json`.
+async fn read_sources(lake: &Lake, table: &str, generation: &str) -> Result<Sources, CatalogError> {
+    match lake.get(&format!("{generation}/{SOURCES_FILE}")).await {
+        Ok(bytes) => serde_json::from_slice::<Sources>(&bytes).map_err(|e| {
+            CatalogError::Invalid(format!("{generation}/{SOURCES_FILE} is not readable: {e}"))
+        }),
+        Err(e) => Err(CatalogError::Invalid(format!(
+            "table {table}: the compacted partition {generation} has no readable {SOURCES_FILE} \
+             ({e}); it was not written by ticklake compact"
+        ))),
+    }
 }
 
 /// A generation's folder name: its creation time (ms, 13 digits), then the time's nanoseconds and the
@@ -345,10 +584,12 @@ fn read_parquet(bytes: Bytes, path: &str) -> Result<Vec<RecordBatch>, CatalogErr
     reader.collect::<Result<Vec<_>, _>>().map_err(|e| bad(&e))
 }
 
-/// Writes the batch as Parquet files of about `target` bytes into `folder`; returns their sizes.
+/// Writes the batch as Parquet files of about `target` bytes into `folder`, named
+/// `<stem>-NNNNN.parquet`; returns their sizes.
 async fn write_parquet(
     lake: &Lake,
     folder: &str,
+    stem: &str,
     batch: &RecordBatch,
     bytes_in: u64,
     target: u64,
@@ -373,7 +614,7 @@ async fn write_parquet(
             .map_err(|e| CatalogError::Invalid(format!("writing {folder}: {e}")))?;
         sizes.push(buffer.len() as u64);
         lake.put(
-            &format!("{folder}/part-{n:05}.parquet"),
+            &format!("{folder}/{stem}-{n:05}.parquet"),
             Bytes::from(buffer),
         )
         .await?;
@@ -389,6 +630,67 @@ async fn write_parquet(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn file(name: &str, size: u64, age_s: i64) -> FileInfo {
+        FileInfo {
+            path: format!("t/d/{name}"),
+            size,
+            modified_ms: 10_000_000 - age_s * 1000,
+        }
+    }
+
+    fn names(files: &[&FileInfo]) -> Vec<String> {
+        let mut n: Vec<String> = files.iter().map(|f| name_of(f).to_owned()).collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn a_growing_partition_merges_its_small_files_in_tiers() {
+        let options = HiveCompactOptions {
+            target_size: 1000,
+            older_than: Duration::from_secs(10),
+            grace: Duration::ZERO,
+        };
+        let now = 10_000_000;
+        // A partition being written to: the new small files are merged; the merged file of 300,
+        // larger than twice their sum (3 x 40), stays; a large file and a young one stay too.
+        let files = [
+            file("a", 40, 60),
+            file("b", 40, 60),
+            file("c", 40, 60),
+            file("part", 300, 60),
+            file("large", 800, 60),
+            file("young", 10, 1),
+        ];
+        let (merge, keep) = choose_merge(files.iter().collect(), now, &options);
+        assert_eq!(names(&merge), ["a", "b", "c"]);
+        assert_eq!(names(&keep), ["large", "part", "young"]);
+        // Once the small ones add up to half of it, the merged file is merged again.
+        let files = [
+            file("a", 50, 60),
+            file("b", 50, 60),
+            file("c", 50, 60),
+            file("part", 300, 60),
+        ];
+        let (merge, keep) = choose_merge(files.iter().collect(), now, &options);
+        assert_eq!(names(&merge), ["a", "b", "c", "part"]);
+        assert!(keep.is_empty());
+        // One small file alone is not merged.
+        let files = [file("a", 5, 60), file("part", 300, 60)];
+        let (merge, keep) = choose_merge(files.iter().collect(), now, &options);
+        assert!(merge.is_empty());
+        assert_eq!(keep.len(), 2);
+        // A partition not written to for an hour is merged whole.
+        let files = [
+            file("a", 5, 4000),
+            file("part", 300, 4000),
+            file("large", 800, 4000),
+        ];
+        let (merge, keep) = choose_merge(files.iter().collect(), now, &options);
+        assert_eq!(names(&merge), ["a", "part"]);
+        assert_eq!(names(&keep), ["large"]);
+    }
 
     #[test]
     fn a_partition_knows_its_own_and_its_generation_folder() {

@@ -20,7 +20,10 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-pub use compact::{compact_hive, HiveCompactOptions, HiveCompacted};
+pub use compact::{
+    compact_hive, compact_hive_partitions, CompactedPartitions, HiveCompactOptions, HiveCompacted,
+    MERGED_WHOLE_AFTER,
+};
 pub use crawl::{crawl, CrawlOptions, CrawlReport, IcebergFound};
 pub use embedded::EmbeddedCatalog;
 pub use glue::GlueCatalog;

@@ -24,11 +24,11 @@ pub struct Args {
     #[arg(long, default_value = "128MiB", value_name = "SIZE")]
     pub target_size: ByteSize,
 
-    /// Only merge files written at least this long ago [default: 0s for Iceberg tables, whose
-    /// commits are atomic; 1h for Hive tables, whose partitions are compacted once the sink has
-    /// stopped writing to them].
-    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
-    pub older_than: Option<Duration>,
+    /// Only merge files written at least this long ago. Partitions a sink is still filling are
+    /// compacted too: Iceberg commits are atomic, and a Hive sink copies the files it writes into a
+    /// partition's current merged folder.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub older_than: Duration,
 
     /// How long the replaced state stays readable: Iceberg snapshots older than this are expired and
     /// the files only they referenced deleted (time travel reaches back this far); a Hive
@@ -73,7 +73,7 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
             .expect("Iceberg tables come from the Iceberg catalog");
         let options = CompactOptions {
             target_size,
-            older_than: args.older_than.unwrap_or(Duration::ZERO),
+            older_than: args.older_than,
             retention: args.retention,
             orphan_age: args.orphan_age,
         };
@@ -117,7 +117,7 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
         }
         let options = HiveCompactOptions {
             target_size,
-            older_than: args.older_than.unwrap_or(Duration::from_secs(3600)),
+            older_than: args.older_than,
             grace: args.retention,
         };
         let started = Instant::now();
@@ -131,7 +131,7 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
         }
         if done.hot > 0 {
             outln!(
-                "table {table} (Hive): {} partitions written to in the last {} left as they are",
+                "table {table} (Hive): {} partitions whose small files were written in the last {} left as they are",
                 done.hot,
                 humantime::format_duration(options.older_than)
             );

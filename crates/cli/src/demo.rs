@@ -243,8 +243,6 @@ fn serve_live(g: &Global, args: &Args) -> Result<()> {
                 LIVE_TOPIC,
                 "--group",
                 "ticklake-demo-live",
-                "--flush-interval",
-                "2s",
             ])
         });
         let served = until_stopped(&["serve", "--topic", LIVE_TOPIC, "--listen", &listen]);

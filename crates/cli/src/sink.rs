@@ -10,7 +10,7 @@ use clap::Args as ClapArgs;
 use indicatif::HumanCount;
 use ticklake_sink::{
     BackgroundCompaction, CompactionTarget, FileFormat, FlushPolicy, Lake, PartitionBy, Sink,
-    SinkConfig, Stats, TableFormat,
+    SinkConfig, Stats, TableFormat, WrittenPartitions,
 };
 
 use crate::options::{runtime, stop_flag, Global};
@@ -49,8 +49,10 @@ pub struct Args {
     pub table_format: TableFormat,
 
     /// Compact the table in the background this often, as `ticklake compact` with its defaults
-    /// (Iceberg: merge small files; Hive: merge the files of partitions not written to for an hour),
-    /// e.g. 10m, so no cron is needed.
+    /// (Iceberg: the table's small files; Hive: the partitions this sink wrote to, also those it is
+    /// still filling), so no cron is needed; 0s turns it off [default: 1m for Hive Parquet tables in
+    /// the embedded catalog; off otherwise: Glue cannot switch a partition atomically, so run one
+    /// compaction per table there, and Iceberg tables are compacted by choice].
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub compact_every: Option<Duration>,
 
@@ -62,9 +64,12 @@ pub struct Args {
     #[arg(long, default_value = "256MiB", value_name = "SIZE")]
     pub flush_bytes: ByteSize,
 
-    /// Flush at least this often, also when the topic goes quiet (how fresh the lake is), e.g. 5s.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    pub flush_interval: Duration,
+    /// Flush at least this often, also when the topic goes quiet (how fresh the lake is) [default:
+    /// 1s where the sink compacts in the background (Hive Parquet tables in the embedded catalog), so
+    /// data is queryable within about a second and files still end up large; 5s otherwise, where
+    /// each flush stays a file per partition (Hive) or a snapshot (Iceberg)].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub flush_interval: Option<Duration>,
 
     /// Dead-letter messages larger than this (a record is a few hundred bytes), e.g. 1MiB.
     #[arg(long, default_value = "1MiB", value_name = "SIZE")]
@@ -80,6 +85,11 @@ pub struct Args {
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
 }
+
+/// How often a sink that compacts by default does.
+const DEFAULT_COMPACT_EVERY: Duration = Duration::from_secs(60);
+/// The flush interval of a sink that compacts (Hive): data queryable within about a second.
+const FRESH_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
     let bus = g.bus()?;
@@ -103,6 +113,23 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
         TableFormat::Iceberg => Some(g.iceberg_config()?),
         TableFormat::Hive => None,
     };
+    // A fresh lake by default where compaction keeps its files large: Hive Parquet tables whose
+    // partitions the catalog switches atomically.
+    let compacts_by_default = args.table_format == TableFormat::Hive
+        && args.format == FileFormat::Parquet
+        && g.catalog == "embedded";
+    let compact_every = match args.compact_every {
+        Some(every) if every.is_zero() => None,
+        Some(every) => Some(every),
+        None if compacts_by_default => Some(DEFAULT_COMPACT_EVERY),
+        None => None,
+    };
+    let flush_interval = args.flush_interval.unwrap_or(match compact_every {
+        Some(_) if args.table_format == TableFormat::Hive => FRESH_FLUSH_INTERVAL,
+        _ => FlushPolicy::default().interval,
+    });
+    let written = (compact_every.is_some() && args.table_format == TableFormat::Hive)
+        .then(WrittenPartitions::default);
     let config = SinkConfig {
         topic: g.topic.clone(),
         group: args.group.clone(),
@@ -112,7 +139,7 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
         flush: FlushPolicy {
             records: args.flush_records,
             bytes: usize::try_from(args.flush_bytes.as_u64()).unwrap_or(usize::MAX),
-            interval: args.flush_interval,
+            interval: flush_interval,
         },
         once: args.once,
         catalog: Some(catalog.clone()),
@@ -120,11 +147,12 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
         dlq_topic: args.dlq_topic.clone(),
         table_format: args.table_format,
         iceberg: iceberg.clone(),
+        written: written.clone(),
     };
     if args.table_format == TableFormat::Iceberg && args.format != FileFormat::Parquet {
         anyhow::bail!("--table-format iceberg writes Parquet data files: drop --format");
     }
-    let compaction = match args.compact_every {
+    let compaction = match compact_every {
         None => None,
         Some(every) => {
             let target = match &iceberg {
@@ -140,6 +168,7 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
                         lake: lake.clone(),
                         catalog: catalog.clone(),
                         options: ticklake_catalog::HiveCompactOptions::default(),
+                        written,
                     }
                 }
             };

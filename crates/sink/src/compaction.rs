@@ -1,12 +1,16 @@
 //! Compaction in the background of a sink (`--compact-every`): a thread that compacts the sink's
-//! table every so often until it is stopped, so no cron job is needed. Failures are logged and the
+//! table (for a Hive table, the partitions the sink wrote to) every so often until it is stopped, so
+//! no cron job is needed. Failures are logged and the
 //! next round tries again; the sink goes on regardless.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ticklake_catalog::{compact_hive, Catalog, HiveCompactOptions};
+use ticklake_catalog::{
+    compact_hive, compact_hive_partitions, Catalog, HiveCompactOptions, MERGED_WHOLE_AFTER,
+};
 use ticklake_iceberg::{CompactOptions, IcebergConfig, IcebergLake};
 use ticklake_lake::Lake;
 
@@ -21,6 +25,8 @@ pub enum CompactionTarget {
         catalog: Arc<dyn Catalog>,
         /// How.
         options: HiveCompactOptions,
+        /// Only the partitions a sink wrote to (all of the table's with `None`).
+        written: Option<WrittenPartitions>,
     },
     /// An Iceberg table of the lake.
     Iceberg {
@@ -29,6 +35,32 @@ pub enum CompactionTarget {
         /// How.
         options: CompactOptions,
     },
+}
+
+/// The partitions of a Hive table a sink wrote to, with when it last did; shared with its background
+/// compaction, whose rounds visit only these. A partition is visited until it has not been written
+/// to for [`MERGED_WHOLE_AFTER`] and two rounds more, so its last round merges it whole.
+#[derive(Debug, Clone, Default)]
+pub struct WrittenPartitions(Arc<Mutex<HashMap<Vec<String>, Instant>>>);
+
+impl WrittenPartitions {
+    /// Notes that the partitions with these values were just written to.
+    pub fn record(&self, partitions: impl IntoIterator<Item = Vec<String>>) {
+        let now = Instant::now();
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for values in partitions {
+            map.insert(values, now);
+        }
+    }
+
+    /// The partitions to visit in a round, dropping those not written to for `keep_for` (this is
+    /// their last round).
+    fn visit(&self, keep_for: Duration) -> Vec<Vec<String>> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let out: Vec<Vec<String>> = map.keys().cloned().collect();
+        map.retain(|_, at| at.elapsed() < keep_for);
+        out
+    }
 }
 
 /// A running background compaction; stopped when dropped.
@@ -70,7 +102,7 @@ impl BackgroundCompaction {
                     }
                     drop(stopped);
                     let started = Instant::now();
-                    match runtime.block_on(round(&target, &table)) {
+                    match runtime.block_on(round(&target, &table, every)) {
                         Ok(Some(what)) => tracing::info!(
                             "compaction of {table}: {what} in {:.1}s",
                             started.elapsed().as_secs_f64()
@@ -108,7 +140,11 @@ impl Drop for BackgroundCompaction {
 }
 
 /// One compaction; what it did, if anything.
-async fn round(target: &CompactionTarget, table: &str) -> Result<Option<String>, String> {
+async fn round(
+    target: &CompactionTarget,
+    table: &str,
+    every: Duration,
+) -> Result<Option<String>, String> {
     match target {
         CompactionTarget::Iceberg { config, options } => {
             let lake = IcebergLake::open(config).await.map_err(|e| e.to_string())?;
@@ -134,6 +170,7 @@ async fn round(target: &CompactionTarget, table: &str) -> Result<Option<String>,
             lake,
             catalog,
             options,
+            written,
         } => {
             if catalog
                 .get_table(table)
@@ -143,9 +180,24 @@ async fn round(target: &CompactionTarget, table: &str) -> Result<Option<String>,
             {
                 return Ok(None);
             }
-            let done = compact_hive(lake, catalog.as_ref(), table, options)
-                .await
-                .map_err(|e| e.to_string())?;
+            let done = match written {
+                None => compact_hive(lake, catalog.as_ref(), table, options).await,
+                Some(written) => {
+                    let partitions = written.visit(MERGED_WHOLE_AFTER + 2 * every);
+                    if partitions.is_empty() {
+                        return Ok(None);
+                    }
+                    compact_hive_partitions(
+                        lake,
+                        catalog.as_ref(),
+                        table,
+                        Some(&partitions),
+                        options,
+                    )
+                    .await
+                }
+            }
+            .map_err(|e| e.to_string())?;
             Ok((done.files_removed > 0 || done.files_deleted > 0).then(|| {
                 format!(
                     "{} files merged into {} in {} partitions, {} replaced files deleted",

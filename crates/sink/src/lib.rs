@@ -21,7 +21,7 @@ mod patience;
 mod register;
 mod sink;
 
-pub use compaction::{BackgroundCompaction, CompactionTarget};
+pub use compaction::{BackgroundCompaction, CompactionTarget, WrittenPartitions};
 pub use format::FileFormat;
 use futures::future::BoxFuture;
 pub use sink::{

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use ticklake_catalog::table::hive_type;
-use ticklake_catalog::{Catalog, Column, Partition, StorageFormat, Table};
+use ticklake_catalog::{Catalog, Column, CompactedPartitions, Partition, StorageFormat, Table};
 use ticklake_lake::{hive_unescape, Lake, Partitioning};
 
 use crate::{FileFormat, SinkError};
@@ -16,6 +16,7 @@ pub(crate) struct Registrar {
     catalog: Arc<dyn Catalog>,
     table: Option<Table>,
     known: HashSet<String>,
+    compacted: CompactedPartitions,
 }
 
 impl Registrar {
@@ -24,6 +25,7 @@ impl Registrar {
             catalog,
             table: None,
             known: HashSet::new(),
+            compacted: CompactedPartitions::default(),
         }
     }
 
@@ -128,13 +130,7 @@ impl Registrar {
         let new: Vec<Partition> = paths
             .iter()
             .filter(|p| !self.known.contains(*p))
-            .map(|p| Partition {
-                values: p
-                    .split('/')
-                    .map(|seg| hive_unescape(seg.split_once('=').map_or(seg, |(_, v)| v)))
-                    .collect(),
-                location: lake.url_of(&format!("{name}/{p}")),
-            })
+            .map(|p| partition(lake, name, p))
             .collect();
         if !keys.is_empty() && !new.is_empty() {
             self.catalog.add_partitions(name, &new).await?;
@@ -142,6 +138,49 @@ impl Registrar {
         self.known.extend(paths.iter().cloned());
         Ok(self.table.insert(table))
     }
+
+    /// Step 3 of the commit protocol, for Parquet tables: the data files `files` ((folder relative to
+    /// the table, file name)) just written into partitions that a compaction has switched to merged
+    /// files are copied there, so they are queryable before the offsets move. Returns how many were
+    /// copied.
+    pub(crate) async fn make_visible(
+        &mut self,
+        lake: &Lake,
+        name: &str,
+        files: &[(String, String)],
+    ) -> Result<usize, SinkError> {
+        let mut by_folder: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for (folder, file) in files.iter().filter(|(folder, _)| !folder.is_empty()) {
+            by_folder.entry(folder).or_default().push(file.clone());
+        }
+        if by_folder.is_empty() {
+            return Ok(0);
+        }
+        let written: Vec<(Partition, Vec<String>)> = by_folder
+            .into_iter()
+            .map(|(folder, names)| (partition(lake, name, folder), names))
+            .collect();
+        Ok(self
+            .compacted
+            .make_visible(lake, self.catalog.as_ref(), name, &written)
+            .await?)
+    }
+}
+
+/// The partition of the folder `path` (relative to the table `name`, e.g.
+/// `date=2024-01-02/symbol=AAPL`), at that folder.
+fn partition(lake: &Lake, name: &str, path: &str) -> Partition {
+    Partition {
+        values: partition_values(path),
+        location: lake.url_of(&format!("{name}/{path}")),
+    }
+}
+
+/// The partition values of the folder `path` (relative to its table).
+pub(crate) fn partition_values(path: &str) -> Vec<String> {
+    path.split('/')
+        .map(|seg| hive_unescape(seg.split_once('=').map_or(seg, |(_, v)| v)))
+        .collect()
 }
 
 /// A table the sink is about to write, as the catalog gets it before it has columns.

@@ -14,6 +14,7 @@ use ticklake_catalog::Catalog;
 
 use crate::checkpoint::{Checkpoint, Job, Plan, Position, Rules};
 use crate::columns::ColumnTypes;
+use crate::compaction::WrittenPartitions;
 use crate::format::{encode, FileFormat};
 use crate::ledger::{Claim, Ledger};
 use crate::patience::Patience;
@@ -72,6 +73,8 @@ pub struct SinkConfig {
     pub table_format: TableFormat,
     /// Where Iceberg tables are and which catalog keeps them (needed with [`TableFormat::Iceberg`]).
     pub iceberg: Option<ticklake_iceberg::IcebergConfig>,
+    /// Where each flush notes the Hive partitions it wrote, for a background compaction of those.
+    pub written: Option<WrittenPartitions>,
 }
 
 /// The partition folders of a Hive table.
@@ -665,14 +668,14 @@ impl Sink {
         let lake = self.lake.clone();
         let format = cfg.format;
         let topic = cfg.topic.clone();
-        let written: Vec<(u64, u64)> = self.runtime.block_on(
+        let written: Vec<(u64, u64, Option<String>)> = self.runtime.block_on(
             futures::stream::iter(jobs)
                 .map(|(rel, job)| {
                     let lake = lake.clone();
                     let topic = topic.clone();
                     async move {
-                        let (rel, bytes, unwritable) = match job {
-                            Job::Raw(b) => (rel, b, 0),
+                        let (rel, bytes, unwritable, data) = match job {
+                            Job::Raw(b) => (rel, b, 0, false),
                             Job::Data(batch) => {
                                 let rows = batch.num_rows() as u64;
                                 let encoded = {
@@ -682,7 +685,7 @@ impl Sink {
                                         .map_err(|e| SinkError::Encode(e.to_string()))?
                                 };
                                 match encoded {
-                                    Ok(bytes) => (rel, bytes, 0),
+                                    Ok(bytes) => (rel, bytes, 0, true),
                                     // Checked at decode time, so this is a bug, not the data: the
                                     // group's records become dead letters instead of a crash loop.
                                     Err(e) => {
@@ -691,7 +694,7 @@ impl Sink {
                                         );
                                         let (dlq, lines) =
                                             unwritable_group(&topic, &rel, &batch, &e);
-                                        (dlq, lines, rows)
+                                        (dlq, lines, rows, false)
                                     }
                                 }
                             }
@@ -704,14 +707,24 @@ impl Sink {
                                 return Err(e);
                             }
                         }
-                        Ok::<(u64, u64), SinkError>((n, unwritable))
+                        Ok::<_, SinkError>((n, unwritable, data.then_some(rel)))
                     }
                 })
                 .buffer_unordered(WRITE_CONCURRENCY)
                 .try_collect(),
         )?;
-        let unwritable: u64 = written.iter().map(|(_, u)| u).sum();
-        let written: Vec<u64> = written.into_iter().map(|(n, _)| n).collect();
+        let unwritable: u64 = written.iter().map(|(_, u, _)| u).sum();
+        // The data files, as (folder relative to the table, name).
+        let table_prefix = format!("{}/", cfg.table);
+        let data_files: Vec<(String, String)> = written
+            .iter()
+            .filter_map(|(.., rel)| rel.as_deref()?.strip_prefix(&table_prefix))
+            .map(|r| match r.rsplit_once('/') {
+                Some((folder, name)) => (folder.to_owned(), name.to_owned()),
+                None => (String::new(), r.to_owned()),
+            })
+            .collect();
+        let written: Vec<u64> = written.into_iter().map(|(n, ..)| n).collect();
         let (records, dead) = (records - unwritable, dead + unwritable);
         // The dead-letter topic gets the dead letters before the offsets move (at least once: a replay
         // after a crash sends them again), keyed by the partition they came from, so they stay in order.
@@ -749,6 +762,22 @@ impl Sink {
                 }
             })?;
             self.types.learn(&table);
+            // A compaction may have switched a partition these files went into to merged files.
+            if cfg.format == FileFormat::Parquet && !layout.keys().is_empty() {
+                self.runtime.block_on(async {
+                    let mut patience = Patience::new("the catalog");
+                    loop {
+                        match registrar.make_visible(lake, &cfg.table, &data_files).await {
+                            Ok(_) => break Ok(()),
+                            Err(e) if patience.wait(&e).await => continue,
+                            Err(e) => break Err(e),
+                        }
+                    }
+                })?;
+                if let Some(written) = &cfg.written {
+                    written.record(folders.iter().map(|f| register::partition_values(f)));
+                }
+            }
         }
         // The ledger now holds the ranges; the consumer group's offsets follow it for lag tools. A
         // failed commit (the group rebalanced meanwhile) loses nothing: the ledger is what counts.
