@@ -91,6 +91,22 @@ struct Sources {
     created_ms: i64,
     /// The names of the own folder's files merged into it (or into its predecessors).
     sources: BTreeSet<String>,
+    /// When the partition first left its own folder (ms; absent in generations written before
+    /// this was kept: their `created_ms` stands in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    own_replaced_ms: Option<i64>,
+    /// The generations this one and its predecessors replaced that are not deleted yet, with when
+    /// each was replaced: one is deleted once it has been replaced for the grace period, while the
+    /// partition goes on being compacted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    replaced: Vec<ReplacedGeneration>,
+}
+
+/// A generation folder (relative to the lake) and when it stopped being the partition's location.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ReplacedGeneration {
+    folder: String,
+    at_ms: i64,
 }
 
 fn now_ms() -> i64 {
@@ -224,35 +240,60 @@ async fn compact_partition(
     let own_files = data_files(lake, &own).await?;
 
     // Replaced files whose grace period is over.
+    let mut replaced = sources.replaced.clone();
+    let mut own_deleted = BTreeSet::new();
     if let Some(g) = &current {
-        if now - sources.created_ms >= ms(options.grace) {
+        let cutoff = now - ms(options.grace);
+        if sources.own_replaced_ms.unwrap_or(sources.created_ms) <= cutoff {
             for f in own_files
                 .iter()
                 .filter(|f| sources.sources.contains(name_of(f)))
             {
                 lake.delete(&f.path).await?;
+                own_deleted.insert(name_of(f).to_owned());
                 done.files_deleted += 1;
             }
-            let generations = format!(
-                "{table_rel}/{COMPACTED_FOLDER}/{}",
-                own.strip_prefix(&format!("{table_rel}/")).unwrap_or(&own)
-            );
-            // Only generations made before the current one: a younger one may be another
+        }
+        let generations = format!(
+            "{table_rel}/{COMPACTED_FOLDER}/{}",
+            own.strip_prefix(&format!("{table_rel}/")).unwrap_or(&own)
+        );
+        let expired: BTreeSet<&str> = replaced
+            .iter()
+            .filter(|r| r.at_ms <= cutoff)
+            .map(|r| r.folder.as_str())
+            .collect();
+        let listed: BTreeSet<&str> = replaced.iter().map(|r| r.folder.as_str()).collect();
+        let mut emptied = BTreeSet::new();
+        for f in lake.list_files(&generations).await? {
+            let Some(folder) = f.path.rsplit_once('/').map(|(folder, _)| folder) else {
+                continue;
+            };
+            if folder == g {
+                continue;
+            }
+            let created = folder
+                .strip_prefix(&format!("{generations}/"))
+                .and_then(|rest| rest.get(..13))
+                .and_then(|t| t.parse::<i64>().ok());
+            // Replaced for the grace period; or, not in the list (written before it was kept, or
+            // by a compaction that died before its switch), made before the current generation
+            // when that has been current for the grace period. A younger one may be another
             // compaction's, about to be switched to.
-            for f in lake.list_files(&generations).await? {
-                let created = f
-                    .path
-                    .strip_prefix(&format!("{generations}/"))
-                    .and_then(|rest| rest.get(..13))
-                    .and_then(|t| t.parse::<i64>().ok());
-                if !f.path.starts_with(&format!("{g}/"))
+            let delete = expired.contains(folder)
+                || (!listed.contains(folder)
                     && created.is_some_and(|c| c < sources.created_ms)
-                {
-                    lake.delete(&f.path).await?;
-                    done.files_deleted += 1;
-                }
+                    && sources.created_ms <= cutoff);
+            if delete {
+                lake.delete(&f.path).await?;
+                emptied.insert(folder.to_owned());
+                done.files_deleted += 1;
             }
         }
+        for folder in &emptied {
+            lake.remove_empty_folder(folder).await?;
+        }
+        replaced.retain(|r| r.at_ms > cutoff);
     }
 
     let generation_files = match &current {
@@ -323,13 +364,36 @@ async fn compact_partition(
             .await?;
     }
     // The own folder's files the new generation holds, merged or as they are, and those its
-    // predecessors held. (Merged parts' names are listed too: they never name an own file.)
+    // predecessors held (not the merged parts: a sink's file names have a `+`, parts none).
     let mut held = sources.sources.clone();
     held.extend(fresh.iter().map(|f| name_of(f).to_owned()));
-    held.extend(merge.iter().map(|f| name_of(f).to_owned()));
+    held.extend(
+        merge
+            .iter()
+            .map(|f| name_of(f))
+            .filter(|name| !is_merged_part(name))
+            .map(str::to_owned),
+    );
+    let in_own: BTreeSet<&str> = own_files
+        .iter()
+        .map(name_of)
+        .filter(|n| !own_deleted.contains(*n))
+        .collect();
+    forget_unrepeatable(&mut held, &in_own);
+    if let Some(g) = &current {
+        replaced.push(ReplacedGeneration {
+            folder: g.clone(),
+            at_ms: now,
+        });
+    }
     let manifest = Sources {
         created_ms: now,
         sources: held,
+        own_replaced_ms: Some(match &current {
+            Some(_) => sources.own_replaced_ms.unwrap_or(sources.created_ms),
+            None => now,
+        }),
+        replaced,
     };
     lake.put(
         &format!("{generation}/{SOURCES_FILE}"),
@@ -350,6 +414,7 @@ async fn compact_partition(
         for f in lake.list_files(&generation).await? {
             lake.delete(&f.path).await?;
         }
+        lake.remove_empty_folder(&generation).await?;
         tracing::info!(
             "table {table}: partition {:?} was switched by another compaction meanwhile; left to it",
             p.values
@@ -567,6 +632,41 @@ async fn read_sources(lake: &Lake, table: &str, generation: &str) -> Result<Sour
     }
 }
 
+/// Drops from `held` the names that no file of the own folder can take again, so `_sources.json` does
+/// not grow for the life of a partition: names no longer in the own folder (`in_own`) whose sink
+/// range is not the last of its Kafka partition here (a name of the same topic and partition with a
+/// higher first offset is held). A sink replays only the last range of each partition (the ledger's
+/// last entry), so only those names can be written again; a writer fenced out before its write drops
+/// it.
+fn forget_unrepeatable(held: &mut BTreeSet<String>, in_own: &BTreeSet<&str>) {
+    // (topic, partition) -> the highest first offset held.
+    let parse = |name: &str| -> Option<(String, i32, i64)> {
+        let stem = name.rsplit_once('.').map_or(name, |(stem, _)| stem);
+        let mut parts = stem.rsplitn(3, '+');
+        let offset = parts.next()?.parse().ok()?;
+        let partition = parts.next()?.parse().ok()?;
+        Some((parts.next()?.to_owned(), partition, offset))
+    };
+    let mut last: std::collections::HashMap<(String, i32), i64> = std::collections::HashMap::new();
+    for (topic, partition, offset) in held.iter().filter_map(|n| parse(n)) {
+        let at = last.entry((topic, partition)).or_insert(offset);
+        *at = (*at).max(offset);
+    }
+    held.retain(|name| {
+        in_own.contains(name.as_str())
+            || match parse(name) {
+                Some((topic, partition, offset)) => last[&(topic, partition)] == offset,
+                None => true,
+            }
+    });
+}
+
+/// Whether a generation's file is one a compaction wrote (`part-…`), not a sink's file
+/// (`<topic>+<partition>+<offset>`: Kafka topic names have no `+`).
+fn is_merged_part(name: &str) -> bool {
+    name.starts_with("part-") && !name.contains('+')
+}
+
 /// A generation's folder name: its creation time (ms, 13 digits), then the time's nanoseconds and the
 /// process (sorted by time, unique).
 fn generation_name(now: i64) -> String {
@@ -690,6 +790,36 @@ mod tests {
         let (merge, keep) = choose_merge(files.iter().collect(), now, &options);
         assert_eq!(names(&merge), ["a", "part"]);
         assert_eq!(names(&keep), ["large"]);
+    }
+
+    #[test]
+    fn held_names_are_forgotten_once_no_file_can_take_them_again() {
+        let mut held: BTreeSet<String> = [
+            "t+0+00000000000000000000.parquet",
+            "t+0+00000000000000000100.parquet",
+            "t+0+00000000000000000200.parquet",
+            "t+1+00000000000000000050.parquet",
+            "other-topic+0+00000000000000000010.parquet",
+            "other-topic+0+00000000000000000020.parquet",
+            "not-a-sink-file.parquet",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        // Still in the own folder: kept whatever its offset.
+        let in_own = BTreeSet::from(["t+0+00000000000000000000.parquet"]);
+        forget_unrepeatable(&mut held, &in_own);
+        let left: Vec<&str> = held.iter().map(String::as_str).collect();
+        assert_eq!(
+            left,
+            [
+                "not-a-sink-file.parquet",
+                "other-topic+0+00000000000000000020.parquet",
+                "t+0+00000000000000000000.parquet",
+                "t+0+00000000000000000200.parquet",
+                "t+1+00000000000000000050.parquet",
+            ]
+        );
     }
 
     #[test]

@@ -478,9 +478,10 @@ fn parquet_files(dir: &Path) -> Vec<String> {
 
 /// Hive compaction on the embedded catalog: each partition's files merged into one sorted file in a
 /// new folder, the partition switched to it, answers unchanged (no row twice, none lost); late
-/// records in a compacted partition are merged by the next compaction; replaced files are deleted
-/// after the grace period; partitions the sink wrote to recently are left alone; `crawl --full`
-/// keeps the compacted partitions.
+/// records in a compacted partition are visible at once (the sink copies them into its merged
+/// folder) and merged by the next compaction; replaced files are deleted after the grace period;
+/// files younger than `--older-than` are left as they are; `crawl --full` keeps the compacted
+/// partitions.
 #[test]
 fn hive_compaction_switches_partitions_to_merged_files() {
     let env = Env::embedded();
@@ -601,4 +602,70 @@ fn hive_compaction_switches_partitions_to_merged_files() {
         query_csv(&env, &[], "SELECT count(*) FROM stock_topic"),
         doubled
     );
+}
+
+/// A partition compacted again and again while a sink goes on writing to it (a new generation every
+/// round, each younger than the grace period): every answer stays exact, and the generations replaced
+/// longer than the grace period ago are deleted (with the sink's own files they hold), although the
+/// current one never gets that old.
+#[test]
+fn hive_compaction_of_a_partition_being_filled_deletes_what_it_replaced() {
+    let env = Env::embedded();
+    let table = env.dir.path().join("lake/stock_topic");
+    let generations = || {
+        let mut folders = std::collections::BTreeSet::new();
+        for f in parquet_files(&table) {
+            if let Some(rest) = f.strip_prefix("_compacted/") {
+                folders.insert(rest.rsplit_once('/').unwrap().0.to_owned());
+            }
+        }
+        folders.len()
+    };
+    let rounds = 8;
+    for round in 1..=rounds {
+        // One symbol (the seed's), one day: every round writes into the same partition.
+        env.ok(&[
+            "-q",
+            "produce",
+            "--simulate",
+            "--symbols",
+            "1",
+            "--count",
+            "1000",
+            "--interval",
+            "1s",
+            "--seed",
+            "5",
+            "--start",
+            &format!("2024-01-02T{round:02}:00:00Z"),
+        ]);
+        env.ok(&["-q", "sink", "--once", "--partition-by", "date,symbol"]);
+        assert_eq!(
+            query_csv(&env, &[], "SELECT count(*) FROM stock_topic"),
+            format!("count(*)\n{}\n", round * 1000),
+            "round {round}, before its compaction"
+        );
+        env.ok(&["compact", "--retention", "3s"]);
+        assert_eq!(
+            query_csv(&env, &[], "SELECT count(*) FROM stock_topic"),
+            format!("count(*)\n{}\n", round * 1000),
+            "round {round}, after its compaction"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1000));
+    }
+    assert_eq!(
+        query_csv(&env, &[], "SELECT count(DISTINCT symbol) FROM stock_topic"),
+        "count(DISTINCT stock_topic.symbol)\n1\n"
+    );
+    let left = generations();
+    assert!(
+        (1..rounds - 2).contains(&left),
+        "{left} generations of {} are left: those replaced over 3 s ago are deleted",
+        rounds - 1
+    );
+    let own = parquet_files(&table)
+        .into_iter()
+        .filter(|f| !f.starts_with("_compacted/"))
+        .count();
+    assert!(own < rounds, "{own} of the sink's {rounds} files are left");
 }

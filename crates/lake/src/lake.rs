@@ -298,6 +298,29 @@ impl Lake {
         }
     }
 
+    /// Removes a folder of the lake if it is empty (local disk; object stores have no folders).
+    pub async fn remove_empty_folder(&self, rel: &str) -> Result<(), LakeError> {
+        match self {
+            Lake::Local { root } => match fs::remove_dir(root.join(rel)) {
+                Ok(()) => Ok(()),
+                // Not empty (a file landed), or already gone.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::DirectoryNotEmpty
+                    ) =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(LakeError::Storage {
+                    location: root.join(rel).display().to_string(),
+                    message: e.to_string(),
+                }),
+            },
+            Lake::Object { .. } => Ok(()),
+        }
+    }
+
     /// True when the file exists.
     pub async fn exists(&self, rel: &str) -> Result<bool, LakeError> {
         match self {
