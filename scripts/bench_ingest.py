@@ -13,7 +13,9 @@ S3 runs use the moto server that AWS_ENDPOINT_URL points at (bucket `bench`, cre
 - **the broker's ceiling**: kcat (librdkafka alone: no JSON, no Arrow, no Parquet) producing the same
   messages into a topic of the same shape (lz4, idempotent, 4 partitions) and consuming them back.
 - **freshness**: a live feed (event time = now) at 1,000, 10,000 and 100,000 records/s for
-  BENCH_FRESHNESS_SECONDS (30) into a running sink with default settings; the sink's record age p50/p99.
+  BENCH_FRESHNESS_SECONDS (90) into a running sink, with its default settings (a flush every second,
+  compaction every minute) and with a 5 s flush and no compaction; the sink's record age p50/p99, and the
+  files a query then reads (those at the partitions' locations in the catalog).
 
 Nothing is reported before it is checked: every lake must hold exactly <records> records of 100 symbols
 with the sum of closes DuckDB reads from the Parquet files of that bus's local Hive lake; kcat must
@@ -26,9 +28,11 @@ import math
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+import urllib.parse
 
 import duckdb
 
@@ -185,10 +189,38 @@ def ceiling(binary, work, records, brokers):
             "ticklake_consume_s": consume_s, "verified": True}
 
 
+def visible_files(lake):
+    """The Parquet files a query of stock_topic reads: those in each partition's location in the embedded
+    catalog (the sink's folder, or the merged folder a compaction switched it to). Returns (count, bytes)."""
+    db = sqlite3.connect(os.path.join(lake, "_ticklake", "catalog.sqlite"))
+    try:
+        locations = [r[0] for r in db.execute(
+            "SELECT location FROM partitions WHERE table_name = 'stock_topic'")]
+    finally:
+        db.close()
+    count, size = 0, 0
+    for location in locations:
+        folder = urllib.parse.unquote(urllib.parse.urlparse(location).path)
+        for name in os.listdir(folder):
+            if name.endswith(".parquet") and not name.startswith(("_", ".")):
+                count += 1
+                size += os.path.getsize(os.path.join(folder, name))
+    return count, size
+
+
+# The sink's settings measured: its defaults (a Hive Parquet table in the embedded catalog: a flush every
+# second, the partitions it wrote compacted every minute), and the previous defaults (5 s, no compaction).
+FRESHNESS_SETTINGS = (
+    ("1s, compaction every 1m (default)", []),
+    ("5s, no compaction", ["--flush-interval", "5s", "--compact-every", "0s"]),
+)
+
+
 def freshness(binary, work, seconds):
     results = []
     for rate in (1_000, 10_000, 100_000):
-        for flush in (None, "1s"):
+        for label, flush_args in FRESHNESS_SETTINGS:
+            flush = flush_args[1] if flush_args else "default"
             d = os.path.join(work, f"fresh-{rate}-{flush}")
             os.makedirs(d)
             count = rate * seconds
@@ -197,7 +229,6 @@ def freshness(binary, work, seconds):
                                          f"{interval_us}us", "--start", "now", "--rate", str(rate), "--count",
                                          str(count)], cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             time.sleep(0.5)
-            flush_args = ["--flush-interval", flush] if flush else []
             sink = subprocess.Popen([binary, "-q", "sink", *flush_args], cwd=d, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)
             if producer.wait() != 0:
@@ -211,12 +242,14 @@ def freshness(binary, work, seconds):
             got, _, _ = lake_totals(binary, d, [], "stock_topic")
             if got != count:
                 sys.exit(f"freshness at {rate}/s: the lake holds {got} of {count} records")
-            r = {"rate": rate, "flush_interval": flush or "5s (default)", "seconds": seconds, "records": count,
-                 "p50_s": float(age.group(1)),
-                 "p99_s": float(age.group(2)), "max_s": float(age.group(3)), "verified": True}
+            files, size = visible_files(os.path.join(d, "lake"))
+            r = {"rate": rate, "flush_interval": label, "default": not flush_args, "seconds": seconds,
+                 "records": count, "p50_s": float(age.group(1)),
+                 "p99_s": float(age.group(2)), "max_s": float(age.group(3)),
+                 "files_read": files, "mean_file_bytes": size // max(files, 1), "verified": True}
             results.append(r)
-            print(f"freshness at {rate:,}/s, flush {r['flush_interval']}: p50 {r['p50_s']}s, p99 {r['p99_s']}s",
-                  flush=True)
+            print(f"freshness at {rate:,}/s, flush {r['flush_interval']}: p50 {r['p50_s']}s, p99 {r['p99_s']}s, "
+                  f"{files} files read by a query", flush=True)
             subprocess.run(["rm", "-rf", d])
     return results
 
@@ -227,7 +260,7 @@ def main():
     broker = ceiling(binary, work, records, brokers)
     subprocess.run(["rm", "-rf", os.path.join(work, "ingest-kafka")])
     e2e = end_to_end(binary, work, records, brokers)
-    fresh = freshness(binary, work, int(os.environ.get("BENCH_FRESHNESS_SECONDS", "30")))
+    fresh = freshness(binary, work, int(os.environ.get("BENCH_FRESHNESS_SECONDS", "90")))
     result = {"machine": os.environ.get("BENCH_MACHINE"), "date": datetime.date.today().isoformat(),
               "records": records, "symbols": SYMBOLS, "partitions": 4, "produce": produced, "sink": runs,
               "ceiling": broker, "end_to_end": e2e, "freshness": fresh}
