@@ -127,7 +127,7 @@ def ingest_section(ingest):
             "| records/s | sink settings | p50 | p99 | max | files read | mean file |",
             "|---:|---|---:|---:|---:|---:|---:|"]
     out += [f"| {f['rate']:,} | {f['flush_interval']} | {f['p50_s']:.2f} s | {f['p99_s']:.2f} s | {f['max_s']:.2f} s "
-            f"| {f.get('files_read', '')} | "
+            f"| {format(f['files_read'], ',') if 'files_read' in f else ''} | "
             f"{format(f['mean_file_bytes'] / 1024, ',.0f') + ' KiB' if 'mean_file_bytes' in f else ''} |"
             for f in ingest["freshness"]]
     return out
