@@ -538,6 +538,103 @@ fn crash_loop_hive_with_compaction() {
     assert_exactly_once(&catalog_records(&env), 400_000);
 }
 
+/// A sink that compacts in the background (its default for a Hive Parquet table in the embedded
+/// catalog, here every second) while a feed streams: its compaction thread merges the partitions it
+/// wrote, also while it fills them, and each file it writes after a switch is copied into the merged
+/// folder. Through the catalog, with no compaction after the sink stops, every record is there once.
+#[test]
+fn a_sink_compacting_in_the_background_keeps_every_record_once() {
+    let env = Env::embedded();
+    let count = 300_000;
+    let mut producer = env.spawn(&[
+        "-q",
+        "produce",
+        "--simulate",
+        "--symbols",
+        "50",
+        "--seed",
+        "9",
+        "--count",
+        &count.to_string(),
+        "--rate",
+        "60000",
+    ]);
+    let sink = start_consuming_sink(
+        &env,
+        &[
+            "-v",
+            "sink",
+            "--flush-interval",
+            "200ms",
+            "--compact-every",
+            "1s",
+        ],
+    );
+    assert!(producer.wait().unwrap().success(), "producer failed");
+    // The sink catches up; a compaction round or two pass meanwhile.
+    let started = Instant::now();
+    loop {
+        let seen = query_count(&env);
+        if seen == count as u64 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{seen} of {count} records visible after 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    terminate(&sink);
+    let out = sink.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    let table = env.dir.path().join("lake").join(env.table());
+    let merged = walk_files(&table.join("_compacted"));
+    assert!(
+        merged.iter().any(|f| f.contains("/part-")),
+        "the sink's compaction merged files: {merged:?}"
+    );
+    assert!(
+        merged
+            .iter()
+            .any(|f| f.rsplit('/').next().unwrap().contains('+')),
+        "files written after a switch went into the merged folders: {merged:?}"
+    );
+    assert_exactly_once(&catalog_records(&env), count);
+}
+
+/// The paths of the files below a folder (none if it does not exist).
+fn walk_files(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p.display().to_string());
+        }
+    }
+    out
+}
+
+/// `count(*)` of the sinks' table through the catalog.
+fn query_count(env: &Env) -> u64 {
+    let out = env.ok(&[
+        "-q",
+        "query",
+        "--format",
+        "csv",
+        &format!("SELECT count(*) FROM {}", env.table()),
+    ]);
+    out.0
+        .lines()
+        .nth(1)
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
 /// An Iceberg table's records, read with the Iceberg library's scan of its current snapshot.
 /// The records of the sinks' table: the Iceberg table's with `--table-format iceberg` in `table`, the
 /// lake's files otherwise.
