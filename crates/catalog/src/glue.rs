@@ -268,6 +268,34 @@ fn from_glue_table(t: &aws_sdk_glue::types::Table) -> Result<Table, CatalogError
     })
 }
 
+/// Glue's value lists of partitions, for its batch calls (`operation` names the call in errors).
+fn value_lists(
+    values: &[Vec<String>],
+    operation: &'static str,
+) -> Result<Vec<PartitionValueList>, CatalogError> {
+    values
+        .iter()
+        .map(|v| {
+            PartitionValueList::builder()
+                .set_values(Some(v.clone()))
+                .build()
+                .map_err(|e| glue_err(operation, e))
+        })
+        .collect()
+}
+
+/// A Glue partition as the catalog's: its values and location.
+fn partition_of(p: &aws_sdk_glue::types::Partition) -> Partition {
+    Partition {
+        values: p.values().to_vec(),
+        location: p
+            .storage_descriptor()
+            .and_then(|s| s.location())
+            .unwrap_or_default()
+            .to_owned(),
+    }
+}
+
 #[async_trait::async_trait]
 impl Catalog for GlueCatalog {
     fn describe(&self) -> String {
@@ -412,16 +440,7 @@ impl Catalog for GlueCatalog {
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| glue_err("GetPartitions", e))?;
-            for p in page.partitions() {
-                out.push(Partition {
-                    values: p.values().to_vec(),
-                    location: p
-                        .storage_descriptor()
-                        .and_then(|s| s.location())
-                        .unwrap_or_default()
-                        .to_owned(),
-                });
-            }
+            out.extend(page.partitions().iter().map(partition_of));
         }
         out.sort();
         Ok(out)
@@ -434,15 +453,7 @@ impl Catalog for GlueCatalog {
     ) -> Result<Vec<Partition>, CatalogError> {
         let mut out = Vec::new();
         for chunk in values.chunks(GET_BATCH) {
-            let mut wanted = chunk
-                .iter()
-                .map(|v| {
-                    PartitionValueList::builder()
-                        .set_values(Some(v.clone()))
-                        .build()
-                        .map_err(|e| glue_err("BatchGetPartition", e))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut wanted = value_lists(chunk, "BatchGetPartition")?;
             // Glue may leave keys unprocessed (throttling): ask for those again.
             for _ in 0..10 {
                 if wanted.is_empty() {
@@ -457,16 +468,7 @@ impl Catalog for GlueCatalog {
                     .send()
                     .await
                     .map_err(|e| glue_err("BatchGetPartition", e))?;
-                out.extend(got.partitions().iter().map(|p| {
-                    Partition {
-                        values: p.values().to_vec(),
-                        location: p
-                            .storage_descriptor()
-                            .and_then(|s| s.location())
-                            .unwrap_or_default()
-                            .to_owned(),
-                    }
-                }));
+                out.extend(got.partitions().iter().map(partition_of));
                 wanted = got.unprocessed_keys().to_vec();
             }
             if !wanted.is_empty() {
@@ -488,15 +490,7 @@ impl Catalog for GlueCatalog {
         values: &[Vec<String>],
     ) -> Result<(), CatalogError> {
         for chunk in values.chunks(DELETE_BATCH) {
-            let list = chunk
-                .iter()
-                .map(|v| {
-                    PartitionValueList::builder()
-                        .set_values(Some(v.clone()))
-                        .build()
-                        .map_err(|e| glue_err("BatchDeletePartition", e))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let list = value_lists(chunk, "BatchDeletePartition")?;
             self.client
                 .batch_delete_partition()
                 .database_name(&self.database)
