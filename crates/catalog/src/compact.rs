@@ -509,6 +509,8 @@ async fn carry_landed(
 #[derive(Debug, Default)]
 pub struct CompactedPartitions {
     sources: std::collections::HashMap<String, std::sync::Arc<BTreeSet<String>>>,
+    /// Locations already warned about (once each, not at every flush).
+    warned: std::collections::HashSet<String>,
 }
 
 impl CompactedPartitions {
@@ -574,7 +576,34 @@ impl CompactedPartitions {
                         );
                         continue;
                     };
-                    let held = self.sources_of(lake, table, &generation).await?;
+                    // Only a compaction's generation is followed: a partition pointed elsewhere
+                    // (by hand, or by another tool) keeps the sink's files in its own folder.
+                    let compacted = format!("{table}/{COMPACTED_FOLDER}/");
+                    if !generation.contains(&compacted) {
+                        if !self.warned.insert(location.to_owned()) {
+                            continue;
+                        }
+                        tracing::warn!(
+                            "table {table}: partition {:?} is at {location}, not a folder of \
+                             ticklake compact; its new files stay in {}",
+                            own.values,
+                            own.location
+                        );
+                        continue;
+                    }
+                    let Some(held) = self.sources_of(lake, &generation).await? else {
+                        if !self.warned.insert(location.to_owned()) {
+                            continue;
+                        }
+                        tracing::warn!(
+                            "table {table}: the merged folder {generation} has no {SOURCES_FILE}; \
+                             the new files of partition {:?} stay in {} until a compaction \
+                             merges them",
+                            own.values,
+                            own.location
+                        );
+                        continue;
+                    };
                     for name in names.iter().filter(|n| !held.contains(*n)) {
                         let from = format!("{own_rel}/{name}");
                         match lake.copy(&from, &format!("{generation}/{name}")).await {
@@ -598,21 +627,28 @@ impl CompactedPartitions {
         })
     }
 
+    /// The names a generation holds; `None` if it has no `_sources.json`.
     async fn sources_of(
         &mut self,
         lake: &Lake,
-        table: &str,
         generation: &str,
-    ) -> Result<std::sync::Arc<BTreeSet<String>>, CatalogError> {
+    ) -> Result<Option<std::sync::Arc<BTreeSet<String>>>, CatalogError> {
         if let Some(held) = self.sources.get(generation) {
-            return Ok(held.clone());
+            return Ok(Some(held.clone()));
         }
-        let held = std::sync::Arc::new(read_sources(lake, table, generation).await?.sources);
+        let path = format!("{generation}/{SOURCES_FILE}");
+        if !lake.exists(&path).await? {
+            return Ok(None);
+        }
+        let bytes = lake.get(&path).await?;
+        let sources = serde_json::from_slice::<Sources>(&bytes)
+            .map_err(|e| CatalogError::Invalid(format!("{path} is not readable: {e}")))?;
+        let held = std::sync::Arc::new(sources.sources);
         if self.sources.len() >= Self::MAX_CACHED {
             self.sources.clear();
         }
         self.sources.insert(generation.to_owned(), held.clone());
-        Ok(held)
+        Ok(Some(held))
     }
 }
 

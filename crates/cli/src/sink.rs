@@ -65,9 +65,10 @@ pub struct Args {
     pub flush_bytes: ByteSize,
 
     /// Flush at least this often, also when the topic goes quiet (how fresh the lake is) [default:
-    /// 1s where the sink compacts in the background (Hive Parquet tables in the embedded catalog), so
-    /// data is queryable within about a second and files still end up large; 5s otherwise, where
-    /// each flush stays a file per partition (Hive) or a snapshot (Iceberg)].
+    /// 1s where the sink compacts a Hive table in the background (by default, Hive Parquet tables in
+    /// the embedded catalog), so data is queryable within about a second and files still end up
+    /// large; 5s otherwise, where each flush stays a file per partition (Hive) or a snapshot
+    /// (Iceberg)].
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub flush_interval: Option<Duration>,
 
