@@ -29,27 +29,29 @@ pub(super) fn decode_batch(
     out.reserve(raw.len() / 192);
     let mut at = 0usize;
     let mut offset = base;
-    let take = |at: &mut usize, n: usize| -> Result<Bytes, String> {
+    // The range of the next `n` bytes. Fixed-size fields are read from it in place; keys and
+    // payloads become slices of `raw` (a reference count, no copy).
+    let take = |at: &mut usize, n: usize| -> Result<std::ops::Range<usize>, String> {
         let end = at
             .checked_add(n)
             .filter(|end| *end <= raw.len())
             .ok_or_else(|| {
                 format!("batch at offset {base} of partition {partition} is truncated")
             })?;
-        let s = raw.slice(*at..end);
+        let range = *at..end;
         *at = end;
-        Ok(s)
+        Ok(range)
     };
     while at < raw.len() {
-        let ts = i64::from_le_bytes(take(&mut at, 8)?[..].try_into().unwrap_or_default());
-        let klen = i32::from_le_bytes(take(&mut at, 4)?[..].try_into().unwrap_or_default());
+        let ts = i64::from_le_bytes(raw[take(&mut at, 8)?].try_into().unwrap_or_default());
+        let klen = i32::from_le_bytes(raw[take(&mut at, 4)?].try_into().unwrap_or_default());
         let key = if klen >= 0 {
-            Some(take(&mut at, klen as usize)?)
+            Some(raw.slice(take(&mut at, klen as usize)?))
         } else {
             None
         };
-        let vlen = u32::from_le_bytes(take(&mut at, 4)?[..].try_into().unwrap_or_default());
-        let value = take(&mut at, vlen as usize)?;
+        let vlen = u32::from_le_bytes(raw[take(&mut at, 4)?].try_into().unwrap_or_default());
+        let value = raw.slice(take(&mut at, vlen as usize)?);
         if offset >= skip_below {
             out.push_back(Message {
                 partition,
