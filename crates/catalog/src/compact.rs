@@ -640,10 +640,7 @@ impl CompactedPartitions {
         if !lake.exists(&path).await? {
             return Ok(None);
         }
-        let bytes = lake.get(&path).await?;
-        let sources = serde_json::from_slice::<Sources>(&bytes)
-            .map_err(|e| CatalogError::Invalid(format!("{path} is not readable: {e}")))?;
-        let held = std::sync::Arc::new(sources.sources);
+        let held = std::sync::Arc::new(parse_sources(&lake.get(&path).await?, generation)?.sources);
         if self.sources.len() >= Self::MAX_CACHED {
             self.sources.clear();
         }
@@ -658,14 +655,19 @@ const MAX_SWITCHES: usize = 20;
 /// A generation's `_sources.json`.
 async fn read_sources(lake: &Lake, table: &str, generation: &str) -> Result<Sources, CatalogError> {
     match lake.get(&format!("{generation}/{SOURCES_FILE}")).await {
-        Ok(bytes) => serde_json::from_slice::<Sources>(&bytes).map_err(|e| {
-            CatalogError::Invalid(format!("{generation}/{SOURCES_FILE} is not readable: {e}"))
-        }),
+        Ok(bytes) => parse_sources(&bytes, generation),
         Err(e) => Err(CatalogError::Invalid(format!(
             "table {table}: the compacted partition {generation} has no readable {SOURCES_FILE} \
              ({e}); it was not written by ticklake compact"
         ))),
     }
+}
+
+/// The contents of `generation`'s `_sources.json`.
+fn parse_sources(bytes: &[u8], generation: &str) -> Result<Sources, CatalogError> {
+    serde_json::from_slice::<Sources>(bytes).map_err(|e| {
+        CatalogError::Invalid(format!("{generation}/{SOURCES_FILE} is not readable: {e}"))
+    })
 }
 
 /// Drops from `held` the names that no file of the own folder can take again, so `_sources.json` does
