@@ -409,6 +409,19 @@ fn bad_queries_end_with_a_clear_error() {
     assert!(!out.status.success());
     assert!(stderr.contains("time limit (2s)"), "{stderr}");
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    // So does one whose joins emit 10^10 rows from the 500 rows they read, without reading more.
+    let started = std::time::Instant::now();
+    let out = env.run(&[
+        "query",
+        "--timeout",
+        "2s",
+        "SELECT sum(a.close * b.close * c.close * d.close * e.close) \
+         FROM stock_topic a, stock_topic b, stock_topic c, stock_topic d, stock_topic e",
+    ]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("time limit (2s)"), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
     // A query that needs more memory than allowed fails and says so.
     let out = env.run(&[
         "query",

@@ -25,6 +25,7 @@ use crate::iceberg::{AsOf, IcebergTable, IcebergTables, Snapshots};
 use crate::provider::{partition_value, LakeTable, Storage};
 use crate::run_aggregate::RunAggregate;
 use crate::window_topn::WindowTopN;
+use crate::yielding::YieldingJoins;
 use crate::QueryError;
 
 /// The catalog name queries see (Athena's is `AwsDataCatalog`); tables are in the schema named after
@@ -144,6 +145,7 @@ impl Engine {
                 .with_default_features()
                 .with_physical_optimizer_rule(Arc::new(WindowTopN))
                 .with_physical_optimizer_rule(Arc::new(RunAggregate::default()))
+                .with_physical_optimizer_rule(Arc::new(YieldingJoins))
                 .build();
             let ctx = SessionContext::new_with_state(state);
             let tables: Tables = Arc::new(RwLock::new(HashMap::new()));

@@ -15,6 +15,7 @@ mod run_aggregate;
 #[cfg(test)]
 mod test_support;
 mod window_topn;
+mod yielding;
 
 pub use engine::{
     split_statements, Engine, EngineOptions, Output, PartitionValues, CATALOG_NAME,
