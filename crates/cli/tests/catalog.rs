@@ -393,6 +393,17 @@ fn glue_catalog_on_moto_matches_the_embedded_catalog() {
             "{at}"
         );
     }
+    // files() names the merged files, by their S3 URLs, and only those.
+    let listed = query_csv(&env, &glue, "SELECT file FROM files('stock_topic')");
+    let listed: Vec<&str> = listed.lines().skip(1).collect();
+    assert_eq!(listed.len(), 4, "{listed:?}");
+    assert!(
+        listed.iter().all(
+            |f| f.starts_with(&format!("{lake}/stock_topic/_compacted/date="))
+                && f.ends_with(".parquet")
+        ),
+        "{listed:?}"
+    );
     for sql in [
         "SELECT symbol, count(*), sum(volume), min(low), max(high) FROM stock_topic GROUP BY symbol ORDER BY symbol",
         // (No vwap: its sums add up in another order over other files.)

@@ -144,6 +144,87 @@ fn answers_match_duckdb_on_the_same_files() {
     assert_pairs_match_duckdb(&env, PAIRS);
 }
 
+/// `files(table)` lists the files a query of the table reads. After compactions (merged folders, late
+/// files copied into them, the sink's own files deleted) DuckDB reading that list answers as ticklake
+/// does; a glob over the sink's folders would find none of the rows at the end.
+#[test]
+fn duckdb_reads_a_compacted_table_through_its_file_list() {
+    let env = Env::embedded();
+    produce_six_symbols(&env, 20_000, "2024-01-02T14:30:00Z");
+    env.ok(&["sink", "--once", "-q", "--flush-records", "4000"]);
+    env.ok(&["compact", "--older-than", "0s", "--retention", "0s"]);
+    // The same records again, late: the sink copies its new files into the merged folders.
+    produce_six_symbols(&env, 20_000, "2024-01-02T14:30:00Z");
+    env.ok(&["sink", "--once", "-q"]);
+    let pairs: &[(&str, &str)] = &[
+        (
+            "SELECT count(*), sum(volume), min(low), max(high) FROM stock_topic",
+            "SELECT count(*), sum(volume), min(low), max(high) FROM t",
+        ),
+        (
+            "SELECT date, symbol, count(*), sum(close) FROM stock_topic GROUP BY 1, 2 ORDER BY 1, 2",
+            "SELECT date, symbol, count(*), sum(close) FROM t GROUP BY 1, 2 ORDER BY 1, 2",
+        ),
+    ];
+    let list = env.dir.path().join("files.txt");
+    let check = |stage: &str| {
+        let files: Vec<String> = query_rows(
+            &env,
+            "SELECT file, bytes FROM files('stock_topic') ORDER BY file",
+        )
+        .into_iter()
+        .map(|row| {
+            let size = std::fs::metadata(&row[0])
+                .unwrap_or_else(|e| panic!("{stage}: {}: {e}", row[0]))
+                .len();
+            assert_eq!(row[1], size.to_string(), "{stage}: {}", row[0]);
+            row[0].clone()
+        })
+        .collect();
+        std::fs::write(&list, files.join("\n")).unwrap();
+        let theirs = reference(
+            &["duckdb", path_str(&list)],
+            &serde_json::to_string(&pairs.iter().map(|p| p.1).collect::<Vec<_>>()).unwrap(),
+            &[],
+        );
+        for (i, (ours_sql, _)) in pairs.iter().enumerate() {
+            let ours = query_rows(&env, ours_sql);
+            assert_same_answers("DuckDB", i, ours_sql, &ours, &theirs[i]);
+        }
+        files
+    };
+    let files = check("late files copied");
+    assert!(files.iter().any(|f| f.contains("/stock_topic/_compacted/")));
+    assert_eq!(
+        query_rows(&env, "SELECT count(*) FROM stock_topic"),
+        [["40000"]]
+    );
+    env.ok(&["compact", "--older-than", "0s", "--retention", "0s"]);
+    env.ok(&["compact", "--older-than", "0s", "--retention", "0s"]);
+    let files = check("compacted again, the sink's files deleted");
+    assert!(
+        files.iter().all(|f| f.contains("/stock_topic/_compacted/")),
+        "{files:?}"
+    );
+
+    // Filters on partition keys list only those partitions.
+    let rows = query_rows(
+        &env,
+        "SELECT DISTINCT date FROM files('stock_topic') WHERE date = '2024-01-03'",
+    );
+    assert_eq!(rows, [["2024-01-03"]]);
+    for (sql, says) in [
+        ("SELECT * FROM files()", "takes one argument"),
+        ("SELECT * FROM files(1)", "takes one argument"),
+        ("SELECT * FROM files('nope')", "no table \"nope\""),
+    ] {
+        let out = env.run(&["query", sql]);
+        let (_, stderr) = text(&out);
+        assert!(!out.status.success(), "{sql}");
+        assert!(stderr.contains(says), "{sql}: {stderr}");
+    }
+}
+
 /// Window queries by symbol and time, for [`windows_use_the_files_order_and_stay_right_when_files_overlap`].
 const WINDOW_PAIRS: &[(&str, &str)] = &[
     (

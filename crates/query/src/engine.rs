@@ -20,6 +20,7 @@ use ticklake_catalog::Catalog;
 use datafusion::catalog::{SchemaProvider, TableProvider};
 use ticklake_iceberg::IcebergLake;
 
+use crate::files::Files;
 use crate::helpers::{vwap_udaf, Ohlcv, Tables};
 use crate::iceberg::{AsOf, IcebergTable, IcebergTables, Snapshots};
 use crate::provider::{partition_value, LakeTable, Storage};
@@ -151,6 +152,12 @@ impl Engine {
             let tables: Tables = Arc::new(RwLock::new(HashMap::new()));
             let iceberg_tables: IcebergTables = Arc::new(RwLock::new(HashMap::new()));
             ctx.register_udaf(vwap_udaf());
+            ctx.register_udtf(
+                "files",
+                Arc::new(Files {
+                    tables: tables.clone(),
+                }),
+            );
             ctx.register_udtf(
                 "ohlcv",
                 Arc::new(Ohlcv {

@@ -1,10 +1,12 @@
 //! SQL over the lake: a DataFusion session whose tables are the catalog's (partitions pruned from the
 //! catalog by `date`/`symbol` filters) and the lake's Iceberg tables (files pruned by their manifests;
 //! time travel with `as_of(…)` and `snapshots(…)`), Athena's `SHOW TABLES`, `DESCRIBE` and `SHOW PARTITIONS`,
-//! market helpers (`ohlcv(...)` bars and the `vwap(...)` aggregate), read-only enforcement, and result
+//! market helpers (`ohlcv(...)` bars and the `vwap(...)` aggregate), `files(...)` (the files a query
+//! of a Hive table reads, for other engines), read-only enforcement, and result
 //! formatting as a table, CSV, JSON lines or Parquet.
 
 mod engine;
+mod files;
 mod handover;
 mod helpers;
 mod iceberg;

@@ -170,6 +170,46 @@ impl LakeTable {
         self.storage.lake.object_path(rel).map_err(ext)
     }
 
+    /// The data files a scan with `filters` reads: those of the partitions whose keys pass the
+    /// filters on partition keys (other filters are left alone), sorted by path.
+    pub(crate) async fn listed_files(
+        &self,
+        state: &dyn Session,
+        filters: &[Expr],
+    ) -> Result<Vec<PartitionedFile>> {
+        let keys = self.table.partition_names();
+        let folders = if keys.is_empty() {
+            vec![(self.storage.lake.object_path("").map_err(ext)?, Vec::new())]
+        } else {
+            let partition_filters: Vec<Expr> = filters
+                .iter()
+                .filter(|f| expr_applicable_for_cols(&keys, f))
+                .cloned()
+                .collect();
+            self.pruned_partitions(state, &partition_filters)
+                .await?
+                .iter()
+                .map(|p| {
+                    let values = (0..keys.len())
+                        .map(|i| ScalarValue::Utf8(partition_value(p, i)))
+                        .collect();
+                    Ok((self.partition_path(p)?, values))
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        self.files(folders).await
+    }
+
+    /// Where other engines find a file this table's store lists: a path on local disk, an
+    /// `s3://bucket/key` URL in S3.
+    pub(crate) fn file_url(&self, path: &ObjectPath) -> String {
+        let base = self.storage.url.as_str();
+        match base.strip_prefix("file://") {
+            Some(_) => format!("/{path}"),
+            None => format!("{}/{path}", base.trim_end_matches('/')),
+        }
+    }
+
     /// Lists the data files of the given folders (hidden `_`/`.` files and empty files left out).
     async fn files(
         &self,
@@ -384,27 +424,7 @@ impl TableProvider for LakeTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let keys = self.table.partition_names();
-        let folders = if keys.is_empty() {
-            vec![(self.storage.lake.object_path("").map_err(ext)?, Vec::new())]
-        } else {
-            let partition_filters: Vec<Expr> = filters
-                .iter()
-                .filter(|f| expr_applicable_for_cols(&keys, f))
-                .cloned()
-                .collect();
-            self.pruned_partitions(state, &partition_filters)
-                .await?
-                .iter()
-                .map(|p| {
-                    let values = (0..keys.len())
-                        .map(|i| ScalarValue::Utf8(partition_value(p, i)))
-                        .collect();
-                    Ok((self.partition_path(p)?, values))
-                })
-                .collect::<Result<Vec<_>>>()?
-        };
-        let files = self.files(folders).await?;
+        let files = self.listed_files(state, filters).await?;
         let projected = match projection {
             Some(p) => Arc::new(self.schema.project(p)?),
             None => self.schema.clone(),

@@ -34,14 +34,21 @@ def cell(v):
     return str(v)
 
 
-def duckdb_answers(glob):
+def duckdb_answers(files):
+    """`files` is a glob, or a file holding one path per line (a list of ticklake's `files(…)`)."""
     import duckdb
 
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    glob = glob.replace("'", "''")
+    if os.path.isfile(files):
+        with open(files) as f:
+            paths = [line.strip() for line in f if line.strip()]
+        con.execute("SET VARIABLE files = ?", [paths])
+        source = "getvariable('files')"
+    else:
+        source = "'" + files.replace("'", "''") + "'"
     con.execute(
-        f"CREATE VIEW t AS SELECT * FROM read_parquet('{glob}', hive_partitioning = true, "
+        f"CREATE VIEW t AS SELECT * FROM read_parquet({source}, hive_partitioning = true, "
         "hive_types = {'date': VARCHAR, 'symbol': VARCHAR})"
     )
     out = []
