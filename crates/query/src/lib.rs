@@ -10,6 +10,7 @@ mod files;
 mod handover;
 mod helpers;
 mod iceberg;
+mod key_runs;
 pub mod market;
 mod output;
 mod provider;

@@ -29,10 +29,8 @@ use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, GenericStringArray, OffsetSizeTrait, RecordBatch};
+use arrow::array::{ArrayRef, RecordBatch};
 use arrow::compute::cast;
-use arrow::compute::kernels::partition::partition;
-use arrow::datatypes::DataType;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::common::{Result, ScalarValue};
 use datafusion::config::ConfigOptions;
@@ -61,6 +59,7 @@ use datafusion::physical_plan::{
 use futures::{StreamExt, TryStreamExt};
 
 use crate::handover::rest_as_plan;
+use crate::key_runs::key_runs;
 
 /// The average run, in rows, below which a partial aggregate hands the rest of its input to the hash
 /// aggregate, judged after its first eight batches. Runs of 60 rows (1-minute bars of 1 s data)
@@ -413,12 +412,7 @@ impl Runs {
             .iter()
             .map(|exprs| evaluate(exprs, batch))
             .collect::<Result<Vec<_>>>()?;
-        let ranges: Vec<std::ops::Range<usize>> = if keys.iter().all(|k| constant(k.as_ref())) {
-            std::iter::once(0..n).collect()
-        } else {
-            partition(&keys)?.ranges()
-        };
-        for range in ranges {
+        for range in key_runs(&keys)? {
             let run_keys = keys
                 .iter()
                 .map(|k| ScalarValue::try_from_array(k, range.start))
@@ -513,36 +507,6 @@ impl Runs {
 }
 
 /// `exprs` over `batch`, as arrays of its length.
-/// Whether every row of `keys` holds the same value, found without comparing row with row for
-/// strings: a batch of a lake table comes from one file, where a partition column such as `symbol`
-/// is one value repeated. Strings of equal length whose bytes repeat with that period are the same
-/// string, which one comparison of the bytes with themselves shifted by a string shows. Other types
-/// (and strings that differ) answer `false`, and the caller looks for the runs row by row.
-fn constant(keys: &dyn Array) -> bool {
-    if keys.null_count() > 0 {
-        return keys.null_count() == keys.len();
-    }
-    match keys.data_type() {
-        DataType::Utf8 => periodic(keys.as_string::<i32>()),
-        DataType::LargeUtf8 => periodic(keys.as_string::<i64>()),
-        _ => false,
-    }
-}
-
-fn periodic<O: OffsetSizeTrait>(strings: &GenericStringArray<O>) -> bool {
-    let offsets = strings.value_offsets();
-    let (Some(first), Some(last)) = (offsets.first(), offsets.last()) else {
-        return true;
-    };
-    let width = offsets.get(1).map_or(O::zero(), |o| *o - *first);
-    if !offsets.windows(2).all(|w| w[1] - w[0] == width) {
-        return false;
-    }
-    let bytes = &strings.value_data()[first.as_usize()..last.as_usize()];
-    let width = width.as_usize();
-    width == 0 || bytes[width..] == bytes[..bytes.len() - width]
-}
-
 fn evaluate(exprs: &[Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
     exprs
         .iter()
@@ -555,34 +519,10 @@ mod tests {
     use super::*;
     use crate::test_support::{run, session};
     use arrow::array::{Float64Array, Int64Array};
-    use arrow::array::{LargeStringArray, StringArray};
-    use arrow::datatypes::{Field, Schema};
+    use arrow::datatypes::{DataType, Field, Schema};
     use arrow::util::pretty::pretty_format_batches;
     use datafusion::datasource::file_format::parquet::ParquetFormat;
     use datafusion::datasource::listing::ListingOptions;
-
-    #[test]
-    fn constant_keys_are_found_without_comparing_rows() {
-        let strings = |v: &[Option<&str>]| Arc::new(StringArray::from(v.to_vec())) as ArrayRef;
-        for (keys, one) in [
-            (strings(&[Some("AAPL"); 5]), true),
-            (strings(&[Some(""); 3]), true),
-            (strings(&[None, None]), true),
-            (strings(&[]), true),
-            (strings(&[Some("AB"), Some("AB"), Some("BA")]), false),
-            (strings(&[Some("ABA"), Some("BAB")]), false),
-            (strings(&[Some("A"), Some("AA")]), false),
-            (strings(&[Some("A"), None]), false),
-            (Arc::new(Int64Array::from(vec![1, 1])), false),
-        ] {
-            assert_eq!(constant(keys.as_ref()), one, "{keys:?}");
-        }
-        // A slice reads only its own strings.
-        let sliced = strings(&[Some("X"), Some("AB"), Some("AB"), Some("Y")]).slice(1, 2);
-        assert!(constant(sliced.as_ref()));
-        let large = LargeStringArray::from(vec!["MSFT"; 4]);
-        assert!(constant(&large));
-    }
 
     /// The rule for every aggregate the operator can run, whatever its keys, handing over below
     /// runs of `hand_over_below` rows (0: never).

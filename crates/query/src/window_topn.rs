@@ -21,9 +21,9 @@ use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::key_runs::key_runs;
 use arrow::array::UInt32Array;
 use arrow::array::{ArrayRef, RecordBatch};
-use arrow::compute::kernels::partition::partition;
 use arrow::compute::{
     interleave_record_batch, lexsort_to_indices, take, take_record_batch, SortColumn,
 };
@@ -474,10 +474,10 @@ impl TopK {
         // The candidates: within each run of rows with the same key (rows of a group come
         // together, as files are sorted by symbol), its first `k` rows in the order, found by
         // Arrow's sort with a limit. When runs are short, every row.
-        let candidates = match partition(&key_columns) {
+        let candidates = match key_runs(&key_columns) {
             Ok(runs) if runs.len() * 8 <= n => {
                 let mut candidates = Vec::with_capacity(runs.len() * self.k);
-                for run in runs.ranges() {
+                for run in runs {
                     if run.len() <= self.k {
                         candidates.extend(run.map(|r| r as u32));
                         continue;
