@@ -179,6 +179,7 @@ Statements end with ';' and may span lines. Examples:
   SHOW PARTITIONS stock_topic;
   SELECT symbol, count(*), vwap(close, volume) FROM stock_topic GROUP BY symbol;
   SELECT * FROM ohlcv('stock_topic', '5 minutes', 'SYM000') LIMIT 10;
+  SELECT file, bytes FROM files('stock_topic') WHERE date = '2024-01-02';
   EXPLAIN SELECT * FROM stock_topic WHERE date = '2024-01-02';
 Shell commands: \\format table|csv|json, \\refresh (re-read the catalog), \\help, \\quit";
 

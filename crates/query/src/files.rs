@@ -27,7 +27,7 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 
-use crate::helpers::{string_literal, Tables};
+use crate::helpers::{string_literal, table_named, Tables};
 use crate::iceberg::IcebergTable;
 use crate::provider::LakeTable;
 
@@ -49,17 +49,7 @@ impl TableFunctionImpl for Files {
                     .into(),
             )
         })?;
-        let table = self
-            .tables
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&name)
-            .cloned()
-            .ok_or_else(|| {
-                DataFusionError::Plan(format!(
-                    "files: no table {name:?} in the catalog (SHOW TABLES lists them)"
-                ))
-            })?;
+        let table = table_named(&self.tables, &name, "files")?;
         if let Some(iceberg) = table.as_any().downcast_ref::<IcebergTable>() {
             return Err(DataFusionError::Plan(format!(
                 "files: {name:?} is an Iceberg table; its snapshot's metadata under {}/metadata \

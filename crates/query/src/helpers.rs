@@ -34,6 +34,24 @@ use ticklake_model::arrow::ts_type;
 /// The tables the `ohlcv` function can read, by name (kept up to date by the engine).
 pub(crate) type Tables = Arc<RwLock<HashMap<String, Arc<dyn TableProvider>>>>;
 
+/// The table `name` of `tables`, or an error naming the table function that asked for it.
+pub(crate) fn table_named(
+    tables: &Tables,
+    name: &str,
+    function: &str,
+) -> Result<Arc<dyn TableProvider>> {
+    tables
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(name)
+        .cloned()
+        .ok_or_else(|| {
+            DataFusionError::Plan(format!(
+                "{function}: no table {name:?} in the catalog (SHOW TABLES lists them)"
+            ))
+        })
+}
+
 /// The `vwap(price, volume)` aggregate.
 pub(crate) fn vwap_udaf() -> AggregateUDF {
     AggregateUDF::from(VwapFunction {
@@ -613,17 +631,7 @@ impl TableFunctionImpl for Ohlcv {
             ));
         }
         let name = string_arg(args, 0, "table name")?.unwrap_or_default();
-        let table = self
-            .tables
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&name)
-            .cloned()
-            .ok_or_else(|| {
-                DataFusionError::Plan(format!(
-                    "ohlcv: no table {name:?} in the catalog (SHOW TABLES lists them)"
-                ))
-            })?;
+        let table = table_named(&self.tables, &name, "ohlcv")?;
         let schema = table.schema();
         for needed in ["symbol", "ts", "open", "high", "low", "close", "volume"] {
             if schema.field_with_name(needed).is_err() {
