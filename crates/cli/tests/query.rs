@@ -239,6 +239,21 @@ const WINDOW_PAIRS: &[(&str, &str)] = &[
         "SELECT symbol, CAST(extract(epoch FROM ts) AS BIGINT), close FROM (SELECT symbol, ts, close, row_number() OVER (PARTITION BY symbol ORDER BY ts DESC) AS rn FROM stock_topic) WHERE rn = 1 ORDER BY symbol",
         "SELECT symbol, CAST(epoch(ts) AS BIGINT), close FROM (SELECT symbol, ts, close, row_number() OVER (PARTITION BY symbol ORDER BY ts DESC) AS rn FROM t) WHERE rn = 1 ORDER BY symbol",
     ),
+    // A window joined with the table again: its scans are hashed as usual.
+    (
+        "SELECT a.symbol, count(*), sum(a.r) FROM (SELECT symbol, close / lag(close) OVER (PARTITION BY symbol ORDER BY ts) AS r FROM stock_topic) a JOIN (SELECT DISTINCT symbol FROM stock_topic) b ON a.symbol = b.symbol GROUP BY a.symbol ORDER BY 1",
+        "SELECT a.symbol, count(*), sum(a.r) FROM (SELECT symbol, close / lag(close) OVER (PARTITION BY symbol ORDER BY ts) AS r FROM t) a JOIN (SELECT DISTINCT symbol FROM t) b ON a.symbol = b.symbol GROUP BY a.symbol ORDER BY 1",
+    ),
+    // A window by date over a scan kept by symbol.
+    (
+        "SELECT date, count(*), max(rn) FROM (SELECT date, symbol, row_number() OVER (PARTITION BY date ORDER BY ts, symbol) AS rn FROM stock_topic) GROUP BY date ORDER BY date",
+        "SELECT date, count(*), max(rn) FROM (SELECT date, symbol, row_number() OVER (PARTITION BY date ORDER BY ts, symbol) AS rn FROM t) GROUP BY date ORDER BY date",
+    ),
+    // A window by symbol and date, reading both partition columns.
+    (
+        "SELECT symbol, date, count(*), max(rn) FROM (SELECT symbol, date, row_number() OVER (PARTITION BY symbol, date ORDER BY ts) AS rn FROM stock_topic) GROUP BY symbol, date ORDER BY 1, 2",
+        "SELECT symbol, date, count(*), max(rn) FROM (SELECT symbol, date, row_number() OVER (PARTITION BY symbol, date ORDER BY ts) AS rn FROM t) GROUP BY symbol, date ORDER BY 1, 2",
+    ),
 ];
 
 /// A window that sorts more rows than the memory limit holds spills and answers, again and again. With
@@ -297,6 +312,9 @@ fn windows_use_the_files_order_and_stay_right_when_files_overlap() {
         !plan.contains("SortExec"),
         "no sort for an ordered lake:\n{plan}"
     );
+    // Each symbol's files stay in one partition of the scan, which says so (hash-partitioned by
+    // symbol), so nothing is repartitioned by symbol before the window.
+    assert!(!plan.contains("RepartitionExec"), "{plan}");
     // The latest row per symbol is a newest-first window: the files' order does not serve it, and
     // the top row of each symbol is kept as the files stream by instead of sorting them all.
     let (plan, _) = env.ok(&[

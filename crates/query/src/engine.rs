@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use arrow::array::{RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::common::tree_node::TreeNode;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
@@ -432,11 +432,13 @@ impl Engine {
         let window = plan
             .exists(|node| Ok(matches!(node, LogicalPlan::Window(_))))
             .unwrap_or(false);
-        state
-            .config_mut()
-            .options_mut()
-            .optimizer
-            .prefer_existing_sort = window;
+        let optimizer = &mut state.config_mut().options_mut().optimizer;
+        optimizer.prefer_existing_sort = window;
+        // A window over one table read through single-input operators has the lake's scans keep
+        // each symbol's files in one partition, so `PARTITION BY symbol` needs no hash repartition
+        // (`symbol_groups` in the provider). Not with joins, unions or subqueries: there DataFusion
+        // could match the scan's partitions against another input's hashed ones.
+        optimizer.preserve_file_partitions = usize::from(window && reads_one_table(&plan));
         let mut df = DataFrame::new(state, plan);
         if let Some(n) = limit {
             df = df
@@ -741,6 +743,35 @@ pub fn split_statements(sql: &str) -> Result<Vec<String>, QueryError> {
     Ok(out)
 }
 
+/// Whether `plan` reads one table scan through operators of one input each (no join, union or
+/// subquery anywhere in it), or explains such a plan.
+fn reads_one_table(plan: &LogicalPlan) -> bool {
+    let mut scans = 0;
+    let mut linear = true;
+    let _ = plan.apply_with_subqueries(|node| {
+        match node {
+            LogicalPlan::TableScan(_) => scans += 1,
+            LogicalPlan::Projection(_)
+            | LogicalPlan::Filter(_)
+            | LogicalPlan::Window(_)
+            | LogicalPlan::Aggregate(_)
+            | LogicalPlan::Sort(_)
+            | LogicalPlan::Limit(_)
+            | LogicalPlan::SubqueryAlias(_)
+            | LogicalPlan::Distinct(_)
+            | LogicalPlan::Explain(_)
+            | LogicalPlan::Analyze(_) => {}
+            _ => linear = false,
+        }
+        Ok(if linear {
+            TreeNodeRecursion::Continue
+        } else {
+            TreeNodeRecursion::Stop
+        })
+    });
+    linear && scans == 1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -771,5 +802,29 @@ mod tests {
             ),
             "{err:?}"
         );
+    }
+
+    /// Only a plan over one table through single-input operators may have its scan keep symbols'
+    /// files together: anything that combines inputs could pair its partitions with hashed ones.
+    #[tokio::test]
+    async fn one_table_plans_are_told_from_plans_that_combine_inputs() {
+        let ctx = SessionContext::new();
+        ctx.sql("CREATE TABLE t (symbol TEXT, ts BIGINT, close DOUBLE)")
+            .await
+            .unwrap();
+        let cases = [
+            ("SELECT symbol, max(r) FROM (SELECT symbol, close / lag(close) OVER (PARTITION BY symbol ORDER BY ts) AS r FROM t) GROUP BY symbol ORDER BY 1 LIMIT 3", true),
+            ("SELECT DISTINCT symbol FROM t WHERE close > 1", true),
+            ("EXPLAIN ANALYZE SELECT symbol, row_number() OVER (PARTITION BY symbol ORDER BY ts) FROM t", true),
+            ("SELECT a.symbol FROM t a JOIN t b ON a.symbol = b.symbol", false),
+            ("SELECT symbol FROM t UNION ALL SELECT symbol FROM t", false),
+            ("SELECT symbol FROM t WHERE symbol IN (SELECT symbol FROM t WHERE close > 1)", false),
+            ("SELECT symbol, (SELECT max(close) FROM t) FROM t", false),
+            ("SELECT 1", false),
+        ];
+        for (sql, one) in cases {
+            let plan = ctx.sql(sql).await.unwrap().into_unoptimized_plan();
+            assert_eq!(reads_one_table(&plan), one, "{sql}\n{plan}");
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! `EXPLAIN` shows the files that remain in the scan.
 
 use std::any::Any;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
@@ -256,14 +257,20 @@ impl LakeTable {
     /// `ORDER BY symbol, ts`, then merges ordered streams instead of sorting every row. Files without
     /// the footer's order, or too unordered to fit the engine's partitions, are read as before.
     /// Every file whose footer reads carries its statistics (see [`table_statistics`]).
+    ///
+    /// `keys` are the partition columns the scan carries (each file's `partition_values`, in that
+    /// order). With `by_symbol`, each symbol's files are kept in one group where that order holds
+    /// (see [`symbol_groups`]), and the third value says so.
     async fn file_groups(
         &self,
         state: &dyn Session,
         files: Vec<PartitionedFile>,
         table_schema: &SchemaRef,
-    ) -> (Vec<FileGroup>, Vec<LexOrdering>) {
+        keys: &[&str],
+        by_symbol: bool,
+    ) -> (Vec<FileGroup>, Vec<LexOrdering>, bool) {
         let target = state.config_options().execution.target_partitions.max(1);
-        let unordered = |files| (FileGroup::new(files).split_files(target), Vec::new());
+        let unordered = |files| (FileGroup::new(files).split_files(target), Vec::new(), false);
         if !matches!(self.table.format, StorageFormat::Parquet) || files.is_empty() {
             return unordered(files);
         }
@@ -326,7 +333,6 @@ impl LakeTable {
         };
         // Folders by symbol: `symbol, ts` and `symbol, <the other keys>, ts` (volatility per symbol
         // and date); otherwise the keys in their order, then the files' own order.
-        let keys = self.table.partition_names();
         let mut leads: Vec<Vec<&str>> = Vec::new();
         if keys.contains(&"symbol") {
             leads.push(vec!["symbol"]);
@@ -336,7 +342,7 @@ impl LakeTable {
                 leads.push(all);
             }
         } else {
-            leads.push(keys.clone());
+            leads.push(keys.to_vec());
         }
         let orderings: Vec<LexOrdering> = leads
             .iter()
@@ -345,6 +351,12 @@ impl LakeTable {
                 LexOrdering::new(exprs?.into_iter().chain(file_order.iter().cloned()))
             })
             .collect();
+        let symbol = keys.iter().position(|k| *k == "symbol");
+        if let (true, Some(symbol), Some(primary)) = (by_symbol, symbol, orderings.first()) {
+            if let Some(groups) = symbol_groups(&described, symbol, primary, target, table_schema) {
+                return (groups, orderings, true);
+            }
+        }
         let grouped = orderings.first().and_then(|primary| {
             FileScanConfig::split_groups_by_statistics_with_target_partitions(
                 table_schema,
@@ -355,10 +367,62 @@ impl LakeTable {
             .ok()
         });
         match grouped {
-            Some(groups) if groups.len() <= target => (groups, orderings),
+            Some(groups) if groups.len() <= target => (groups, orderings, false),
             _ => unordered(described),
         }
     }
+}
+
+/// `files` in at most `target` groups such that all files of a symbol (the partition value at
+/// `symbol`) are in one group, the groups balanced by bytes, and each group's files in `primary`'s
+/// order, as DataFusion's min/max bin packing proves it from their statistics. `None` when a group's
+/// files cannot be put in that order (overlapping times within a symbol, say a late file beside a
+/// merged one), or a file has no symbol value.
+///
+/// Rows of one symbol then never leave their partition, so the scan may declare itself partitioned
+/// by its partition columns. That is a grouping, not DataFusion's hash: the engine asks for it only
+/// for plans that read one table through single-input operators (see `Engine::run`), where nothing
+/// matches the scan's partitions against another input's hashed ones.
+fn symbol_groups(
+    files: &[PartitionedFile],
+    symbol: usize,
+    primary: &LexOrdering,
+    target: usize,
+    table_schema: &SchemaRef,
+) -> Option<Vec<FileGroup>> {
+    let mut symbols: BTreeMap<Option<String>, (u64, Vec<PartitionedFile>)> = BTreeMap::new();
+    for file in files {
+        let ScalarValue::Utf8(value) = file.partition_values.get(symbol)? else {
+            return None;
+        };
+        let entry = symbols.entry(value.clone()).or_default();
+        entry.0 += file.object_meta.size;
+        entry.1.push(file.clone());
+    }
+    let mut symbols: Vec<(u64, Vec<PartitionedFile>)> = symbols.into_values().collect();
+    symbols.sort_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
+    let mut groups: Vec<(u64, Vec<PartitionedFile>)> =
+        vec![(0, Vec::new()); target.min(symbols.len())];
+    for (bytes, files) in symbols {
+        let lightest = groups.iter_mut().min_by_key(|(size, _)| *size)?;
+        lightest.0 += bytes;
+        lightest.1.extend(files);
+    }
+    groups
+        .into_iter()
+        .map(|(_, files)| {
+            let ordered = FileScanConfig::split_groups_by_statistics_with_target_partitions(
+                table_schema,
+                &[FileGroup::new(files)],
+                primary,
+                1,
+            )
+            .ok()?;
+            <[FileGroup; 1]>::try_from(ordered)
+                .ok()
+                .map(|[group]| group)
+        })
+        .collect()
 }
 
 /// The table's statistics as the sum of its files' (the footers `file_groups` read): exact row
@@ -424,7 +488,7 @@ impl TableProvider for LakeTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let files = self.listed_files(state, filters).await?;
+        let mut files = self.listed_files(state, filters).await?;
         let projected = match projection {
             Some(p) => Arc::new(self.schema.project(p)?),
             None => self.schema.clone(),
@@ -432,11 +496,48 @@ impl TableProvider for LakeTable {
         if files.is_empty() {
             return Ok(Arc::new(EmptyExec::new(projected)));
         }
-        let partition_fields: Vec<FieldRef> = self
-            .table
-            .partition_keys
+        // The partition columns the scan carries: all of them, or, when the engine asks to keep
+        // each symbol's files together (`preserve_file_partitions`, set per statement by
+        // `Engine::run` for a window over one table), only those the query reads, symbol among
+        // them and first. DataFusion then declares the scan hash-partitioned by exactly those
+        // columns in that order: by `symbol` alone for a window by symbol that does not read
+        // `date`, by `symbol, date` for one by symbol and date.
+        let names = self.table.partition_names();
+        let width = self.file_schema.fields().len();
+        let read: Vec<usize> = (0..names.len())
+            .filter(|i| projection.is_none_or(|p| p.contains(&(width + i))))
+            .collect();
+        let by_symbol = state.config_options().optimizer.preserve_file_partitions > 0
+            && read.iter().any(|&i| names[i] == "symbol");
+        let mut kept: Vec<usize> = (0..names.len()).collect();
+        if by_symbol {
+            kept = read;
+            kept.sort_by_key(|&i| names[i] != "symbol");
+        }
+        let mut projection = projection.cloned();
+        if !kept.iter().copied().eq(0..names.len()) {
+            for file in &mut files {
+                let values = std::mem::take(&mut file.partition_values);
+                file.partition_values = kept.iter().map(|&i| values[i].clone()).collect();
+            }
+            // A partition column's index follows it to its place among the keys the scan carries
+            // (all columns are named when the query named none, so they keep the table's order).
+            let all = || (0..width + names.len()).collect::<Vec<_>>();
+            let columns = projection.unwrap_or_else(all);
+            projection = Some(
+                columns
+                    .into_iter()
+                    .map(|c| match c.checked_sub(width) {
+                        Some(key) => width + kept.iter().position(|&k| k == key).unwrap_or(key),
+                        None => c,
+                    })
+                    .collect(),
+            );
+        }
+        let keys: Vec<&str> = kept.iter().map(|&i| names[i]).collect();
+        let partition_fields: Vec<FieldRef> = keys
             .iter()
-            .map(|k| Arc::new(Field::new(&k.name, DataType::Utf8, true)))
+            .map(|k| Arc::new(Field::new(*k, DataType::Utf8, true)))
             .collect();
         let source =
             self.format
@@ -449,14 +550,17 @@ impl TableProvider for LakeTable {
         let mut table_fields: Vec<FieldRef> = self.file_schema.fields().to_vec();
         table_fields.extend(partition_fields.iter().cloned());
         let table_schema = Arc::new(Schema::new(table_fields));
-        let (groups, orderings) = self.file_groups(state, files, &table_schema).await;
+        let (groups, orderings, by_partition) = self
+            .file_groups(state, files, &table_schema, &keys, by_symbol)
+            .await;
         let statistics = table_statistics(&groups, &table_schema)?;
         let config = FileScanConfigBuilder::new(self.storage.url.clone(), source)
             .with_file_groups(groups)
             .with_output_ordering(orderings)
             .with_statistics(statistics)
-            .with_projection_indices(projection.cloned())?
+            .with_projection_indices(projection)?
             .with_limit(limit)
+            .with_partitioned_by_file_group(by_partition)
             .build();
         let plan = self.format.create_physical_plan(state, config).await?;
         // Files may name a column differently (`Adj Close` for `adj_close`): rename to the table's names.
