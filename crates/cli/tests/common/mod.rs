@@ -230,16 +230,11 @@ impl Env {
             );
             let bytes = rt.block_on(lake.get(&f)).unwrap();
             let folder = f.rsplit_once('/').unwrap().0.to_owned();
-            let reader =
-                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-                    .unwrap()
-                    .build()
-                    .unwrap();
-            for batch in reader {
-                for r in ticklake_model::arrow::batch_to_records(&batch.unwrap()).unwrap() {
-                    out.push((folder.clone(), r));
-                }
-            }
+            out.extend(
+                parquet_records(bytes)
+                    .into_iter()
+                    .map(|r| (folder.clone(), r)),
+            );
         }
         out
     }
@@ -259,14 +254,18 @@ impl Env {
                 self.table()
             ),
         ]);
-        let file = std::fs::File::open(&out).unwrap();
-        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-            .unwrap()
-            .build()
-            .unwrap()
-            .flat_map(|b| ticklake_model::arrow::batch_to_records(&b.unwrap()).unwrap())
-            .collect()
+        parquet_records(std::fs::File::open(&out).unwrap())
     }
+}
+
+/// The records of one Parquet file.
+fn parquet_records(file: impl parquet::file::reader::ChunkReader + 'static) -> Vec<Record> {
+    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap()
+        .flat_map(|b| ticklake_model::arrow::batch_to_records(&b.unwrap()).unwrap())
+        .collect()
 }
 
 fn runtime() -> tokio::runtime::Runtime {
