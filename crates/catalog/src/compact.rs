@@ -22,7 +22,7 @@
 //! Path-based readers (a DuckDB glob over the folders) do not know the catalog's locations: they
 //! should read through the catalog (Glue) once a table is compacted.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 use arrow::array::RecordBatch;
@@ -100,6 +100,58 @@ struct Sources {
     /// partition goes on being compacted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     replaced: Vec<ReplacedGeneration>,
+    /// Where the rows of each merged file of this generation were written, when they came from one
+    /// partition of one topic (see [`Span`]): a later compaction then merges only neighbours.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    spans: BTreeMap<String, Span>,
+}
+
+/// Where a file's rows are in the order a sink wrote them: the Kafka partition of one topic they came
+/// from, and the first offsets of the first and the last sink file among them. A sink's file carries
+/// it in its name (`<topic>+<partition>+<first offset>`); a merged file's is in `_sources.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Span {
+    topic: String,
+    partition: i32,
+    first: i64,
+    last: i64,
+}
+
+/// A sink's file name as (topic, partition, first offset), or None for any other name.
+fn sink_file_key(name: &str) -> Option<(String, i32, i64)> {
+    let stem = name.rsplit_once('.').map_or(name, |(stem, _)| stem);
+    let mut parts = stem.rsplitn(3, '+');
+    let offset = parts.next()?.parse().ok()?;
+    let partition = parts.next()?.parse().ok()?;
+    Some((parts.next()?.to_owned(), partition, offset))
+}
+
+/// The span of the file named `name`: from its name for a sink's file, else from `spans`.
+fn span_of(name: &str, spans: &BTreeMap<String, Span>) -> Option<Span> {
+    match sink_file_key(name) {
+        Some((topic, partition, offset)) => Some(Span {
+            topic,
+            partition,
+            first: offset,
+            last: offset,
+        }),
+        None => spans.get(name).cloned(),
+    }
+}
+
+/// The span of the files together, when each has one and all are of one partition of one topic.
+fn joint_span(files: &[&FileInfo], spans: &BTreeMap<String, Span>) -> Option<Span> {
+    let mut all = files.iter().map(|f| span_of(name_of(f), spans));
+    let mut joint = all.next()??;
+    for span in all {
+        let span = span?;
+        if span.topic != joint.topic || span.partition != joint.partition {
+            return None;
+        }
+        joint.first = joint.first.min(span.first);
+        joint.last = joint.last.max(span.last);
+    }
+    Some(joint)
 }
 
 /// A generation folder (relative to the lake) and when it stopped being the partition's location.
@@ -318,6 +370,7 @@ async fn compact_partition(
             .collect(),
         now,
         options,
+        &sources.spans,
     );
     let worth = merge.len() >= 2 || (current.is_some() && !fresh.is_empty());
     if !worth {
@@ -342,13 +395,13 @@ async fn compact_partition(
     }
     let records: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
     let bytes_in: u64 = merge.iter().map(|f| f.size).sum();
+    let stem = format!("part-{now:013}");
     let written = if merge.is_empty() {
         Vec::new()
     } else {
         let merged = concat_union(&batches).map_err(|e| CatalogError::Invalid(e.to_string()))?;
         let merged = ticklake_lake::sort_by_symbol_ts(&merged)
             .map_err(|e| CatalogError::Invalid(e.to_string()))?;
-        let stem = format!("part-{now:013}");
         write_parquet(
             lake,
             &generation,
@@ -386,6 +439,23 @@ async fn compact_partition(
             at_ms: now,
         });
     }
+    // Where the rows of the merged files are: the kept ones' as before, the new ones' from what they
+    // merged (the same for each of a merge's files, which follow one another in their names).
+    let mut spans: BTreeMap<String, Span> = keep
+        .iter()
+        .filter_map(|f| {
+            let name = name_of(f);
+            sources
+                .spans
+                .get(name)
+                .map(|s| (name.to_owned(), s.clone()))
+        })
+        .collect();
+    if let Some(span) = joint_span(&merge, &sources.spans) {
+        for n in 0..written.len() {
+            spans.insert(format!("{stem}-{n:05}.parquet"), span.clone());
+        }
+    }
     let manifest = Sources {
         created_ms: now,
         sources: held,
@@ -394,6 +464,7 @@ async fn compact_partition(
             None => now,
         }),
         replaced,
+        spans,
     };
     lake.put(
         &format!("{generation}/{SOURCES_FILE}"),
@@ -452,17 +523,31 @@ fn small(f: &FileInfo, options: &HiveCompactOptions) -> bool {
 /// together, so each merge beyond 1 MiB at least multiplies a row's file size by 1.5: a partition
 /// that grows all day has its rows rewritten a few times (logarithmically in the target size), not
 /// its growing file at every compaction.
+///
+/// Where the order the files' rows were written in is known (`spans`: all of them from one partition
+/// of one topic, the usual case of a feed keyed by symbol), a partition being written to merges only
+/// neighbours in that order: the newest files the same rule allows, back from the newest one that may
+/// be merged. Merging by size alone can merge the first and the last of three files and leave the
+/// middle one: the merged file's time range then covers its neighbour's, which costs every reader
+/// its pruning by time and the query engine its proof that each symbol's files are in order.
 fn choose_merge<'a>(
     files: Vec<&'a FileInfo>,
     now: i64,
     options: &HiveCompactOptions,
+    spans: &BTreeMap<String, Span>,
 ) -> (Vec<&'a FileInfo>, Vec<&'a FileInfo>) {
     let cold = files
         .iter()
         .all(|f| now - f.modified_ms >= ms(MERGED_WHOLE_AFTER));
-    let (mut merge, mut keep): (Vec<&FileInfo>, Vec<&FileInfo>) = files
-        .into_iter()
-        .partition(|f| small(f, options) && now - f.modified_ms >= ms(options.older_than));
+    let eligible =
+        |f: &FileInfo| small(f, options) && now - f.modified_ms >= ms(options.older_than);
+    if !cold {
+        if let Some(ordered) = in_write_order(&files, spans) {
+            return merge_newest_run(ordered, eligible, options);
+        }
+    }
+    let (mut merge, mut keep): (Vec<&FileInfo>, Vec<&FileInfo>) =
+        files.into_iter().partition(|f| eligible(f));
     if !cold {
         merge.sort_by_key(|f| (f.size, f.path.clone()));
         let floor = options.target_size / TIER_FLOOR;
@@ -479,6 +564,50 @@ fn choose_merge<'a>(
     if merge.len() < 2 {
         keep.append(&mut merge);
     }
+    (merge, keep)
+}
+
+/// The files in the order their rows were written, when every one has a span and all are of one
+/// partition of one topic; None otherwise (or for no files).
+fn in_write_order<'a>(
+    files: &[&'a FileInfo],
+    spans: &BTreeMap<String, Span>,
+) -> Option<Vec<&'a FileInfo>> {
+    joint_span(files, spans)?;
+    let mut keyed: Vec<(Span, &'a FileInfo)> = files
+        .iter()
+        .map(|f| span_of(name_of(f), spans).map(|s| (s, *f)))
+        .collect::<Option<_>>()?;
+    keyed.sort_by(|(a, fa), (b, fb)| (a.first, a.last, &fa.path).cmp(&(b.first, b.last, &fb.path)));
+    Some(keyed.into_iter().map(|(_, f)| f).collect())
+}
+
+/// Of `files` in write order: the newest run of files that may be merged, and of it the longest
+/// newest part whose largest file is under the tier floor or at most twice the others together.
+fn merge_newest_run<'a>(
+    files: Vec<&'a FileInfo>,
+    eligible: impl Fn(&FileInfo) -> bool,
+    options: &HiveCompactOptions,
+) -> (Vec<&'a FileInfo>, Vec<&'a FileInfo>) {
+    let mut end = files.len();
+    while end > 0 && !eligible(files[end - 1]) {
+        end -= 1;
+    }
+    let mut start = end;
+    while start > 0 && eligible(files[start - 1]) {
+        start -= 1;
+    }
+    let floor = options.target_size / TIER_FLOOR;
+    let (mut sum, mut largest, mut from) = (0u64, 0u64, end);
+    for i in (start..end).rev() {
+        sum += files[i].size;
+        largest = largest.max(files[i].size);
+        if i + 1 < end && largest <= (2 * (sum - largest)).max(floor) {
+            from = i;
+        }
+    }
+    let merge = files[from..end].to_vec();
+    let keep = files[..from].iter().chain(&files[end..]).copied().collect();
     (merge, keep)
 }
 
@@ -678,21 +807,14 @@ fn parse_sources(bytes: &[u8], generation: &str) -> Result<Sources, CatalogError
 /// it.
 fn forget_unrepeatable(held: &mut BTreeSet<String>, in_own: &BTreeSet<&str>) {
     // (topic, partition) -> the highest first offset held.
-    let parse = |name: &str| -> Option<(String, i32, i64)> {
-        let stem = name.rsplit_once('.').map_or(name, |(stem, _)| stem);
-        let mut parts = stem.rsplitn(3, '+');
-        let offset = parts.next()?.parse().ok()?;
-        let partition = parts.next()?.parse().ok()?;
-        Some((parts.next()?.to_owned(), partition, offset))
-    };
     let mut last: std::collections::HashMap<(String, i32), i64> = std::collections::HashMap::new();
-    for (topic, partition, offset) in held.iter().filter_map(|n| parse(n)) {
+    for (topic, partition, offset) in held.iter().filter_map(|n| sink_file_key(n)) {
         let at = last.entry((topic, partition)).or_insert(offset);
         *at = (*at).max(offset);
     }
     held.retain(|name| {
         in_own.contains(name.as_str())
-            || match parse(name) {
+            || match sink_file_key(name) {
                 Some((topic, partition, offset)) => last[&(topic, partition)] == offset,
                 None => true,
             }
@@ -801,7 +923,7 @@ mod tests {
             file("large", 800, 60),
             file("young", 10, 1),
         ];
-        let (merge, keep) = choose_merge(files.iter().collect(), now, &options);
+        let (merge, keep) = choose_merge(files.iter().collect(), now, &options, &BTreeMap::new());
         assert_eq!(names(&merge), ["a", "b", "c"]);
         assert_eq!(names(&keep), ["large", "part", "young"]);
         // Once the small ones add up to half of it, the merged file is merged again.
@@ -811,12 +933,12 @@ mod tests {
             file("c", 50, 60),
             file("part", 300, 60),
         ];
-        let (merge, keep) = choose_merge(files.iter().collect(), now, &options);
+        let (merge, keep) = choose_merge(files.iter().collect(), now, &options, &BTreeMap::new());
         assert_eq!(names(&merge), ["a", "b", "c", "part"]);
         assert!(keep.is_empty());
         // One small file alone is not merged.
         let files = [file("a", 5, 60), file("part", 300, 60)];
-        let (merge, keep) = choose_merge(files.iter().collect(), now, &options);
+        let (merge, keep) = choose_merge(files.iter().collect(), now, &options, &BTreeMap::new());
         assert!(merge.is_empty());
         assert_eq!(keep.len(), 2);
         // A partition not written to for an hour is merged whole.
@@ -825,9 +947,92 @@ mod tests {
             file("part", 300, 4000),
             file("large", 800, 4000),
         ];
-        let (merge, keep) = choose_merge(files.iter().collect(), now, &options);
+        let (merge, keep) = choose_merge(files.iter().collect(), now, &options, &BTreeMap::new());
         assert_eq!(names(&merge), ["a", "part"]);
         assert_eq!(names(&keep), ["large"]);
+    }
+
+    /// A sink's files in a partition being filled, from one Kafka partition: only neighbours are
+    /// merged. By size alone the first and the last of these three would be.
+    #[test]
+    fn a_growing_partition_merges_only_neighbours_in_write_order() {
+        let options = HiveCompactOptions {
+            target_size: 128 << 20,
+            older_than: Duration::ZERO,
+            grace: Duration::ZERO,
+        };
+        let now = 10_000_000;
+        let sink = |offset: i64, size: u64| file(&format!("t+3+{offset:020}.parquet"), size, 60);
+        let files = [sink(100, 53_000), sink(200, 1_580_000), sink(300, 39_000)];
+        let (merge, keep) = choose_merge(files.iter().collect(), now, &options, &BTreeMap::new());
+        assert!(merge.is_empty(), "{:?}", names(&merge));
+        assert_eq!(keep.len(), 3);
+        // The next file: the newest two are merged, the middle one stays between them and the first.
+        let files = [
+            sink(100, 53_000),
+            sink(200, 1_580_000),
+            sink(300, 39_000),
+            sink(400, 20_000),
+        ];
+        let (merge, keep) = choose_merge(files.iter().collect(), now, &options, &BTreeMap::new());
+        assert_eq!(
+            names(&merge),
+            [
+                "t+3+00000000000000000300.parquet",
+                "t+3+00000000000000000400.parquet"
+            ]
+        );
+        assert_eq!(keep.len(), 2);
+        // A merged file with its span sits in its place: after the middle one, before newer files;
+        // once the new ones add up to half of the files before them, all are merged.
+        let spans = BTreeMap::from([(
+            "part-1-00000.parquet".to_owned(),
+            Span {
+                topic: "t".to_owned(),
+                partition: 3,
+                first: 300,
+                last: 400,
+            },
+        )]);
+        let files = [
+            sink(100, 53_000),
+            sink(200, 1_580_000),
+            file("part-1-00000.parquet", 59_000, 60),
+            sink(500, 900_000),
+            sink(600, 900_000),
+        ];
+        let (merge, keep) = choose_merge(files.iter().collect(), now, &options, &spans);
+        assert_eq!(
+            merge.len(),
+            5,
+            "{:?} kept {:?}",
+            names(&merge),
+            names(&keep)
+        );
+        let (merge, keep) = choose_merge(files[1..].iter().collect(), now, &options, &spans);
+        assert_eq!(
+            merge.len(),
+            4,
+            "{:?} kept {:?}",
+            names(&merge),
+            names(&keep)
+        );
+        // Without the merged file's span the order is unknown: by size, as before.
+        let (merge, _) = choose_merge(files.iter().collect(), now, &options, &BTreeMap::new());
+        assert!(merge.iter().any(|f| name_of(f) == "part-1-00000.parquet"));
+        // A young file at the end stays; the run before it is merged.
+        let files = [
+            sink(100, 10_000),
+            sink(200, 10_000),
+            file("t+3+00000000000000000300.parquet", 10, 0),
+        ];
+        let young = HiveCompactOptions {
+            older_than: Duration::from_secs(10),
+            ..options
+        };
+        let (merge, keep) = choose_merge(files.iter().collect(), now, &young, &BTreeMap::new());
+        assert_eq!(merge.len(), 2);
+        assert_eq!(names(&keep), ["t+3+00000000000000000300.parquet"]);
     }
 
     #[test]
