@@ -13,6 +13,7 @@ for every numeric column, the same sum (relative tolerance 1e-6, since the engin
 different orders). A mismatch stops the benchmark.
 """
 import csv
+import datetime
 import io
 import json
 import math
@@ -168,6 +169,16 @@ def machine():
     return {"cores": os.cpu_count(), "cpu": model, "memory_gib": round(mem_kib / 2**20, 1)}
 
 
+def commit():
+    """The short commit of the checkout this runs in (the binary's, when bench.sh built it), or None."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=os.path.dirname(os.path.abspath(__file__)), check=True)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def main():
     bin_, lake_dir, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
     json_out = sys.argv[4] if len(sys.argv) > 4 else None
@@ -215,7 +226,8 @@ def main():
         })
     if json_out:
         with open(json_out, "w") as f:
-            json.dump({"machine": machine(), "lake_rows": rows, "symbols": symbols, "dates": days, "runs": runs,
+            json.dump({"machine": machine(), "date": datetime.date.today().isoformat(), "commit": commit(),
+                       "lake_rows": rows, "symbols": symbols, "dates": days, "runs": runs,
                        "duckdb": duckdb.__version__, "queries": results}, f, indent=2)
 
 
