@@ -14,6 +14,7 @@ use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::{AggregateUDF, Expr, LogicalPlan};
+use datafusion::optimizer::OptimizerRule;
 use futures::future::BoxFuture;
 use ticklake_catalog::Catalog;
 
@@ -21,6 +22,7 @@ use datafusion::catalog::{SchemaProvider, TableProvider};
 use ticklake_iceberg::IcebergLake;
 
 use crate::files::Files;
+use crate::folder_distinct::FolderDistinct;
 use crate::helpers::{vwap_udaf, Ohlcv, Tables};
 use crate::iceberg::{AsOf, IcebergTable, IcebergTables, Snapshots};
 use crate::provider::{partition_value, LakeTable, Storage};
@@ -140,10 +142,24 @@ impl Engine {
                     NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN),
                 )));
             }
+            // DataFusion's logical rules, with its single-distinct rewrite replaced by one that
+            // leaves aggregates grouped by partition folders alone (see `folder_distinct`).
+            let optimizer_rules = datafusion::optimizer::Optimizer::new()
+                .rules
+                .into_iter()
+                .map(|rule| {
+                    if rule.name() == FolderDistinct::REPLACES {
+                        Arc::new(FolderDistinct::default()) as Arc<dyn OptimizerRule + Send + Sync>
+                    } else {
+                        rule
+                    }
+                })
+                .collect();
             let state = SessionStateBuilder::new()
                 .with_config(config)
                 .with_runtime_env(runtime.build_arc()?)
                 .with_default_features()
+                .with_optimizer_rules(optimizer_rules)
                 .with_physical_optimizer_rule(Arc::new(WindowTopN))
                 .with_physical_optimizer_rule(Arc::new(RunAggregate::default()))
                 .with_physical_optimizer_rule(Arc::new(YieldingJoins))

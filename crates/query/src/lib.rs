@@ -7,6 +7,7 @@
 
 mod engine;
 mod files;
+mod folder_distinct;
 mod handover;
 mod helpers;
 mod iceberg;

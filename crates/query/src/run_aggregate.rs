@@ -23,7 +23,8 @@
 //! run's final values. Runs can be short (1-minute bars of 1 s data are 60 rows), and each starts
 //! its own accumulators: a partial aggregate whose runs average under `HAND_OVER_BELOW` rows hands
 //! the rest of its input to the hash aggregate it replaced. The rule leaves alone aggregates with
-//! `DISTINCT`, `ORDER BY` inside the call or `FILTER`, grouping sets, and other keys.
+//! `ORDER BY` inside the call or `FILTER`, grouping sets, and other keys. A `DISTINCT` aggregate
+//! keeps a set of the run's values as its partial state, which the final aggregate unites.
 
 use std::any::Any;
 use std::fmt;
@@ -137,10 +138,7 @@ fn rewrite(
         && !group_by.is_empty()
         && agg.limit_options().is_none()
         && agg.filter_expr().iter().all(Option::is_none)
-        && agg
-            .aggr_expr()
-            .iter()
-            .all(|a| !a.is_distinct() && a.order_bys().is_empty());
+        && agg.aggr_expr().iter().all(|a| a.order_bys().is_empty());
     if !runnable {
         return Ok(None);
     }
@@ -229,7 +227,7 @@ pub struct RunAggregateExec {
 
 impl RunAggregateExec {
     /// Runs `agg`: a partial aggregate, or a single one whose input is sorted by its keys, without
-    /// filters, `DISTINCT` or `ORDER BY` in its calls.
+    /// filters or `ORDER BY` in its calls.
     /// A partial aggregate whose runs average fewer than `hand_over_below` rows (0: never) over its
     /// first eight batches hands the rest of its input to `agg` itself, the hash aggregate.
     pub fn new(agg: Arc<AggregateExec>, hand_over_below: usize) -> Self {
@@ -573,13 +571,13 @@ mod tests {
                 "SELECT sym, count(DISTINCT day) FROM t GROUP BY sym ORDER BY sym",
                 true,
             ),
-            // Not run: DISTINCT beside other aggregates, FILTER, ORDER BY in the call, no keys,
-            // grouping sets.
+            // DISTINCT beside other aggregates: a set of each run's values, united above.
             (
                 "SELECT sym, count(DISTINCT day), count(DISTINCT ts), count(*) FROM t \
                  GROUP BY sym ORDER BY sym",
-                false,
+                true,
             ),
+            // Not run: FILTER, ORDER BY in the call, no keys, grouping sets.
             (
                 "SELECT sym, count(*) FILTER (WHERE day = 1) FROM t GROUP BY sym ORDER BY sym",
                 false,
@@ -697,6 +695,12 @@ mod tests {
             (
                 "SELECT sym, count(r), round(avg(r), 6) FROM (SELECT sym, price - lag(price) \
                  OVER (PARTITION BY sym ORDER BY id) AS r FROM p) GROUP BY sym ORDER BY sym",
+                true,
+            ),
+            // Distinct counts: a set per run, merged above.
+            (
+                "SELECT sym, count(DISTINCT price), count(DISTINCT day), count(*) FROM p \
+                 GROUP BY sym ORDER BY sym",
                 true,
             ),
             // Keys from the files' columns, or computed: hashed.
