@@ -67,11 +67,19 @@ use crate::key_runs::key_runs;
 /// took 75 ms run by run against 57 ms hashed; runs of 3,600 (1-hour bars) 296 ms against 399 ms.
 const HAND_OVER_BELOW: usize = 512;
 
+/// The partial states, in bytes, a partial aggregate holds before it hands the rest of its input to
+/// the hash aggregate. The run operator emits its rows at the end, and the state of a `DISTINCT` (or
+/// `median`) is every value of a run: on a large lake those would add up outside the session's
+/// memory pool, where the hash aggregate accounts its memory and emits early when it runs short.
+/// The 10 M-row benchmark lake's distinct closes per date are about 35 MB per partition.
+const HOLD_AT_MOST: usize = 256 << 20;
+
 /// The physical optimizer rule (see the module's documentation). Runs after DataFusion's own rules.
 #[derive(Debug)]
 pub struct RunAggregate {
     keys: KeysMustBe,
     hand_over_below: usize,
+    hold_at_most: usize,
 }
 
 impl Default for RunAggregate {
@@ -79,6 +87,7 @@ impl Default for RunAggregate {
         RunAggregate {
             keys: KeysMustBe::InRuns,
             hand_over_below: HAND_OVER_BELOW,
+            hold_at_most: HOLD_AT_MOST,
         }
     }
 }
@@ -91,7 +100,10 @@ impl PhysicalOptimizerRule for RunAggregate {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         plan.transform_up(|node| {
             Ok(match rewrite(&node, self.keys, self.hand_over_below)? {
-                Some(new) => Transformed::yes(new),
+                Some(new) => {
+                    Transformed::yes(Arc::new(new.with_hold_at_most(self.hold_at_most))
+                        as Arc<dyn ExecutionPlan>)
+                }
                 None => Transformed::no(node),
             })
         })
@@ -122,7 +134,7 @@ fn rewrite(
     node: &Arc<dyn ExecutionPlan>,
     keys: KeysMustBe,
     hand_over_below: usize,
-) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+) -> Result<Option<RunAggregateExec>> {
     let Some(agg) = node.as_any().downcast_ref::<AggregateExec>() else {
         return Ok(None);
     };
@@ -155,10 +167,10 @@ fn rewrite(
     if keys == KeysMustBe::InRuns && !in_runs {
         return Ok(None);
     }
-    Ok(Some(Arc::new(RunAggregateExec::new(
+    Ok(Some(RunAggregateExec::new(
         Arc::new(agg.clone()),
         hand_over_below,
-    ))))
+    )))
 }
 
 /// Whether column `index` of `plan`'s output is a partition column of a file scan, passed up
@@ -222,6 +234,9 @@ pub struct RunAggregateExec {
     /// For a partial aggregate, the average run below which it hands over to the hash aggregate
     /// (0: never).
     hand_over_below: usize,
+    /// For a partial aggregate, the partial states it holds before it hands over (see
+    /// [`HOLD_AT_MOST`]).
+    hold_at_most: usize,
     metrics: ExecutionPlanMetricsSet,
 }
 
@@ -241,8 +256,16 @@ impl RunAggregateExec {
             agg,
             args,
             hand_over_below,
+            hold_at_most: HOLD_AT_MOST,
             metrics: ExecutionPlanMetricsSet::new(),
         }
+    }
+
+    /// The partial states a partial aggregate holds before it hands the rest of its input to the
+    /// hash aggregate (default [`HOLD_AT_MOST`]).
+    pub fn with_hold_at_most(mut self, bytes: usize) -> Self {
+        self.hold_at_most = bytes;
+        self
     }
 }
 
@@ -294,10 +317,10 @@ impl ExecutionPlan for RunAggregateExec {
                 DataFusionError::Internal("RunAggregateExec's aggregate changed type".into())
             })?
             .clone();
-        Ok(Arc::new(RunAggregateExec::new(
-            Arc::new(agg),
-            self.hand_over_below,
-        )))
+        Ok(Arc::new(
+            RunAggregateExec::new(Arc::new(agg), self.hand_over_below)
+                .with_hold_at_most(self.hold_at_most),
+        ))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
@@ -319,6 +342,11 @@ impl ExecutionPlan for RunAggregateExec {
         let metrics = BaselineMetrics::new(&self.metrics, partition);
         let hashed_instead = MetricBuilder::new(&self.metrics).counter("hashed_instead", partition);
         let hand_over_below = self.hand_over_below;
+        let hold_at_most = if matches!(self.agg.mode(), AggregateMode::Partial) {
+            self.hold_at_most
+        } else {
+            usize::MAX
+        };
         let decide_after = 8 * batch_size;
         let agg = Arc::clone(&self.agg);
         let mut runs = Runs {
@@ -336,10 +364,11 @@ impl ExecutionPlan for RunAggregateExec {
             finished: vec![Vec::new(); schema.fields().len()],
             rows_seen: 0,
             runs_started: 0,
+            held_bytes: 0,
         };
         let out_schema = Arc::clone(&schema);
         let result = futures::stream::once(async move {
-            let mut short_runs = false;
+            let mut hand_over = None;
             while let Some(batch) = input.next().await {
                 let batch = batch?;
                 let _timer = metrics.elapsed_compute().timer();
@@ -348,7 +377,11 @@ impl ExecutionPlan for RunAggregateExec {
                     && runs.rows_seen >= decide_after
                     && runs.rows_seen < runs.runs_started * hand_over_below
                 {
-                    short_runs = true;
+                    hand_over = Some("short runs");
+                    break;
+                }
+                if runs.held_bytes > hold_at_most {
+                    hand_over = Some("large partial states");
                     break;
                 }
             }
@@ -358,10 +391,10 @@ impl ExecutionPlan for RunAggregateExec {
             };
             metrics.record_output(batches.iter().map(RecordBatch::num_rows).sum());
             let done = futures::stream::iter(batches.into_iter().map(Ok));
-            if short_runs {
+            if let Some(why) = hand_over {
                 // The runs' partial rows so far, then the hash aggregate's of the rest: the final
                 // aggregate merges both, as it merges every partition's.
-                tracing::debug!("RunAggregateExec[{partition}]: short runs, hashing instead");
+                tracing::debug!("RunAggregateExec[{partition}]: {why}, hashing instead");
                 hashed_instead.add(1);
                 let rest = rest_as_plan(agg.input().schema(), input)?;
                 let hashed = agg.with_new_children(vec![rest])?.execute(0, context)?;
@@ -395,6 +428,8 @@ struct Runs {
     /// Rows read and runs started so far.
     rows_seen: usize,
     runs_started: usize,
+    /// The size of the finished rows' values, in bytes.
+    held_bytes: usize,
 }
 
 impl Runs {
@@ -468,6 +503,7 @@ impl Runs {
             )));
         }
         for (column, value) in self.finished.iter_mut().zip(values) {
+            self.held_bytes += value.size();
             column.push(value);
         }
         Ok(())
@@ -521,13 +557,23 @@ mod tests {
     use arrow::util::pretty::pretty_format_batches;
     use datafusion::datasource::file_format::parquet::ParquetFormat;
     use datafusion::datasource::listing::ListingOptions;
+    use datafusion::prelude::SessionContext;
 
     /// The rule for every aggregate the operator can run, whatever its keys, handing over below
     /// runs of `hand_over_below` rows (0: never).
     fn any_keys(hand_over_below: usize) -> Arc<dyn PhysicalOptimizerRule + Send + Sync> {
+        holding(hand_over_below, HOLD_AT_MOST)
+    }
+
+    /// As [`any_keys`], handing over also once the partial states pass `hold_at_most` bytes.
+    fn holding(
+        hand_over_below: usize,
+        hold_at_most: usize,
+    ) -> Arc<dyn PhysicalOptimizerRule + Send + Sync> {
         Arc::new(RunAggregate {
             keys: KeysMustBe::Any,
             hand_over_below,
+            hold_at_most,
         })
     }
 
@@ -538,6 +584,8 @@ mod tests {
         // Runs all the way, and runs that hand over to hashing when short (as these mostly are).
         let with_runs = session(Some(any_keys(0)));
         let handing_over = session(Some(any_keys(HAND_OVER_BELOW)));
+        // Long runs, but partial states over a byte: every partial aggregate hands over.
+        let holding_little = session(Some(holding(0, 1)));
         let hashed = session(None);
         let cases = [
             // (SQL, whether the operator runs it)
@@ -600,23 +648,30 @@ mod tests {
             assert!(!hashed_plan.contains("RunAggregateExec"));
             let (handed_over, plan) = run(&handing_over, sql).await;
             assert_eq!(handed_over, expected, "{sql}\n{plan}");
+            let (held_little, plan) = run(&holding_little, sql).await;
+            assert_eq!(held_little, expected, "{sql}\n{plan}");
         }
         // The symbols' runs are short, and the partitions of more than eight batches handed over.
-        let analyzed = handing_over
-            .sql("EXPLAIN ANALYZE SELECT sym, count(*), sum(id) FROM t GROUP BY sym")
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
+        let sql = "EXPLAIN ANALYZE SELECT sym, count(*), sum(id) FROM t GROUP BY sym";
+        let (handovers, analyzed) = count_handovers(&handing_over, sql).await;
+        assert!(handovers >= 1, "{analyzed}");
+        // Distinct values held past the limit hand over too.
+        let sql = "EXPLAIN ANALYZE SELECT sym, count(DISTINCT ts), count(DISTINCT day) FROM t GROUP BY sym";
+        let (handovers, analyzed) = count_handovers(&holding_little, sql).await;
+        assert!(handovers >= 1, "{analyzed}");
+    }
+
+    /// How many partitions of an `EXPLAIN ANALYZE` handed over to the hash aggregate, and the plan.
+    async fn count_handovers(ctx: &SessionContext, sql: &str) -> (usize, String) {
+        let analyzed = ctx.sql(sql).await.unwrap().collect().await.unwrap();
         let analyzed = pretty_format_batches(&analyzed).unwrap().to_string();
-        let handovers: usize = analyzed
+        let handovers = analyzed
             .split("hashed_instead=")
             .nth(1)
             .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
-        assert!(handovers >= 1, "{analyzed}");
+        (handovers, analyzed)
     }
 
     /// A Hive-partitioned folder of Parquet files: `sym=S0` … `sym=S3`, three files each, of `day`,
