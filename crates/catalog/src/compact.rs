@@ -573,11 +573,17 @@ fn in_write_order<'a>(
     files: &[&'a FileInfo],
     spans: &BTreeMap<String, Span>,
 ) -> Option<Vec<&'a FileInfo>> {
-    joint_span(files, spans)?;
     let mut keyed: Vec<(Span, &'a FileInfo)> = files
         .iter()
         .map(|f| span_of(name_of(f), spans).map(|s| (s, *f)))
         .collect::<Option<_>>()?;
+    let (first, _) = keyed.first()?;
+    let one_partition = keyed
+        .iter()
+        .all(|(s, _)| s.topic == first.topic && s.partition == first.partition);
+    if !one_partition {
+        return None;
+    }
     keyed.sort_by(|(a, fa), (b, fb)| (a.first, a.last, &fa.path).cmp(&(b.first, b.last, &fb.path)));
     Some(keyed.into_iter().map(|(_, f)| f).collect())
 }
