@@ -852,14 +852,20 @@ mod tests {
         );
     }
 
-    /// Only a plan over one table through single-input operators may have its scan keep symbols'
-    /// files together: anything that combines inputs could pair its partitions with hashed ones.
-    #[tokio::test]
-    async fn one_table_plans_are_told_from_plans_that_combine_inputs() {
+    /// A session with an empty table `t` of symbols, times and closes.
+    async fn ticks_table() -> SessionContext {
         let ctx = SessionContext::new();
         ctx.sql("CREATE TABLE t (symbol TEXT, ts BIGINT, close DOUBLE)")
             .await
             .unwrap();
+        ctx
+    }
+
+    /// Only a plan over one table through single-input operators may have its scan keep symbols'
+    /// files together: anything that combines inputs could pair its partitions with hashed ones.
+    #[tokio::test]
+    async fn one_table_plans_are_told_from_plans_that_combine_inputs() {
+        let ctx = ticks_table().await;
         let cases = [
             ("SELECT symbol, max(r) FROM (SELECT symbol, close / lag(close) OVER (PARTITION BY symbol ORDER BY ts) AS r FROM t) GROUP BY symbol ORDER BY 1 LIMIT 3", true),
             ("SELECT DISTINCT symbol FROM t WHERE close > 1", true),
@@ -879,10 +885,7 @@ mod tests {
     /// The top rows of each group are told from other windows over `row_number()`.
     #[tokio::test]
     async fn top_rows_per_group_are_told_from_other_windows() {
-        let ctx = SessionContext::new();
-        ctx.sql("CREATE TABLE t (symbol TEXT, ts BIGINT, close DOUBLE)")
-            .await
-            .unwrap();
+        let ctx = ticks_table().await;
         let cases = [
             ("SELECT symbol, ts FROM (SELECT symbol, ts, row_number() OVER (PARTITION BY symbol ORDER BY ts DESC) AS rn FROM t) WHERE rn = 1 ORDER BY symbol", true),
             ("EXPLAIN SELECT * FROM (SELECT symbol, row_number() OVER (PARTITION BY symbol ORDER BY ts) AS rn FROM t) x WHERE x.rn <= 3", true),
