@@ -54,7 +54,14 @@ struct PartitionCheckpoint {
     /// The layout its groups' folders follow: the table's, or `date,symbol` while a new table's is
     /// not chosen yet (a flush then merges them into the chosen one's folders).
     routed_by: Partitioning,
-    groups: BTreeMap<String, FileGroup>,
+    /// The groups, in the order their folders were first seen, with their folders.
+    groups: Vec<(String, FileGroup)>,
+    /// Each folder's group in `groups`.
+    folders: HashMap<String, usize, FastHash>,
+    /// The group of each (time bucket, symbol) seen, so that routing a record formats no string and
+    /// compares none: one lookup of a number and a short string. Its size follows the groups', which
+    /// `--flush-bytes` bounds.
+    routes: HashMap<i64, HashMap<Box<str>, usize, FastHash>, FastHash>,
     dead: Vec<u8>,
     dead_first: Option<i64>,
     dead_count: u64,
@@ -85,37 +92,45 @@ pub(crate) struct Position {
     pub after_seek: Option<i64>,
 }
 
-/// The folder of each (time bucket, symbol) seen lately, so that routing a record formats no string.
-#[derive(Default)]
-struct Routes {
-    /// The layout of the folders cached.
-    layout: Partitioning,
-    folders: HashMap<i64, HashMap<Box<str>, String>>,
-}
+/// The hasher of the routing maps: their keys are short (a number, a symbol, a folder), looked up once
+/// per record, where SipHash cost more than the lookup. Seeded at random per map, so no feed can
+/// choose symbols that collide.
+type FastHash = ahash::RandomState;
 
-impl Routes {
-    /// Beyond this many time buckets (a replay of a long history), the cache starts over.
-    const MAX_BUCKETS: usize = 64;
-    /// Beyond this many symbols in a bucket, that bucket's entries start over, so the cache stays small.
-    const MAX_ENTRIES: usize = 100_000;
-
-    fn path(&mut self, partitioning: &Partitioning, symbol: &str, ts: i64) -> &str {
-        if self.layout != *partitioning {
-            self.layout = partitioning.clone();
-            self.folders.clear();
-        }
-        let bucket = partitioning.time_bucket(ts);
-        if self.folders.len() > Self::MAX_BUCKETS && !self.folders.contains_key(&bucket) {
-            self.folders.clear();
-        }
-        let symbols = self.folders.entry(bucket).or_default();
-        if !symbols.contains_key(symbol) {
-            if symbols.len() >= Self::MAX_ENTRIES {
-                symbols.clear();
+impl PartitionCheckpoint {
+    /// The group of a record of `symbol` at `ts` (µs), made (starting at `offset`) if its folder has
+    /// none yet; true when it was made.
+    fn group_for(&mut self, symbol: &str, ts: i64, offset: i64) -> (&mut FileGroup, bool) {
+        let bucket = self.routed_by.time_bucket(ts);
+        let known = self
+            .routes
+            .get(&bucket)
+            .and_then(|s| s.get(symbol))
+            .copied();
+        let (i, made) = match known {
+            Some(i) => (i, false),
+            None => {
+                let path = self.routed_by.path_for(symbol, ts);
+                let (i, made) = match self.folders.get(&path) {
+                    Some(&i) => (i, false),
+                    None => {
+                        let group = FileGroup {
+                            first_offset: offset,
+                            builder: BatchBuilder::new(),
+                        };
+                        self.folders.insert(path.clone(), self.groups.len());
+                        self.groups.push((path, group));
+                        (self.groups.len() - 1, true)
+                    }
+                };
+                self.routes
+                    .entry(bucket)
+                    .or_default()
+                    .insert(symbol.into(), i);
+                (i, made)
             }
-            symbols.insert(symbol.into(), partitioning.path_for(symbol, ts));
-        }
-        &symbols[symbol]
+        };
+        (&mut self.groups[i].1, made)
     }
 }
 
@@ -222,7 +237,6 @@ fn decode_in_order<'a>(
 #[derive(Default)]
 pub(crate) struct Checkpoint {
     parts: BTreeMap<i32, PartitionCheckpoint>,
-    routes: Routes,
     /// The ledger position of every assigned partition.
     pub positions: BTreeMap<i32, Position>,
     /// Partitions assigned since the sink last looked: their positions come from the ledger.
@@ -455,19 +469,11 @@ impl Checkpoint {
         let record = decoded.and_then(|mut r| rules.types.fit(&mut r).map(|()| r));
         match record {
             Ok(r) => {
-                let path = self.routes.path(&pc.routed_by, &r.symbol, r.ts);
-                match pc.groups.get_mut(path) {
-                    Some(group) => group.builder.push(&r),
-                    None => {
-                        pc.bytes += GROUP_OVERHEAD;
-                        self.bytes += GROUP_OVERHEAD;
-                        let mut group = FileGroup {
-                            first_offset: m.offset,
-                            builder: BatchBuilder::new(),
-                        };
-                        group.builder.push(&r);
-                        pc.groups.insert(path.to_owned(), group);
-                    }
+                let (group, made) = pc.group_for(&r.symbol, r.ts, m.offset);
+                group.builder.push(&r);
+                if made {
+                    pc.bytes += GROUP_OVERHEAD;
+                    self.bytes += GROUP_OVERHEAD;
                 }
                 pc.stamps.push(m.timestamp_ms.unwrap_or(r.ts / 1000));
                 pc.records += 1;
@@ -570,11 +576,14 @@ impl Checkpoint {
 /// The groups of one partition's checkpoint as (folder in `to`, first offset, records): one per
 /// group when they were routed by `to`, else the groups of each folder of `to` merged into one.
 fn group_files(
-    groups: BTreeMap<String, FileGroup>,
+    mut groups: Vec<(String, FileGroup)>,
     routed_by: &Partitioning,
     to: &Partitioning,
     types: &ColumnTypes,
 ) -> Result<Vec<(String, i64, RecordBatch)>, SinkError> {
+    // In folder order, so that a flush writes its files, and merges groups, in the same order
+    // whatever order the records came in.
+    groups.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let finish = |mut g: FileGroup| {
         g.builder
             .finish_typed(|name| types.arrow_type(name))
@@ -886,6 +895,77 @@ mod tests {
                 .contains("`date,hour,symbol` folders (another sink created"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn records_route_to_one_group_per_folder_in_every_layout() {
+        // Many (time bucket, symbol) pairs share a folder in the coarser layouts: each folder is one
+        // file, named by its first record's offset, with exactly that folder's records.
+        let (day, hour) = (86_400_000_000i64, 3_600_000_000i64);
+        let jan_1 = 1_704_067_200_000_000i64; // 2024-01-01T00:00:00Z in µs
+        let records: Vec<(String, i64)> = (0..600i64)
+            .map(|i| {
+                (
+                    format!("S{}", i % 7),
+                    jan_1 + (i % 5) * day + (i % 3) * 7 * hour,
+                )
+            })
+            .collect();
+        let batch: Vec<Message> = records
+            .iter()
+            .enumerate()
+            .map(|(i, (sym, ts))| {
+                let (d, h) = ((ts - jan_1) / day, (ts - jan_1) % day / hour);
+                let ts = format!("2024-01-{:02}T{h:02}:00:00Z", d + 1);
+                let json = format!(r#"{{"symbol":"{sym}","ts":"{ts}","close":1.5}}"#);
+                Message {
+                    partition: 0,
+                    ..message(i as i64, json.into_bytes())
+                }
+            })
+            .collect();
+        for layout in [
+            "date,symbol",
+            "date",
+            "symbol",
+            "date,hour,symbol",
+            "date,hour",
+            "none",
+        ] {
+            let partitioning: Partitioning = layout.parse().unwrap();
+            let mut expected: BTreeMap<String, (i64, usize)> = BTreeMap::new();
+            for (i, (sym, ts)) in records.iter().enumerate() {
+                let e = expected
+                    .entry(partitioning.path_for(sym, *ts))
+                    .or_insert((i as i64, 0));
+                e.1 += 1;
+            }
+            let (cp, types) = absorbed(vec![batch.clone()], &partitioning);
+            let plan = cp
+                .plan("t", "t", &partitioning, FileFormat::Parquet, &types)
+                .unwrap();
+            let files: Vec<(String, usize)> = plan
+                .files
+                .iter()
+                .map(|(rel, job)| match job {
+                    Job::Data(b) => (rel.clone(), b.num_rows()),
+                    Job::Raw(_) => panic!("no dead letters here"),
+                })
+                .collect();
+            let want: Vec<(String, usize)> = expected
+                .iter()
+                .map(|(folder, (first, n))| {
+                    let name = file_name("t", 0, *first, "parquet");
+                    let rel = if folder.is_empty() {
+                        format!("t/{name}")
+                    } else {
+                        format!("t/{folder}/{name}")
+                    };
+                    (rel, *n)
+                })
+                .collect();
+            assert_eq!(files, want, "layout `{layout}`");
+        }
     }
 
     #[test]
