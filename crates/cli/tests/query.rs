@@ -560,7 +560,13 @@ fn bad_queries_end_with_a_clear_error() {
     ]);
     let (_, stderr) = text(&out);
     assert!(!out.status.success());
+    // It names the option to raise, not DataFusion's settings, which ticklake's users do not set.
+    assert!(
+        stderr.contains("needs more memory than its limit (1 MiB) allows; raise --memory-limit"),
+        "{stderr}"
+    );
     assert!(stderr.contains("Resources exhausted"), "{stderr}");
+    assert!(!stderr.contains("datafusion.runtime"), "{stderr}");
     // `;` in comments and quotes does not end a statement.
     let rows = query_rows(&env, "select 1 /* ; */ + 1 as two; -- ; \n");
     assert_eq!(rows, [["2"]]);

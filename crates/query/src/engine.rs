@@ -418,12 +418,22 @@ impl Engine {
         &self,
         run: impl std::future::Future<Output = Result<Output, QueryError>>,
     ) -> Result<Output, QueryError> {
-        match self.options.timeout {
+        let result = match self.options.timeout {
             Some(limit) => tokio::time::timeout(limit, run)
                 .await
                 .map_err(|_| QueryError::Timeout(limit))?,
             None => run.await,
-        }
+        };
+        result.map_err(|e| match e {
+            QueryError::MemoryLimit {
+                limit: None,
+                detail,
+            } => QueryError::MemoryLimit {
+                limit: self.options.memory_limit,
+                detail,
+            },
+            e => e,
+        })
     }
 
     async fn run(&self, sql: &str, limit: Option<usize>) -> Result<Output, QueryError> {

@@ -57,6 +57,19 @@ pub enum QueryError {
     /// The statement ran longer than its time limit and was stopped.
     #[error("the statement ran longer than its time limit ({}) and was stopped; raise --timeout to give it longer", humantime_secs(*.0))]
     Timeout(std::time::Duration),
+    /// The statement needed more memory for sorts, joins or aggregations than its limit, and what
+    /// held it could not spill to disk. `detail` is DataFusion's account of who held what.
+    #[error(
+        "the statement needs more memory than its limit{} allows; raise --memory-limit, or narrow \
+         the statement (a filter, fewer groups, a LIMIT). {detail}",
+        limit.map(|l| format!(" ({})", mebibytes(l))).unwrap_or_default()
+    )]
+    MemoryLimit {
+        /// The limit (bytes), when known.
+        limit: Option<usize>,
+        /// What ran out, and the largest holders of memory.
+        detail: String,
+    },
     /// Writing the result failed.
     #[error("writing the result: {0}")]
     Output(#[source] std::io::Error),
@@ -64,7 +77,15 @@ pub enum QueryError {
 
 impl From<DataFusionError> for QueryError {
     fn from(e: DataFusionError) -> Self {
-        QueryError::Execution(e.to_string())
+        match e.find_root() {
+            // Only the root: the errors around it tell users to set `datafusion.runtime.*`, which
+            // ticklake's users set as --memory-limit.
+            root @ DataFusionError::ResourcesExhausted(_) => QueryError::MemoryLimit {
+                limit: None,
+                detail: root.to_string(),
+            },
+            _ => QueryError::Execution(e.to_string()),
+        }
     }
 }
 
@@ -110,7 +131,7 @@ impl QueryError {
         if is_sql {
             QueryError::Sql { message, position }
         } else {
-            QueryError::Execution(message)
+            QueryError::from(e)
         }
     }
 
@@ -132,6 +153,10 @@ impl QueryError {
         }
         out
     }
+}
+
+fn mebibytes(bytes: usize) -> String {
+    format!("{:.0} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
 fn humantime_secs(d: std::time::Duration) -> String {

@@ -37,6 +37,9 @@ impl From<QueryError> for ApiError {
             QueryError::ReadOnly(_) => (StatusCode::FORBIDDEN, "read_only", None),
             // The request is well formed but too costly for the server's limits.
             QueryError::Timeout(_) => (StatusCode::UNPROCESSABLE_ENTITY, "timeout", None),
+            QueryError::MemoryLimit { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "memory_limit", None)
+            }
             QueryError::Execution(_) => (StatusCode::UNPROCESSABLE_ENTITY, "execution", None),
             QueryError::Catalog(_) | QueryError::Table(..) => {
                 (StatusCode::BAD_GATEWAY, "catalog", None)
