@@ -31,6 +31,11 @@ use crate::SinkError;
 /// `--flush-bytes` so that thousands of small lake partitions flush early instead of growing.
 pub(crate) const GROUP_OVERHEAD: usize = 4096;
 
+/// What a route (a time bucket and symbol's entry in a checkpoint's routing map) costs beyond its
+/// symbol, counted like [`GROUP_OVERHEAD`]: a feed of a new symbol in every message, under a layout
+/// without `symbol`, grows the map and not the groups.
+const ROUTE_OVERHEAD: usize = 64;
+
 /// The rules a message must pass to become a record of the lake.
 pub(crate) struct Rules<'a> {
     pub topic: &'a str,
@@ -59,8 +64,8 @@ struct PartitionCheckpoint {
     /// Each folder's group in `groups`.
     folders: HashMap<String, usize, FastHash>,
     /// The group of each (time bucket, symbol) seen, so that routing a record formats no string and
-    /// compares none: one lookup of a number and a short string. Its size follows the groups', which
-    /// `--flush-bytes` bounds.
+    /// compares none: one lookup of a number and a short string. Each route counts against
+    /// `--flush-bytes` ([`ROUTE_OVERHEAD`]), so the map is as bounded as the groups.
     routes: HashMap<i64, HashMap<Box<str>, usize, FastHash>, FastHash>,
     dead: Vec<u8>,
     dead_first: Option<i64>,
@@ -99,16 +104,17 @@ type FastHash = ahash::RandomState;
 
 impl PartitionCheckpoint {
     /// The group of a record of `symbol` at `ts` (µs), made (starting at `offset`) if its folder has
-    /// none yet; true when it was made.
-    fn group_for(&mut self, symbol: &str, ts: i64, offset: i64) -> (&mut FileGroup, bool) {
+    /// none yet, and the memory (beyond the record) that its routing took: a new group's and a new
+    /// route's overhead.
+    fn group_for(&mut self, symbol: &str, ts: i64, offset: i64) -> (&mut FileGroup, usize) {
         let bucket = self.routed_by.time_bucket(ts);
         let known = self
             .routes
             .get(&bucket)
             .and_then(|s| s.get(symbol))
             .copied();
-        let (i, made) = match known {
-            Some(i) => (i, false),
+        let (i, added) = match known {
+            Some(i) => (i, 0),
             None => {
                 let path = self.routed_by.path_for(symbol, ts);
                 let (i, made) = match self.folders.get(&path) {
@@ -127,10 +133,11 @@ impl PartitionCheckpoint {
                     .entry(bucket)
                     .or_default()
                     .insert(symbol.into(), i);
-                (i, made)
+                let group = if made { GROUP_OVERHEAD } else { 0 };
+                (i, group + ROUTE_OVERHEAD + symbol.len())
             }
         };
-        (&mut self.groups[i].1, made)
+        (&mut self.groups[i].1, added)
     }
 }
 
@@ -247,7 +254,7 @@ pub(crate) struct Checkpoint {
     pub reseek: Vec<(i32, i64)>,
     /// Records buffered, over all partitions.
     pub records: usize,
-    /// Message bytes buffered (plus [`GROUP_OVERHEAD`] per open group).
+    /// Message bytes buffered (plus [`GROUP_OVERHEAD`] per open group, and each route's size).
     pub bytes: usize,
     /// When the oldest buffered message arrived.
     pub since: Option<Instant>,
@@ -469,12 +476,10 @@ impl Checkpoint {
         let record = decoded.and_then(|mut r| rules.types.fit(&mut r).map(|()| r));
         match record {
             Ok(r) => {
-                let (group, made) = pc.group_for(&r.symbol, r.ts, m.offset);
+                let (group, added) = pc.group_for(&r.symbol, r.ts, m.offset);
                 group.builder.push(&r);
-                if made {
-                    pc.bytes += GROUP_OVERHEAD;
-                    self.bytes += GROUP_OVERHEAD;
-                }
+                pc.bytes += added;
+                self.bytes += added;
                 pc.stamps.push(m.timestamp_ms.unwrap_or(r.ts / 1000));
                 pc.records += 1;
                 self.records += 1;
@@ -966,6 +971,33 @@ mod tests {
                 .collect();
             assert_eq!(files, want, "layout `{layout}`");
         }
+    }
+
+    #[test]
+    fn a_new_symbol_in_every_message_counts_against_the_flush_size() {
+        // One folder (`date`), and a route per symbol: the routing map's memory is counted, so that
+        // `--flush-bytes` bounds it as it bounds the groups.
+        let date: Partitioning = "date".parse().unwrap();
+        let batch: Vec<Message> = (0..1000i64)
+            .map(|i| {
+                let json = format!(r#"{{"symbol":"SYM{i}","ts":"2024-01-02T10:00:00Z"}}"#);
+                Message {
+                    partition: 0,
+                    ..message(i, json.into_bytes())
+                }
+            })
+            .collect();
+        let payloads: usize = batch
+            .iter()
+            .map(|m| m.payload.as_ref().unwrap().len())
+            .sum();
+        let (cp, _) = absorbed(vec![batch], &date);
+        assert_eq!(cp.parts[&0].groups.len(), 1);
+        assert!(
+            cp.bytes >= payloads + GROUP_OVERHEAD + 1000 * ROUTE_OVERHEAD,
+            "{} bytes counted for {payloads} bytes of messages",
+            cp.bytes
+        );
     }
 
     #[test]
