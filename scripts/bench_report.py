@@ -161,7 +161,13 @@ def seed_section(seed):
 
 
 def connect_section(connect, ingest):
-    out = ["### Kafka Connect with Apache Iceberg's sink, the peer", "",
+    out = ["### Kafka Connect with Apache Iceberg's sink, the peer", ""]
+    if os.environ.get("BENCH_CONNECT_STALE"):
+        out += [f"**Not from this run.** The peer did not fill its table within its time limit "
+                f"(`BENCH_CONNECT_TIMEOUT`) in this run; its row is its last run's "
+                f"({connect.get('date', 'date not recorded')}, `benchmarks/connect.json`). The ticklake rows "
+                "are this run's.", ""]
+    out += [
            f"Kafka Connect with Apache Iceberg's sink ({connect['settings'].get('tasks.max')} tasks, commit every "
            f"{connect['settings'].get('iceberg.control.commit.interval-ms')} ms, REST catalog) on the same broker, "
            "its table checked against the topic:", "",
