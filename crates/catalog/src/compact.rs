@@ -141,10 +141,18 @@ fn span_of(name: &str, spans: &BTreeMap<String, Span>) -> Option<Span> {
 
 /// The span of the files together, when each has one and all are of one partition of one topic.
 fn joint_span(files: &[&FileInfo], spans: &BTreeMap<String, Span>) -> Option<Span> {
-    let mut all = files.iter().map(|f| span_of(name_of(f), spans));
-    let mut joint = all.next()??;
+    let each: Vec<Span> = files
+        .iter()
+        .map(|f| span_of(name_of(f), spans))
+        .collect::<Option<_>>()?;
+    joint(&each)
+}
+
+/// The spans together, when all are of one partition of one topic (None for none).
+fn joint<'a>(spans: impl IntoIterator<Item = &'a Span>) -> Option<Span> {
+    let mut all = spans.into_iter();
+    let mut joint = all.next()?.clone();
     for span in all {
-        let span = span?;
         if span.topic != joint.topic || span.partition != joint.partition {
             return None;
         }
@@ -577,13 +585,7 @@ fn in_write_order<'a>(
         .iter()
         .map(|f| span_of(name_of(f), spans).map(|s| (s, *f)))
         .collect::<Option<_>>()?;
-    let (first, _) = keyed.first()?;
-    let one_partition = keyed
-        .iter()
-        .all(|(s, _)| s.topic == first.topic && s.partition == first.partition);
-    if !one_partition {
-        return None;
-    }
+    joint(keyed.iter().map(|(s, _)| s))?;
     keyed.sort_by(|(a, fa), (b, fb)| (a.first, a.last, &fa.path).cmp(&(b.first, b.last, &fb.path)));
     Some(keyed.into_iter().map(|(_, f)| f).collect())
 }
