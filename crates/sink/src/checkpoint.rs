@@ -16,6 +16,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use base64::Engine as _;
 use bytes::Bytes;
+use indexmap::IndexMap;
 use ticklake_bus::Message;
 use ticklake_lake::layout::file_name;
 use ticklake_lake::{FeedShape, Partitioning};
@@ -59,10 +60,9 @@ struct PartitionCheckpoint {
     /// The layout its groups' folders follow: the table's, or `date,symbol` while a new table's is
     /// not chosen yet (a flush then merges them into the chosen one's folders).
     routed_by: Partitioning,
-    /// The groups, in the order their folders were first seen, with their folders.
-    groups: Vec<(String, FileGroup)>,
-    /// Each folder's group in `groups`.
-    folders: HashMap<String, usize, FastHash>,
+    /// The groups by folder, in the order the folders were first seen (a route holds a group's
+    /// index).
+    groups: IndexMap<String, FileGroup, FastHash>,
     /// The group of each (time bucket, symbol) seen, so that routing a record formats no string and
     /// compares none: one lookup of a number and a short string. Each route counts against
     /// `--flush-bytes` ([`ROUTE_OVERHEAD`]), so the map is as bounded as the groups.
@@ -117,16 +117,14 @@ impl PartitionCheckpoint {
             Some(i) => (i, 0),
             None => {
                 let path = self.routed_by.path_for(symbol, ts);
-                let (i, made) = match self.folders.get(&path) {
-                    Some(&i) => (i, false),
+                let (i, made) = match self.groups.get_index_of(&path) {
+                    Some(i) => (i, false),
                     None => {
                         let group = FileGroup {
                             first_offset: offset,
                             builder: BatchBuilder::new(),
                         };
-                        self.folders.insert(path.clone(), self.groups.len());
-                        self.groups.push((path, group));
-                        (self.groups.len() - 1, true)
+                        (self.groups.insert_full(path, group).0, true)
                     }
                 };
                 self.routes
@@ -137,7 +135,7 @@ impl PartitionCheckpoint {
                 (i, group + ROUTE_OVERHEAD + symbol.len())
             }
         };
-        (&mut self.groups[i].1, added)
+        (&mut self.groups[i], added)
     }
 }
 
@@ -581,14 +579,14 @@ impl Checkpoint {
 /// The groups of one partition's checkpoint as (folder in `to`, first offset, records): one per
 /// group when they were routed by `to`, else the groups of each folder of `to` merged into one.
 fn group_files(
-    mut groups: Vec<(String, FileGroup)>,
+    mut groups: IndexMap<String, FileGroup, FastHash>,
     routed_by: &Partitioning,
     to: &Partitioning,
     types: &ColumnTypes,
 ) -> Result<Vec<(String, i64, RecordBatch)>, SinkError> {
     // In folder order, so that a flush writes its files, and merges groups, in the same order
     // whatever order the records came in.
-    groups.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    groups.sort_unstable_keys();
     let finish = |mut g: FileGroup| {
         g.builder
             .finish_typed(|name| types.arrow_type(name))
