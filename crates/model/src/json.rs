@@ -300,31 +300,36 @@ fn build<'de>(
             }
         }
     }
-    // Every name the record gives a column, to refuse the same column given twice.
-    let mut names: Vec<&str> = SLOTS
-        .iter()
-        .zip(&canonical)
-        .filter(|(_, v)| v.is_some())
-        .map(|(s, _)| *s)
-        .collect();
-    for (name, _) in extra.iter().chain(&extras) {
-        if names.contains(&name.as_ref()) {
-            return Err(bad(
-                name,
-                "is given twice (names that differ only in case or punctuation are the same \
-                 column); which value is meant is ambiguous",
-            ));
+    // Every name the record gives a column, to refuse the same column given twice. The core fields'
+    // names differ from each other, so a record of only those (the common case) has nothing to check
+    // and costs no allocation here.
+    if !extra.is_empty() || !extras.is_empty() {
+        let mut names: Vec<&str> = SLOTS
+            .iter()
+            .zip(&canonical)
+            .filter(|(_, v)| v.is_some())
+            .map(|(s, _)| *s)
+            .collect();
+        for (name, _) in extra.iter().chain(&extras) {
+            if names.contains(&name.as_ref()) {
+                return Err(bad(
+                    name,
+                    "is given twice (names that differ only in case or punctuation are the same \
+                     column); which value is meant is ambiguous",
+                ));
+            }
+            if name.len() > MAX_COLUMN_NAME_BYTES {
+                return Err(bad(
+                    &name[..name.floor_char_boundary(40)],
+                    format!(
+                        "the column name is {} bytes long, more than the {MAX_COLUMN_NAME_BYTES} \
+                         allowed",
+                        name.len()
+                    ),
+                ));
+            }
+            names.push(name);
         }
-        if name.len() > MAX_COLUMN_NAME_BYTES {
-            return Err(bad(
-                &name[..name.floor_char_boundary(40)],
-                format!(
-                    "the column name is {} bytes long, more than the {MAX_COLUMN_NAME_BYTES} allowed",
-                    name.len()
-                ),
-            ));
-        }
-        names.push(name);
     }
     let [symbol, ts, open, high, low, close, volume] = canonical;
     let symbol = match symbol {
