@@ -197,10 +197,11 @@ impl Consumer for EmbeddedConsumer {
                     continue;
                 }
                 let buf = self.buffers.entry(p).or_default();
-                while out.len() < max {
-                    let Some(m) = buf.pop_front() else { break };
-                    self.positions.insert(p, m.offset + 1);
-                    out.push(m);
+                let n = buf.len().min(max - out.len());
+                out.reserve(n);
+                out.extend(buf.drain(..n));
+                if let Some(last) = out.last().filter(|_| n > 0) {
+                    self.positions.insert(p, last.offset + 1);
                 }
             }
             self.cursor = self.cursor.wrapping_add(1);
