@@ -78,6 +78,8 @@ if [ "$MODE" = "--report" ]; then
       echo "== the Connect peer did not finish (BENCH_CONNECT_TIMEOUT=${BENCH_CONNECT_TIMEOUT:-900} s); the report keeps its last run, marked"
       export BENCH_CONNECT_STALE=1
     fi
+  else
+    export BENCH_CONNECT_STALE=skipped
   fi
   "$MOTO_VENV/bin/python" scripts/bench_report.py benchmarks BENCHMARKS.md "$(git rev-parse --short HEAD)"
   exit 0

@@ -162,9 +162,11 @@ def seed_section(seed):
 
 def connect_section(connect, ingest):
     out = ["### Kafka Connect with Apache Iceberg's sink, the peer", ""]
-    if os.environ.get("BENCH_CONNECT_STALE"):
-        out += [f"**Not from this run.** The peer did not fill its table within its time limit "
-                f"(`BENCH_CONNECT_TIMEOUT`) in this run; its row is its last run's "
+    stale = os.environ.get("BENCH_CONNECT_STALE")
+    if stale:
+        why = ("The peer was not run (`BENCH_CONNECT=0`)" if stale == "skipped" else
+               "The peer did not fill its table within its time limit (`BENCH_CONNECT_TIMEOUT`) in this run")
+        out += [f"**Not from this run.** {why}; its row is its last run's "
                 f"({connect.get('date', 'date not recorded')}, `benchmarks/connect.json`). The ticklake rows "
                 "are this run's.", ""]
     out += [
