@@ -400,7 +400,7 @@ impl Checkpoint {
             &batch,
             rules.max_message_bytes,
             |first, piece, mut decoded| {
-                // By reference: each record (136 bytes) copied out of its piece was a stall in a profile.
+                // By reference: copying each record (136 bytes) out of its piece stalled the loop.
                 for (i, (m, decoded)) in piece.iter().zip(&mut decoded).enumerate() {
                     self.absorb_one(first + i, m, decoded, rules, &mut hold);
                 }
