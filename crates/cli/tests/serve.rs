@@ -455,6 +455,24 @@ fn bad_requests_get_json_errors_naming_the_problem() {
     )
     .assert_error(422, "timeout", "ran longer than its time limit (1s)");
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    // A function asked to build 75 GiB at once: it aborted the server; now the request is refused
+    // and the server answers the next one.
+    post_sql(
+        &query,
+        "SELECT cardinality(range(1, 10000000000))",
+        "application/json",
+    )
+    .assert_error(
+        422,
+        "execution",
+        "range(...) would build 74.5 GiB in one step",
+    );
+    post_sql(
+        &query,
+        "SELECT max(array_max(array_repeat(close, 100000000))) FROM stock_topic",
+        "application/json",
+    )
+    .assert_error(422, "execution", "array_repeat(...) would build");
 
     // Bodies and formats.
     let raw = |content_type: &str, body: &[u8]| {

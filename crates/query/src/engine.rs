@@ -25,6 +25,7 @@ use crate::files::Files;
 use crate::folder_distinct::FolderDistinct;
 use crate::helpers::{vwap_udaf, Ohlcv, Tables};
 use crate::iceberg::{AsOf, IcebergTable, IcebergTables, Snapshots};
+use crate::output_bounds::bound_function_outputs;
 use crate::provider::{partition_value, LakeTable, Storage};
 use crate::run_aggregate::RunAggregate;
 use crate::window_topn::WindowTopN;
@@ -165,6 +166,7 @@ impl Engine {
                 .with_physical_optimizer_rule(Arc::new(YieldingJoins))
                 .build();
             let ctx = SessionContext::new_with_state(state);
+            bound_function_outputs(&ctx, options.memory_limit);
             let tables: Tables = Arc::new(RwLock::new(HashMap::new()));
             let iceberg_tables: IcebergTables = Arc::new(RwLock::new(HashMap::new()));
             ctx.register_udaf(vwap_udaf());

@@ -14,6 +14,7 @@ mod iceberg;
 mod key_runs;
 pub mod market;
 mod output;
+mod output_bounds;
 mod provider;
 mod run_aggregate;
 #[cfg(test)]
@@ -27,6 +28,7 @@ pub use engine::{
 };
 pub use iceberg::IcebergTable;
 pub use output::{write_output, OutputFormat};
+pub use output_bounds::FUNCTION_OUTPUT_LIMIT;
 pub use provider::LakeTable;
 
 use datafusion::error::DataFusionError;
