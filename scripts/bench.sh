@@ -8,8 +8,8 @@
 #                                 benchmarks/, then scripts/bench_report.py lays them out with each goal of
 #                                 issue 10 beside its measure, between the markers at the top of
 #                                 BENCHMARKS.md (BENCH_CONNECT=0 skips the Connect peer,
-#                                 BENCH_REPORT_100M=1 adds the queries at 100 M rows; 30 minutes on
-#                                 2 cores, 70 with the 100 M rows)
+#                                 BENCH_REPORT_100M=1 adds the queries at 100 M rows; about 25 minutes on
+#                                 2 cores, about 40 with the 100 M rows)
 #   scripts/bench.sh --ingest     every way into the lake, verified: BENCH_INGEST_COUNT (10,000,000)
 #                                 records into the embedded log and Apache Kafka, each sunk into a local
 #                                 and a moto S3 lake as Hive and Iceberg; producer and sink at once; kcat
