@@ -1,5 +1,5 @@
-//! The same behaviour tests against both buses: the embedded log (always) and a real Kafka-protocol
-//! broker (tansu, started by `scripts/test.sh`; its address comes in `TICKLAKE_TEST_KAFKA`).
+//! The same behaviour tests against both buses: the embedded log (always) and a real Apache Kafka
+//! broker (started by `scripts/test.sh`; its address comes in `TICKLAKE_TEST_KAFKA`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -377,6 +377,57 @@ mod embedded {
             .unwrap()
             .to_string();
         assert!(err.contains("invalid topic name"), "{err}");
+    }
+
+    /// The consumer reads a partition's next batches ahead while its caller works. Seeks back and
+    /// forward, and messages appended after a read ahead found the end of the log, still come in
+    /// offset order, each once.
+    #[test]
+    fn seeks_and_reads_ahead_keep_offset_order() {
+        let bus = embedded_bus();
+        ensure_topic(&bus.config, "t", 1, 1).unwrap();
+        let mut p = producer(&bus.config, "t").unwrap();
+        let mut send = |from: usize, to: usize| {
+            for i in from..to {
+                p.send(b"k", format!("k:{i}").as_bytes(), 1_700_000_000_000)
+                    .unwrap();
+                if i % 500 == 499 {
+                    p.flush().unwrap();
+                }
+            }
+            p.flush().unwrap();
+        };
+        send(0, 20_000);
+        let mut c = consumer(&bus.config, opts("t", None)).unwrap();
+        let offsets = |c: &mut Box<dyn Consumer>, want: usize| -> Vec<i64> {
+            let mut got = Vec::new();
+            while got.len() < want {
+                let batch = c.poll(want - got.len(), Duration::from_secs(5)).unwrap();
+                assert!(!batch.is_empty(), "nothing after {got:?}");
+                for m in &batch {
+                    assert_eq!(
+                        parse(m).1 as i64,
+                        m.offset,
+                        "the payload of offset {}",
+                        m.offset
+                    );
+                }
+                got.extend(batch.iter().map(|m| m.offset));
+            }
+            got
+        };
+        assert_eq!(offsets(&mut c, 3_000), (0..3_000).collect::<Vec<_>>());
+        // Each seek comes after the read ahead of the batches after the buffer had time to finish.
+        std::thread::sleep(Duration::from_millis(300));
+        c.seek(0, 50).unwrap();
+        assert_eq!(offsets(&mut c, 1_000), (50..1_050).collect::<Vec<_>>());
+        std::thread::sleep(Duration::from_millis(300));
+        c.seek(0, 15_000).unwrap();
+        assert_eq!(offsets(&mut c, 5_000), (15_000..20_000).collect::<Vec<_>>());
+        // At the end: the read ahead found nothing. What comes next is read all the same.
+        assert!(c.poll(10, Duration::from_millis(300)).unwrap().is_empty());
+        send(20_000, 21_000);
+        assert_eq!(offsets(&mut c, 1_000), (20_000..21_000).collect::<Vec<_>>());
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::frame::decode_batch;
 use super::group::{GroupMember, GroupSettings};
+use super::read_ahead::{read_batches, ReadAhead};
 use super::{open_topic, storage};
 use crate::{BusError, Consumer, ConsumerOptions, Message, PartitionLag, StartAt};
 
@@ -24,6 +24,8 @@ pub struct EmbeddedConsumer {
     buffers: HashMap<i32, VecDeque<Message>>,
     /// Where the round-robin over partitions continues.
     cursor: usize,
+    /// Each partition's next batches, read while the caller works on the ones before.
+    read_ahead: ReadAhead,
 }
 
 impl EmbeddedConsumer {
@@ -38,6 +40,7 @@ impl EmbeddedConsumer {
             None => None,
             Some(group) => Some(GroupMember::join(dir, &conn, &db, &options.topic, group)?),
         };
+        let read_ahead = ReadAhead::start(&db);
         let mut c = EmbeddedConsumer {
             db,
             conn,
@@ -48,6 +51,7 @@ impl EmbeddedConsumer {
             positions: BTreeMap::new(),
             buffers: HashMap::new(),
             cursor: 0,
+            read_ahead,
         };
         if c.membership.is_none() {
             let all: Vec<i32> = (0..partitions).collect();
@@ -125,6 +129,7 @@ impl EmbeddedConsumer {
             for p in &revoke {
                 self.positions.remove(p);
                 self.buffers.remove(p);
+                self.read_ahead.forget(*p);
                 member.release(&self.conn, &self.db, *p)?;
             }
         }
@@ -147,35 +152,20 @@ impl EmbeddedConsumer {
         Ok(())
     }
 
-    /// Fills the buffer of `partition` from the log; returns false when nothing new is there.
+    /// Fills the (empty) buffer of `partition` from the log, or from what was read ahead; returns
+    /// false when nothing new is there. Then asks for the batches after these to be read ahead.
     fn fetch(&mut self, partition: i32) -> Result<bool, BusError> {
         let pos = self.positions[&partition];
-        let mut st = self
-            .conn
-            .prepare_cached(
-                // The batch holding ?2 is found by a seek on the primary key, so a fetch costs the
-                // same at the start and at the end of a long log.
-                "SELECT base_offset, data FROM batches WHERE partition = ?1 \
-                 AND base_offset >= COALESCE((SELECT MAX(base_offset) FROM batches \
-                   WHERE partition = ?1 AND base_offset <= ?2), 0) \
-                 AND base_offset + count > ?2 ORDER BY base_offset LIMIT 4",
-            )
-            .map_err(|e| storage(&self.db, e))?;
         let buf = self.buffers.entry(partition).or_default();
-        let db = &self.db;
-        let mut rows = st
-            .query(params![partition, pos])
-            .map_err(|e| storage(db, e))?;
-        let mut fetched = false;
-        // Each batch is decompressed from the row as SQLite holds it, with no copy into a Vec first.
-        while let Some(row) = rows.next().map_err(|e| storage(db, e))? {
-            let base: i64 = row.get(0).map_err(|e| storage(db, e))?;
-            let blob = row
-                .get_ref(1)
-                .and_then(|v| v.as_blob().map_err(Into::into))
-                .map_err(|e| storage(db, e))?;
-            decode_batch(partition, base, blob, pos, buf).map_err(|e| storage(db, e))?;
-            fetched = true;
+        let fetched = match self.read_ahead.take(partition, pos) {
+            Some(messages) if buf.is_empty() => {
+                *buf = messages;
+                true
+            }
+            _ => read_batches(&self.conn, &self.db, partition, pos, buf)?,
+        };
+        if let Some(last) = buf.back().filter(|_| fetched) {
+            self.read_ahead.request(partition, last.offset + 1);
         }
         Ok(fetched)
     }
@@ -244,6 +234,7 @@ impl Consumer for EmbeddedConsumer {
         }
         self.positions.insert(partition, offset.max(0));
         self.buffers.remove(&partition);
+        self.read_ahead.forget(partition);
         Ok(())
     }
 

@@ -21,6 +21,7 @@ mod consumer;
 mod frame;
 mod group;
 mod producer;
+mod read_ahead;
 mod retention;
 
 use std::fs;
