@@ -9,7 +9,8 @@
 //! is formatted into the plan's column names while planning (10 M elements: 3.6 s). So each of
 //! these functions is registered wrapped: before calling DataFusion's own, the wrapper adds up what
 //! the call would build over its batch (list elements times their width, or bytes of text) and
-//! refuses it past [`FUNCTION_OUTPUT_LIMIT`] (or the statement's memory limit, if lower). Tables of
+//! refuses it past [`FUNCTION_OUTPUT_LIMIT`] (or the statement's memory limit, if lower), and a
+//! list of constant arguments past [`CONSTANT_LIST_LIMIT`], since planning formats it. Tables of
 //! numbers or times belong in `FROM range(...)` / `FROM generate_series(...)`, which stream their
 //! rows a batch at a time, and the error says so.
 
@@ -38,6 +39,10 @@ use datafusion::logical_expr::{
 /// The most one call of a size-taking function may build at once (over the rows of its batch):
 /// 256 MiB, 32 M elements of a list of numbers or times. A lower memory limit lowers it.
 pub const FUNCTION_OUTPUT_LIMIT: usize = 256 << 20;
+
+/// The most a call with constant arguments may build as a list: 8 MiB, 1 M numbers or times.
+/// DataFusion evaluates such a call while planning and writes the list out into the plan's names.
+pub const CONSTANT_LIST_LIMIT: usize = 8 << 20;
 
 /// What a wrapped function builds, and so how its output is sized from its arguments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -346,16 +351,33 @@ impl ScalarUDFImpl for BoundedOutput {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let constant = args
+            .args
+            .iter()
+            .all(|v| matches!(v, ColumnarValue::Scalar(_)));
+        // A list of constant arguments is built while planning, and then written out into the
+        // plan's names, element by element (33 M numbers: 16 s, which no time limit can stop).
+        let constant_list =
+            constant && !matches!(self.output, Output::RepeatedText | Output::Padded);
+        let limit = if constant_list {
+            self.limit.min(CONSTANT_LIST_LIMIT)
+        } else {
+            self.limit
+        };
         if let Some(bytes) = self.output_bytes(&args) {
-            if bytes > self.limit as u128 {
-                let rows = if args
-                    .args
-                    .iter()
-                    .all(|v| matches!(v, ColumnarValue::Scalar(_)))
-                {
-                    String::new()
+            if bytes > limit as u128 {
+                let (rows, what) = if constant_list {
+                    (
+                        String::new(),
+                        "a call with constant arguments may build as a list",
+                    )
+                } else if constant {
+                    (String::new(), "one call of a function may build at once")
                 } else {
-                    format!(" for a batch of {} rows", args.number_rows)
+                    (
+                        format!(" for a batch of {} rows", args.number_rows),
+                        "one call of a function may build at once",
+                    )
                 };
                 let hint = match self.output {
                     Output::Series { .. } => format!(
@@ -366,11 +388,10 @@ impl ScalarUDFImpl for BoundedOutput {
                     _ => "; ask for less".to_owned(),
                 };
                 return exec_err!(
-                    "{}(...) would build {}{rows} in one step, over the {} one call of a function \
-                     may build at once{hint}",
+                    "{}(...) would build {}{rows} in one step, over the {} {what}{hint}",
                     self.name(),
                     size(bytes),
-                    size(self.limit as u128)
+                    size(limit as u128)
                 );
             }
         }
@@ -530,13 +551,28 @@ mod tests {
             ),
         ] {
             let error = answer(&ctx, sql).await.unwrap_err();
+            let limit = if built.starts_with("for a batch") {
+                "over the 256.0 MiB one call of a function may build"
+            } else {
+                "over the 8.0 MiB a call with constant arguments may build as a list"
+            };
             assert!(
                 error.contains(&format!("{function}(...) would build"))
                     && error.contains(built)
-                    && error.contains("over the 256.0 MiB one call of a function may build"),
+                    && error.contains(limit),
                 "{sql}: {error}"
             );
         }
+        // A list of constants is bounded lower: DataFusion writes it out while planning.
+        let error = answer(&ctx, "SELECT range(2000000)").await.unwrap_err();
+        assert!(
+            error.contains("range(...) would build 15.3 MiB in one step"),
+            "{error}"
+        );
+        let table = answer(&ctx, "SELECT length(repeat('ab', 10000000))")
+            .await
+            .unwrap();
+        assert_eq!(single(&table), "20000000");
         let error = answer(&ctx, "SELECT range(1, 10000000000)")
             .await
             .unwrap_err();
