@@ -74,8 +74,11 @@ const BOUNDED: [(&str, Output); 7] = [
 /// builds at most [`FUNCTION_OUTPUT_LIMIT`] bytes, or `memory_limit` if that is lower.
 pub(crate) fn bound_function_outputs(ctx: &SessionContext, memory_limit: Option<usize>) {
     let limit = memory_limit.map_or(FUNCTION_OUTPUT_LIMIT, |m| m.min(FUNCTION_OUTPUT_LIMIT));
+    // `state()` is a copy of the session's state: taken once, before the wrapped functions replace
+    // DataFusion's in the session.
+    let state = ctx.state();
     for (name, output) in BOUNDED {
-        if let Some(inner) = ctx.state().scalar_functions().get(name).cloned() {
+        if let Some(inner) = state.scalar_functions().get(name).cloned() {
             ctx.register_udf(ScalarUDF::new_from_impl(BoundedOutput {
                 inner: inner.as_ref().clone(),
                 output,
@@ -242,13 +245,9 @@ struct BoundedOutput {
 impl BoundedOutput {
     /// The bytes the call would build over its batch (`None`: arguments of types not sized here,
     /// left to the function itself).
-    fn output_bytes(&self, args: &ScalarFunctionArgs) -> Option<u128> {
+    /// `rows` is 1 when every argument is a scalar (the function then builds one value).
+    fn output_bytes(&self, args: &ScalarFunctionArgs, rows: usize) -> Option<u128> {
         let a = &args.args;
-        let rows = if a.iter().all(|v| matches!(v, ColumnarValue::Scalar(_))) {
-            1
-        } else {
-            args.number_rows
-        };
         let total = |per_row: &dyn Fn(usize) -> u128| -> u128 {
             (0..rows).fold(0u128, |sum, row| sum.saturating_add(per_row(row)))
         };
@@ -270,11 +269,16 @@ impl BoundedOutput {
                     },
                 ))
             }
-            Output::Repeated => {
-                let [element, times] = a.as_slice() else {
+            Output::Repeated | Output::RepeatedText => {
+                let [value, times] = a.as_slice() else {
                     return None;
                 };
-                let (bytes, times) = (value_bytes(element), numbers(times)?);
+                let bytes = if self.output == Output::RepeatedText {
+                    text_bytes(value)
+                } else {
+                    value_bytes(value)
+                };
+                let times = numbers(times)?;
                 Some(total(&|row| {
                     count(times.get(row)).saturating_mul(bytes.get(row))
                 }))
@@ -295,15 +299,6 @@ impl BoundedOutput {
                 Some(total(&|row| {
                     let width = fill.as_ref().map_or(width, |f| f.get(row).max(width));
                     count(size.get(row)).saturating_mul(width)
-                }))
-            }
-            Output::RepeatedText => {
-                let [text, times] = a.as_slice() else {
-                    return None;
-                };
-                let (bytes, times) = (text_bytes(text), numbers(times)?);
-                Some(total(&|row| {
-                    count(times.get(row)).saturating_mul(bytes.get(row))
                 }))
             }
             Output::Padded => {
@@ -364,7 +359,8 @@ impl ScalarUDFImpl for BoundedOutput {
         } else {
             self.limit
         };
-        if let Some(bytes) = self.output_bytes(&args) {
+        let rows = if constant { 1 } else { args.number_rows };
+        if let Some(bytes) = self.output_bytes(&args, rows) {
             if bytes > limit as u128 {
                 let (rows, what) = if constant_list {
                     (
