@@ -464,7 +464,7 @@ impl Engine {
         optimizer.prefer_existing_sort = window;
         // A window over one table read through single-input operators has the lake's scans keep
         // each symbol's files in one partition, so `PARTITION BY symbol` needs no hash repartition
-        // (`symbol_groups` in the provider). Not with joins, unions or subqueries: there DataFusion
+        // (`symbol_groups` in `file_groups.rs`). Not with joins, unions or subqueries: there DataFusion
         // could match the scan's partitions against another input's hashed ones.
         // Not for the top rows of each group (`row_number() ... = 1`): `WindowTopN` keeps a few rows
         // per group as the files are read, so the scan gains nothing from whole symbols and loses the

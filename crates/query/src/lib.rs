@@ -6,6 +6,7 @@
 //! formatting as a table, CSV, JSON lines or Parquet.
 
 mod engine;
+mod file_groups;
 mod files;
 mod folder_distinct;
 mod handover;

@@ -6,7 +6,6 @@
 //! `EXPLAIN` shows the files that remain in the scan.
 
 use std::any::Any;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
@@ -38,6 +37,8 @@ use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore;
 use ticklake_catalog::{Catalog, Partition, StorageFormat, Table};
 use ticklake_lake::Lake;
+
+use crate::file_groups::{ordered_groups, symbol_groups};
 
 /// Where a table's files are: the store, its URL as DataFusion knows it, and the table's lake.
 #[derive(Debug, Clone)]
@@ -252,8 +253,8 @@ impl LakeTable {
     /// writes `symbol, ts` as Parquet `sorting_columns`), the orderings that hold within each group.
     ///
     /// A partition column is constant in a file, so files sorted by `ts` in folders by `symbol` are
-    /// sorted by `symbol, ts` once grouped by their statistics (DataFusion's min/max bin packing,
-    /// which also proves the order it declares). A window `PARTITION BY symbol ORDER BY ts`, or an
+    /// sorted by `symbol, ts` once grouped by their statistics, balanced by bytes (see
+    /// [`ordered_groups`]; DataFusion's min/max bin packing proves each group's order). A window `PARTITION BY symbol ORDER BY ts`, or an
     /// `ORDER BY symbol, ts`, then merges ordered streams instead of sorting every row. Files without
     /// the footer's order, or too unordered to fit the engine's partitions, are read as before.
     /// Every file whose footer reads carries its statistics (see [`table_statistics`]).
@@ -357,72 +358,24 @@ impl LakeTable {
                 return (groups, orderings, true);
             }
         }
+        // Balanced by bytes where that fits `target` ordered groups, else DataFusion's packing
+        // (balanced by number of files), which may still fit where the greedy pass by bytes did not.
         let grouped = orderings.first().and_then(|primary| {
-            FileScanConfig::split_groups_by_statistics_with_target_partitions(
-                table_schema,
-                &[FileGroup::new(described.clone())],
-                primary,
-                target,
-            )
-            .ok()
+            ordered_groups(&described, primary, target, table_schema).or_else(|| {
+                FileScanConfig::split_groups_by_statistics_with_target_partitions(
+                    table_schema,
+                    &[FileGroup::new(described.clone())],
+                    primary,
+                    target,
+                )
+                .ok()
+            })
         });
         match grouped {
             Some(groups) if groups.len() <= target => (groups, orderings, false),
             _ => unordered(described),
         }
     }
-}
-
-/// `files` in at most `target` groups such that all files of a symbol (the partition value at
-/// `symbol`) are in one group, the groups balanced by bytes, and each group's files in `primary`'s
-/// order, as DataFusion's min/max bin packing proves it from their statistics. `None` when a group's
-/// files cannot be put in that order (overlapping times within a symbol, say a late file beside a
-/// merged one), or a file has no symbol value.
-///
-/// Rows of one symbol then never leave their partition, so the scan may declare itself partitioned
-/// by its partition columns. That is a grouping, not DataFusion's hash: the engine asks for it only
-/// for plans that read one table through single-input operators (see `Engine::run`), where nothing
-/// matches the scan's partitions against another input's hashed ones.
-fn symbol_groups(
-    files: &[PartitionedFile],
-    symbol: usize,
-    primary: &LexOrdering,
-    target: usize,
-    table_schema: &SchemaRef,
-) -> Option<Vec<FileGroup>> {
-    let mut symbols: BTreeMap<Option<String>, (u64, Vec<PartitionedFile>)> = BTreeMap::new();
-    for file in files {
-        let ScalarValue::Utf8(value) = file.partition_values.get(symbol)? else {
-            return None;
-        };
-        let entry = symbols.entry(value.clone()).or_default();
-        entry.0 += file.object_meta.size;
-        entry.1.push(file.clone());
-    }
-    let mut symbols: Vec<(u64, Vec<PartitionedFile>)> = symbols.into_values().collect();
-    symbols.sort_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
-    let mut groups: Vec<(u64, Vec<PartitionedFile>)> =
-        vec![(0, Vec::new()); target.min(symbols.len())];
-    for (bytes, files) in symbols {
-        let lightest = groups.iter_mut().min_by_key(|(size, _)| *size)?;
-        lightest.0 += bytes;
-        lightest.1.extend(files);
-    }
-    groups
-        .into_iter()
-        .map(|(_, files)| {
-            let ordered = FileScanConfig::split_groups_by_statistics_with_target_partitions(
-                table_schema,
-                &[FileGroup::new(files)],
-                primary,
-                1,
-            )
-            .ok()?;
-            <[FileGroup; 1]>::try_from(ordered)
-                .ok()
-                .map(|[group]| group)
-        })
-        .collect()
 }
 
 /// The table's statistics as the sum of its files' (the footers `file_groups` read): exact row
