@@ -18,15 +18,20 @@
 //! the newest that shares its Arrow with the `iceberg` crate.
 
 use std::any::Any;
+use std::cmp::Ordering;
 use std::fmt;
 use std::sync::Arc;
 
 use crate::key_runs::key_runs;
-use arrow::array::UInt32Array;
-use arrow::array::{ArrayRef, RecordBatch};
+use arrow::array::{
+    downcast_primitive_array, Array, ArrayRef, ArrowPrimitiveType, PrimitiveArray, RecordBatch,
+    UInt32Array,
+};
+use arrow::compute::SortOptions;
 use arrow::compute::{
     interleave_record_batch, lexsort_to_indices, take, take_record_batch, SortColumn,
 };
+use arrow::datatypes::ArrowNativeTypeOp;
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
@@ -482,6 +487,14 @@ impl TopK {
                         candidates.extend(run.map(|r| r as u32));
                         continue;
                     }
+                    // The latest row of each group: one pass for the best value.
+                    if let ([column], [expr], 1) = (&order_columns[..], order_exprs, self.k) {
+                        let values = column.slice(run.start, run.len());
+                        if let Some(best) = first_in_order(values.as_ref(), expr.options) {
+                            candidates.push((run.start + best) as u32);
+                            continue;
+                        }
+                    }
                     let columns: Vec<SortColumn> = order_columns
                         .iter()
                         .zip(order_exprs)
@@ -610,6 +623,43 @@ impl TopK {
     }
 }
 
+/// The row of `values` that sorts first under `options` (the first of equal rows), for primitive
+/// arrays: what Arrow's `sort_to_indices` with a limit of one finds, in one pass over the values
+/// instead of collecting and partially sorting (index, value) pairs. Floats compare in total order,
+/// as Arrow's sort does. `None` for other types and for no rows.
+fn first_in_order(values: &dyn Array, options: SortOptions) -> Option<usize> {
+    downcast_primitive_array! {
+        values => first_primitive(values, options),
+        _ => None,
+    }
+}
+
+fn first_primitive<T: ArrowPrimitiveType>(
+    values: &PrimitiveArray<T>,
+    options: SortOptions,
+) -> Option<usize> {
+    if values.is_empty() {
+        return None;
+    }
+    // The wanted end of the order: the greatest value when descending, else the least.
+    let wanted = if options.descending {
+        Ordering::Greater
+    } else {
+        Ordering::Less
+    };
+    let raw = values.values();
+    let better = |i: usize, best: usize| raw[i].compare(raw[best]) == wanted;
+    match values.nulls().filter(|nulls| nulls.null_count() > 0) {
+        None => Some((1..raw.len()).fold(0, |best, i| if better(i, best) { i } else { best })),
+        Some(nulls) if options.nulls_first || nulls.null_count() == values.len() => {
+            nulls.iter().position(|valid| !valid)
+        }
+        Some(nulls) => nulls
+            .valid_indices()
+            .reduce(|best, i| if better(i, best) { i } else { best }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -648,6 +698,28 @@ mod tests {
                 "SELECT sym, id, price FROM t QUALIFY row_number() OVER (PARTITION BY sym ORDER BY price DESC, id) = 1 ORDER BY sym".to_owned(),
                 true,
             ),
+            // One order column and K = 1, each way and with nulls either end (ts repeats, so only
+            // the order column is selected: which of equal rows is first is not defined).
+            (
+                "SELECT sym, id, ts FROM t QUALIFY row_number() OVER (PARTITION BY sym ORDER BY id DESC) = 1 ORDER BY sym".to_owned(),
+                true,
+            ),
+            (
+                "SELECT sym, id, price FROM t QUALIFY row_number() OVER (PARTITION BY sym ORDER BY id) = 1 ORDER BY sym".to_owned(),
+                true,
+            ),
+            (
+                "SELECT sym, ts FROM t QUALIFY row_number() OVER (PARTITION BY sym ORDER BY ts DESC NULLS FIRST) = 1 ORDER BY sym".to_owned(),
+                true,
+            ),
+            (
+                "SELECT sym, ts FROM t QUALIFY row_number() OVER (PARTITION BY sym ORDER BY ts DESC NULLS LAST) = 1 ORDER BY sym".to_owned(),
+                true,
+            ),
+            (
+                "SELECT day, price FROM t QUALIFY row_number() OVER (PARTITION BY day ORDER BY price) = 1 ORDER BY day".to_owned(),
+                true,
+            ),
             // Not rewritten: no bound on the number, no rows, ranks, several windows, no groups.
             (format!("SELECT * FROM {by_sym_ts} WHERE rn > 2 ORDER BY id"), false),
             (format!("SELECT * FROM {by_sym_ts} WHERE rn < 1 ORDER BY id"), false),
@@ -684,6 +756,78 @@ mod tests {
                 "{sql}: {expected}"
             );
         }
+    }
+
+    /// The one-pass search finds a row with the value Arrow's sort puts first, for every direction,
+    /// nulls either end, floats with NaN and signed zeros, all nulls, and slices.
+    #[test]
+    fn first_in_order_finds_what_the_sort_puts_first() {
+        use arrow::array::{Float64Array, StringArray};
+        use arrow::compute::sort_to_indices;
+        let floats: ArrayRef = Arc::new(Float64Array::from(vec![
+            Some(1.5),
+            None,
+            Some(f64::NAN),
+            Some(-0.0),
+            Some(0.0),
+            Some(-7.25),
+            None,
+            Some(f64::INFINITY),
+            Some(-7.25),
+        ]));
+        let ints: ArrayRef = Arc::new(Int64Array::from(vec![
+            Some(3),
+            Some(9),
+            None,
+            Some(-4),
+            Some(9),
+        ]));
+        let no_nulls: ArrayRef = Arc::new(Int64Array::from(vec![5, 2, 8, 2, 8, 1]));
+        let all_null: ArrayRef = Arc::new(Int64Array::from(vec![None, None, None]));
+        let arrays = [
+            floats.clone(),
+            floats.slice(2, 5),
+            ints.clone(),
+            ints.slice(3, 2),
+            no_nulls.clone(),
+            no_nulls.slice(1, 4),
+            all_null,
+        ];
+        for values in &arrays {
+            for (descending, nulls_first) in
+                [(false, false), (false, true), (true, false), (true, true)]
+            {
+                let options = SortOptions {
+                    descending,
+                    nulls_first,
+                };
+                let ours = first_in_order(values.as_ref(), options).unwrap();
+                let theirs = sort_to_indices(values.as_ref(), Some(options), Some(1))
+                    .unwrap()
+                    .value(0) as usize;
+                let (a, b) = (values.slice(ours, 1), values.slice(theirs, 1));
+                let same = match (
+                    a.as_any().downcast_ref::<Float64Array>(),
+                    b.as_any().downcast_ref::<Float64Array>(),
+                ) {
+                    (Some(a), Some(b)) => {
+                        a.is_null(0) == b.is_null(0) && a.value(0).total_cmp(&b.value(0)).is_eq()
+                    }
+                    _ => a.to_data() == b.to_data(),
+                };
+                assert!(
+                    same,
+                    "{values:?} {options:?}: row {ours}, the sort's {theirs}"
+                );
+            }
+        }
+        // Other types are left to the sort.
+        let text = StringArray::from(vec!["b", "a"]);
+        assert_eq!(first_in_order(&text, SortOptions::default()), None);
+        assert_eq!(
+            first_in_order(&no_nulls.slice(0, 0), SortOptions::default()),
+            None
+        );
     }
 
     /// With more groups than the memory limit holds, the operator hands over to a sort (which
