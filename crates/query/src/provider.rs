@@ -254,9 +254,10 @@ impl LakeTable {
     ///
     /// A partition column is constant in a file, so files sorted by `ts` in folders by `symbol` are
     /// sorted by `symbol, ts` once grouped by their statistics, balanced by bytes (see
-    /// [`ordered_groups`]; DataFusion's min/max bin packing proves each group's order). A window `PARTITION BY symbol ORDER BY ts`, or an
-    /// `ORDER BY symbol, ts`, then merges ordered streams instead of sorting every row. Files without
-    /// the footer's order, or too unordered to fit the engine's partitions, are read as before.
+    /// [`ordered_groups`]; DataFusion's min/max bin packing proves each group's order). A window
+    /// `PARTITION BY symbol ORDER BY ts`, or an `ORDER BY symbol, ts`, then merges ordered streams
+    /// instead of sorting every row. Files without the footer's order, or too unordered to fit the
+    /// engine's partitions, are read as before.
     /// Every file whose footer reads carries its statistics (see [`table_statistics`]).
     ///
     /// `keys` are the partition columns the scan carries (each file's `partition_values`, in that
