@@ -21,9 +21,9 @@ use datafusion::physical_expr::LexOrdering;
 /// balanced by bytes. `None` when the files do not fit `target` such groups this way.
 ///
 /// DataFusion's own packing (`split_groups_by_statistics_with_target_partitions`) balances the
-/// groups by their number of files. Files differ in size (a partition folder holds a whole day, or
-/// the hour the sink last flushed), so on a simulated 10 M-row lake its two groups held 54 MB and
-/// 41 MB: for the last fifth of a full scan, one core had nothing to do. Here the same greedy pass
+/// groups by their number of files. Files differ in size (a flush cuts each partition's rows
+/// wherever it falls), so on a simulated 10 M-row lake its two groups held 54 MB and 41 MB: for the
+/// last quarter of a full scan, one core had nothing to do. Here the same greedy pass
 /// (files by their least key, each to a group it may follow) gives each file to the eligible group
 /// with the fewest bytes. Each group is then checked by DataFusion's packing, which must find it
 /// one ordered group, so the order declared is the one DataFusion proves.
