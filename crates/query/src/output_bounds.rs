@@ -24,6 +24,7 @@ use arrow::datatypes::{
     DataType, Date32Type, Date64Type, Int32Type, Int64Type, IntervalMonthDayNanoType, IntervalUnit,
     TimeUnit,
 };
+use bytesize::ByteSize;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::{exec_err, ExprSchema, Result};
 use datafusion::execution::context::SessionContext;
@@ -218,20 +219,9 @@ fn series_length(start: i128, stop: i128, step: i128) -> u128 {
     span.unsigned_abs() / step.unsigned_abs() + 1
 }
 
-/// A size, for a person.
-fn size(bytes: u128) -> String {
-    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} bytes")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+/// A size, for a person ("74.5 GiB"); past 16 EiB, 16 EiB.
+fn size(bytes: u128) -> ByteSize {
+    ByteSize(u64::try_from(bytes).unwrap_or(u64::MAX))
 }
 
 /// A size-taking function of DataFusion's, called only when its output fits under `limit` bytes.
