@@ -2,15 +2,19 @@
 
 usage: bench_queries.py BIN LAKE_DIR RUNS [JSON_OUT]
 
-LAKE_DIR is where `ticklake query` runs (its embedded catalog and the table `stock_topic`, partitioned
-by date and symbol). Each query runs RUNS times in one `ticklake query --timing` process and RUNS times
-in one DuckDB connection over `read_parquet(LAKE_DIR/lake/stock_topic/*/*/*.parquet)`; the median of
-each is reported. Both are in-process times without start-up: ticklake's include planning, listing the
-catalog's partitions and collecting the result; DuckDB's include materialising it as an Arrow table.
+LAKE_DIR is where `ticklake` runs (its embedded catalog and the table `stock_topic`, partitioned by date
+and symbol). Both engines stay up for the whole benchmark: one `ticklake sql --timing` shell, fed one
+statement at a time, and one DuckDB connection over `read_parquet(LAKE_DIR/lake/stock_topic/*/*/*.parquet)`.
+Each query first runs once on each engine untimed (the warm-up, whose answers are compared), then RUNS
+times on each, interleaved: ticklake then DuckDB in one round, DuckDB then ticklake in the next. A
+machine that slows down or speeds up over a minute (a shared host does) then weighs on both engines
+alike, not on whichever ran second. The median of each engine's RUNS times is reported. Both are
+in-process times without start-up: ticklake's include planning, listing the catalog's partitions and
+collecting the result; DuckDB's include materialising it as an Arrow table.
 
-Before a time is reported, each query's result is checked on both engines: the same number of rows and,
-for every numeric column, the same sum (relative tolerance 1e-6, since the engines add floats in
-different orders). A mismatch stops the benchmark.
+The answers are compared before any time is reported: the same number of rows and, for every numeric
+column, the same sum (relative tolerance 1e-6, since the engines add floats in different orders). A
+mismatch stops the benchmark.
 """
 import csv
 import datetime
@@ -21,6 +25,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import duckdb
@@ -145,21 +150,65 @@ def median_ms(times):
     return statistics.median(times)
 
 
-def ticklake(bin_, lake_dir, sql, runs):
-    """(median ms over RUNS runs in one process, the result's rows from one more run as CSV)."""
-    script = ";".join([sql] * runs)
-    timed = subprocess.run(
-        [bin_, "query", "--timing", "-o", "/dev/null", script],
-        cwd=lake_dir, capture_output=True, text=True, check=False,
-    )
-    if timed.returncode != 0:
-        sys.exit(f"ticklake failed on {sql!r}:\n{timed.stderr}")
-    times = [float(line.split()[1]) for line in timed.stderr.splitlines() if line.startswith("time:")]
-    out = subprocess.run(
-        [bin_, "query", "--format", "csv", sql], cwd=lake_dir, capture_output=True, text=True, check=True
-    ).stdout
-    rows = list(csv.reader(io.StringIO(out)))[1:]
-    return median_ms(times), [[None if v == "" else v for v in r] for r in rows]
+class TicklakeShell:
+    """One `ticklake sql --timing --format csv` process, fed one statement at a time over a pipe.
+
+    After each statement a marker statement is sent; its header on standard output ends the
+    statement's CSV, and its `time:` line on standard error ends the statement's messages.
+    """
+
+    MARKER = "tl_bench_end"
+
+    def __init__(self, bin_, lake_dir, history):
+        self.proc = subprocess.Popen(
+            [bin_, "sql", "--timing", "--format", "csv", "--history", history],
+            cwd=lake_dir, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, bufsize=1,
+        )
+
+    def run(self, sql):
+        """(ms the statement took, its result's rows as lists of strings, None for NULL)."""
+        self.proc.stdin.write(f"{sql};\nSELECT 1 AS {self.MARKER};\n")
+        self.proc.stdin.flush()
+        # Standard error first, up to the statement's time; then its CSV, which may be larger than the
+        # pipe holds; then standard error up to the marker's time (any error message comes before it).
+        times, messages = [], []
+
+        def read_messages():
+            while True:
+                line = self.proc.stderr.readline()
+                if not line:
+                    sys.exit(f"ticklake sql stopped on {sql!r}:\n" + "".join(messages))
+                if line.startswith("time:"):
+                    times.append(float(line.split()[1]))
+                    return
+                messages.append(line)
+
+        read_messages()
+        lines = []
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                sys.exit(f"ticklake sql stopped on {sql!r}")
+            if line.rstrip("\r\n") == self.MARKER:
+                self.proc.stdout.readline()  # the marker's value
+                break
+            lines.append(line)
+        read_messages()
+        if any(m.startswith("error:") for m in messages):
+            sys.exit(f"ticklake failed on {sql!r}:\n" + "".join(messages))
+        rows = list(csv.reader(io.StringIO("".join(lines))))[1:]
+        return times[0], [[None if v == "" else v for v in r] for r in rows]
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def duckdb_ms(con, sql):
+    start = time.perf_counter()
+    to_arrow(con.sql(sql))
+    return (time.perf_counter() - start) * 1000
 
 
 def machine():
@@ -195,20 +244,19 @@ def main():
     lo = con.execute("SELECT quantile_disc(close, 0.99) FROM t").fetchall()[0][0]
     params = {"sym": sym, "day": day, "lo": repr(lo), "hi": repr(hi_close)}
     print(f"lake: {rows} rows, {symbols} symbols, {days} dates; duckdb {duckdb.__version__}; "
-          f"median of {runs} runs each, in-process times (no start-up); every result checked on both engines")
+          f"median of {runs} warm runs each, interleaved, in-process times (no start-up); "
+          "every result checked on both engines")
     print()
     print("| query | ticklake ms | DuckDB ms | ratio |")
     print("|---|---:|---:|---:|")
     results = []
+    history = tempfile.TemporaryDirectory()
+    shell = TicklakeShell(bin_, lake_dir, os.path.join(history.name, "history"))
     for name, ours, theirs in QUERIES:
         ours_sql = ours.format(t="stock_topic", **params)
         duck_sql = (theirs or ours).format(t="t", **params)
-        ms, our_rows = ticklake(bin_, lake_dir, ours_sql, runs)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            to_arrow(con.sql(duck_sql))
-            times.append((time.perf_counter() - start) * 1000)
+        # The warm-up run of each engine gives the answers to compare.
+        _, our_rows = shell.run(ours_sql)
         duck_rows = con.execute(duck_sql).fetchall()
         ours_sums, duck_sums = checksums(our_rows), checksums(duck_rows)
         if len(our_rows) != len(duck_rows) or len(ours_sums) != len(duck_sums) or not all(
@@ -218,16 +266,27 @@ def main():
                 f"results differ on {name!r}: ticklake {len(our_rows)} rows, column sums {ours_sums}; "
                 f"DuckDB {len(duck_rows)} rows, column sums {duck_sums}\n  ticklake: {ours_sql}\n  DuckDB: {duck_sql}"
             )
-        duck_ms = median_ms(times)
+        our_times, duck_times = [], []
+        for round_ in range(runs):
+            if round_ % 2 == 0:
+                our_times.append(shell.run(ours_sql)[0])
+                duck_times.append(duckdb_ms(con, duck_sql))
+            else:
+                duck_times.append(duckdb_ms(con, duck_sql))
+                our_times.append(shell.run(ours_sql)[0])
+        ms, duck_ms = median_ms(our_times), median_ms(duck_times)
         print(f"| {name} | {ms:.1f} | {duck_ms:.1f} | {ms / duck_ms:.2f}x |", flush=True)
         results.append({
             "query": name, "ticklake_sql": ours_sql, "duckdb_sql": duck_sql, "rows": len(our_rows),
             "ticklake_ms": ms, "duckdb_ms": duck_ms, "ratio": ms / duck_ms,
+            "ticklake_runs_ms": our_times, "duckdb_runs_ms": duck_times,
         })
+    shell.close()
+    history.cleanup()
     if json_out:
         with open(json_out, "w") as f:
             json.dump({"machine": machine(), "date": datetime.date.today().isoformat(), "commit": commit(),
-                       "lake_rows": rows, "symbols": symbols, "dates": days, "runs": runs,
+                       "lake_rows": rows, "symbols": symbols, "dates": days, "runs": runs, "interleaved": True,
                        "duckdb": duckdb.__version__, "queries": results}, f, indent=2)
 
 

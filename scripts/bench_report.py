@@ -135,7 +135,8 @@ def ingest_section(ingest):
 
 def query_section(q, title, note=""):
     out = [f"### {title}: {q['lake_rows']:,} rows, {q['symbols']} symbols, {q.get('dates', '?')} dates; "
-           f"median of {q['runs']} warm runs; DuckDB {q.get('duckdb', '')}", ""]
+           f"median of {q['runs']} warm runs{', interleaved' if q.get('interleaved') else ''}; "
+           f"DuckDB {q.get('duckdb', '')}", ""]
     if note:
         out += [note, ""]
     out += [
