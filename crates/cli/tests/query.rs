@@ -647,6 +647,79 @@ fn the_shell_runs_statements_over_lines_and_keeps_history() {
     assert!(saved.contains("SELECT 41 + 1 AS answer;"), "{saved}");
 }
 
+/// Every `.parquet` file below `dir`.
+fn parquet_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(parquet_files(&path));
+        } else if path.extension().is_some_and(|e| e == "parquet") {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// A running shell keeps each file's statistics between statements (`count(*)` is answered from
+/// them), and reads a file again once it changed: here one file is overwritten in place by another.
+#[test]
+fn a_running_shell_reads_a_file_again_once_it_changed() {
+    use std::io::{BufRead, BufReader, Write};
+    let env = simulated_lake(1_000);
+    let history = env.dir.path().join("history");
+    let mut files = parquet_files(&env.dir.path().join("lake").join("stock_topic"));
+    files.sort_by_key(|f| std::fs::metadata(f).unwrap().len());
+    let (smallest, largest) = (files[0].clone(), files[files.len() - 1].clone());
+    let mut shell = env
+        .command(&["sql", "--format", "csv", "--history", path_str(&history)])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = shell.stdin.take().unwrap();
+    let mut output = BufReader::new(shell.stdout.take().unwrap());
+    let mut count = || {
+        input
+            .write_all(b"SELECT count(*) AS n FROM stock_topic;\n")
+            .unwrap();
+        input.flush().unwrap();
+        let mut line = String::new();
+        while line.trim() != "n" {
+            line.clear();
+            assert!(
+                output.read_line(&mut line).unwrap() > 0,
+                "the shell stopped"
+            );
+        }
+        line.clear();
+        output.read_line(&mut line).unwrap();
+        line.trim().parse::<u64>().unwrap()
+    };
+    assert_eq!(count(), 1_000);
+    assert_eq!(count(), 1_000, "the second time, from the kept statistics");
+    std::fs::copy(&smallest, &largest).unwrap();
+    let now = count();
+    let fresh = query_rows(&env, "SELECT count(*) FROM stock_topic")[0][0].clone();
+    assert_ne!(
+        fresh, "1000",
+        "the two files hold different numbers of rows"
+    );
+    assert_eq!(
+        now.to_string(),
+        fresh,
+        "the running shell sees the file as a new process does"
+    );
+    drop(input);
+    let out = shell.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn demo_prints_answers_computed_from_the_sample() {
     let env = Env::embedded();

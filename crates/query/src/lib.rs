@@ -7,6 +7,7 @@
 
 mod engine;
 mod file_groups;
+mod file_statistics;
 mod files;
 mod folder_distinct;
 mod handover;
