@@ -20,8 +20,9 @@
 #   scripts/bench.sh --sink-only  only the sink runs
 #   scripts/bench.sh --kafka      only the Apache Kafka runs (ticklake and kcat side by side)
 #   scripts/bench.sh --query      only the query latencies: 15 queries on a 10M-row simulated lake,
-#                                 ticklake and DuckDB side by side on the same files, every answer
-#                                 checked on both engines first; also written to benchmarks/queries.json
+#                                 ticklake and DuckDB side by side on the same files, their warm runs
+#                                 interleaved, every answer checked on both engines first; also
+#                                 written to benchmarks/queries.json
 #                                 (BENCH_QUERY_ROWS, _RUNS, _JSON change the lake size, runs, file)
 #   scripts/bench.sh --compaction a live feed (event time = wall time) at a steady rate into a running
 #                                 sink, Hive and Iceberg, at 10 and 10,000 symbols: files per partition
