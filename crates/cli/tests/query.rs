@@ -661,8 +661,9 @@ fn parquet_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     found
 }
 
-/// A running shell keeps each file's statistics between statements (`count(*)` is answered from
-/// them), and reads a file again once it changed: here one file is overwritten in place by another.
+/// A running shell keeps each file's statistics between statements and across a refresh of the
+/// catalog (`count(*)` is answered from them), and reads a file again once it changed: here one file
+/// is overwritten in place by another.
 #[test]
 fn a_running_shell_reads_a_file_again_once_it_changed() {
     use std::io::{BufRead, BufReader, Write};
@@ -680,7 +681,9 @@ fn a_running_shell_reads_a_file_again_once_it_changed() {
         .unwrap();
     let mut input = shell.stdin.take().unwrap();
     let mut output = BufReader::new(shell.stdout.take().unwrap());
-    let mut count = || {
+    // Sends `before` (shell commands), then the count, and reads the count's answer.
+    let mut count = |before: &[u8]| {
+        input.write_all(before).unwrap();
         input
             .write_all(b"SELECT count(*) AS n FROM stock_topic;\n")
             .unwrap();
@@ -697,10 +700,16 @@ fn a_running_shell_reads_a_file_again_once_it_changed() {
         output.read_line(&mut line).unwrap();
         line.trim().parse::<u64>().unwrap()
     };
-    assert_eq!(count(), 1_000);
-    assert_eq!(count(), 1_000, "the second time, from the kept statistics");
+    assert_eq!(count(b""), 1_000);
+    assert_eq!(
+        count(b""),
+        1_000,
+        "the second time, from the kept statistics"
+    );
+    // A refresh re-reads the catalog; the table, unchanged, keeps its files' statistics.
+    assert_eq!(count(b"\\refresh\n"), 1_000);
     std::fs::copy(&smallest, &largest).unwrap();
-    let now = count();
+    let now = count(b"");
     let fresh = query_rows(&env, "SELECT count(*) FROM stock_topic")[0][0].clone();
     assert_ne!(
         fresh, "1000",

@@ -221,6 +221,11 @@ impl Engine {
     pub fn refresh<'a>(&'a self) -> BoxFuture<'a, Result<(), QueryError>> {
         Box::pin(async move {
             let defs = self.catalog.list_tables().await?;
+            let before = self
+                .tables
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             let mut stores: HashSet<String> = HashSet::new();
             let mut tables: HashMap<String, Arc<dyn TableProvider>> = HashMap::new();
             for def in defs {
@@ -236,8 +241,14 @@ impl Engine {
                         .register_object_store(storage.url.as_ref(), storage.store.clone());
                 }
                 let name = def.name.clone();
-                let table = LakeTable::new(def, self.catalog.clone(), storage)
+                let mut table = LakeTable::new(def, self.catalog.clone(), storage)
                     .map_err(|e| QueryError::Table(name.clone(), e.to_string()))?;
+                if let Some(before) = before
+                    .get(&name)
+                    .and_then(|t| t.as_any().downcast_ref::<LakeTable>())
+                {
+                    table = table.keeping_statistics_of(before);
+                }
                 tables.insert(name, Arc::new(table));
             }
             let mut iceberg_tables = HashMap::new();

@@ -81,8 +81,9 @@ pub struct LakeTable {
     schema: SchemaRef,
     file_schema: SchemaRef,
     format: Arc<dyn FileFormat>,
-    /// Each Parquet file's statistics over `file_schema`, read from its footer by an earlier query.
-    file_statistics: FileStatisticsCache,
+    /// Each Parquet file's statistics over `file_schema`, read from its footer by an earlier query
+    /// (shared with the table this one replaces at a refresh, see [`LakeTable::keeping_statistics_of`]).
+    file_statistics: Arc<FileStatisticsCache>,
 }
 
 impl LakeTable {
@@ -105,8 +106,21 @@ impl LakeTable {
             schema,
             file_schema,
             format,
-            file_statistics: FileStatisticsCache::new(FILE_STATISTICS_KEPT),
+            file_statistics: Arc::new(FileStatisticsCache::new(FILE_STATISTICS_KEPT)),
         })
+    }
+
+    /// This table, keeping the files' statistics `before` holds when it is the same table as far as
+    /// they go: the same location, format and file schema. A catalog refresh (`serve` re-reads the
+    /// catalog every 10 s) then does not read every footer again.
+    pub(crate) fn keeping_statistics_of(mut self, before: &LakeTable) -> Self {
+        if self.table.location == before.table.location
+            && self.table.format == before.table.format
+            && self.file_schema == before.file_schema
+        {
+            self.file_statistics = before.file_statistics.clone();
+        }
+        self
     }
 
     /// The catalog's definition.
@@ -562,5 +576,55 @@ impl TableProvider for LakeTable {
             })
             .collect();
         Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ticklake_catalog::{Column, EmbeddedCatalog};
+
+    fn lake_table(dir: &std::path::Path, folder: &str, columns: &[(&str, &str)]) -> LakeTable {
+        let location = format!("file://{}/{folder}/", dir.display());
+        std::fs::create_dir_all(dir.join(folder)).unwrap();
+        let catalog = EmbeddedCatalog::open(&dir.join("catalog.sqlite"), "default").unwrap();
+        let table = Table {
+            name: "t".into(),
+            location: location.clone(),
+            columns: columns.iter().map(|(n, t)| Column::new(*n, *t)).collect(),
+            partition_keys: vec![Column::new("symbol", "string")],
+            format: StorageFormat::Parquet,
+            parameters: Default::default(),
+        };
+        let storage = Storage::open(&location, &[]).unwrap();
+        LakeTable::new(table, Arc::new(catalog), storage).unwrap()
+    }
+
+    /// A refreshed table shares the statistics of the table it replaces only where they still hold:
+    /// they are stated over the file schema, and keyed by paths in one store.
+    #[test]
+    fn a_refreshed_table_keeps_statistics_only_of_the_same_files_and_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let columns = [("ts", "timestamp"), ("close", "double")];
+        let before = lake_table(dir.path(), "t", &columns);
+        let shares = |after: LakeTable| {
+            Arc::ptr_eq(
+                &after.keeping_statistics_of(&before).file_statistics,
+                &before.file_statistics,
+            )
+        };
+        assert!(shares(lake_table(dir.path(), "t", &columns)));
+        assert!(!shares(lake_table(dir.path(), "elsewhere", &columns)));
+        let added = [
+            ("ts", "timestamp"),
+            ("close", "double"),
+            ("volume", "double"),
+        ];
+        assert!(!shares(lake_table(dir.path(), "t", &added)));
+        let retyped = [("ts", "timestamp"), ("close", "float")];
+        assert!(!shares(lake_table(dir.path(), "t", &retyped)));
+        let mut json = lake_table(dir.path(), "t", &columns);
+        json.table.format = StorageFormat::Json;
+        assert!(!shares(json));
     }
 }
