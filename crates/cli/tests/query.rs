@@ -647,20 +647,6 @@ fn the_shell_runs_statements_over_lines_and_keeps_history() {
     assert!(saved.contains("SELECT 41 + 1 AS answer;"), "{saved}");
 }
 
-/// Every `.parquet` file below `dir`.
-fn parquet_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            found.extend(parquet_files(&path));
-        } else if path.extension().is_some_and(|e| e == "parquet") {
-            found.push(path);
-        }
-    }
-    found
-}
-
 /// A running shell keeps each file's statistics between statements and across a refresh of the
 /// catalog (`count(*)` is answered from them), and reads a file again once it changed: here one file
 /// is overwritten in place by another.
@@ -669,7 +655,13 @@ fn a_running_shell_reads_a_file_again_once_it_changed() {
     use std::io::{BufRead, BufReader, Write};
     let env = simulated_lake(1_000);
     let history = env.dir.path().join("history");
-    let mut files = parquet_files(&env.dir.path().join("lake").join("stock_topic"));
+    let lake = env.dir.path().join("lake");
+    let mut files: Vec<_> = env
+        .lake_files("stock_topic")
+        .iter()
+        .filter(|f| f.ends_with(".parquet"))
+        .map(|f| lake.join(f))
+        .collect();
     files.sort_by_key(|f| std::fs::metadata(f).unwrap().len());
     let (smallest, largest) = (files[0].clone(), files[files.len() - 1].clone());
     let mut shell = env
