@@ -49,6 +49,21 @@ fn codec(c: &mut Criterion) {
             }
         })
     });
+    let plain: Vec<Vec<u8>> = recs
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.extra.clear();
+            json::encode_to_vec(&r)
+        })
+        .collect();
+    g.bench_function("json_decode_borrowed_ohlcv", |b| {
+        b.iter(|| {
+            for m in &plain {
+                std::hint::black_box(json::decode_borrowed(m).unwrap());
+            }
+        })
+    });
     g.bench_function("json_messages_to_arrow_batch", |b| {
         b.iter(|| arrow::decode_messages(messages.iter().map(Vec::as_slice)).unwrap())
     });
