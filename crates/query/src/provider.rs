@@ -481,10 +481,6 @@ impl LakeTable {
     }
 }
 
-/// The table's statistics as the sum of its files' (the footers `file_groups` read): exact row
-/// counts, and each column's min, max and null count as exact as the footers say. With them
-/// DataFusion answers `count(*)` (and `min`/`max` where a footer's are exact) without reading a file.
-/// Unknown when any file has none (JSON and CSV files, or a footer that cannot be read).
 /// Sorts listed files by path, and a file in two partitions (a partition folder inside another) by
 /// its partition values, so that every listing gives the same order.
 fn sort_by_location(files: &mut [PartitionedFile]) {
@@ -500,6 +496,10 @@ fn sort_by_location(files: &mut [PartitionedFile]) {
     });
 }
 
+/// The table's statistics as the sum of its files' (the footers `file_groups` read): exact row
+/// counts, and each column's min, max and null count as exact as the footers say. With them
+/// DataFusion answers `count(*)` (and `min`/`max` where a footer's are exact) without reading a file.
+/// Unknown when any file has none (JSON and CSV files, or a footer that cannot be read).
 fn table_statistics(groups: &[FileGroup], schema: &Schema) -> Result<Statistics> {
     let files: Option<Vec<&Statistics>> = groups
         .iter()
