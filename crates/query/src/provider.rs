@@ -67,12 +67,37 @@ fn ext(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
 /// Listings and footer reads a scan has in flight at once.
 const STORE_REQUESTS: usize = 32;
 
-/// Partition folders on local disk from which a scan that keeps at least half of a table's partitions
-/// walks the table's folder once instead of listing each: the local store lists a folder in a
-/// blocking task of its own that resolves the folder's real path and sets up a walk, most of the cost
-/// of listing a folder of a few files. (On S3 one listing of the table would page through every key
-/// in turn, where the partitions' listings run side by side.)
+/// Partition folders from which a scan lists them in one walk of the table's folder (see
+/// [`PrunedPartitions::fit_one_walk`]).
 const ONE_WALK_FOLDERS: usize = 16;
+
+/// A scan's partitions: those its filters keep, and what listing their files needs to know of the
+/// table's others.
+struct PrunedPartitions {
+    kept: Vec<Partition>,
+    /// How many partitions the table has.
+    all: usize,
+    /// Whether every partition of the table is in a folder inside the table's, none under a hidden
+    /// name (a compacted partition's generation folder under `_compacted/`).
+    in_plain_folders: bool,
+}
+
+impl PrunedPartitions {
+    /// Whether one walk of the table's folder on local disk finds the kept partitions' files for less
+    /// than listing each folder: the local store lists a folder in a blocking task of its own that
+    /// resolves the folder's real path and sets up a walk, most of the cost of a folder of a few
+    /// files. So at least [`ONE_WALK_FOLDERS`] folders, at least half of the table's, and no partition
+    /// compacted: a compacted partition's own folder keeps the sink's files, and `_compacted/` the
+    /// generations it replaced, for `--retention` (an hour by default) after each switch, files the
+    /// walk would list for nothing (a sink compacting every minute leaves thousands). On S3 one listing
+    /// of the table would page through every key in turn, where the folders' listings run side by
+    /// side, so S3 always lists each folder.
+    fn fit_one_walk(&self) -> bool {
+        self.in_plain_folders
+            && self.kept.len() >= ONE_WALK_FOLDERS
+            && self.kept.len() * 2 >= self.all
+    }
+}
 
 /// Files whose statistics a table keeps between queries (see [`FileStatisticsCache`]): the lake's
 /// 100 M-row benchmark table has about 2,000. An entry is about 3 KiB for the lake's schema (288 bytes
@@ -136,24 +161,33 @@ impl LakeTable {
         &self.table
     }
 
-    /// The partitions whose values pass `filters` (all of them without filters), and how many the
-    /// table has.
+    /// The partitions whose values pass `filters` (all of them without filters), and what listing
+    /// their files needs to know of the table's others.
     async fn pruned_partitions(
         &self,
         state: &dyn Session,
         filters: &[Expr],
-    ) -> Result<(Vec<Partition>, usize)> {
+    ) -> Result<PrunedPartitions> {
         let partitions = self
             .catalog
             .list_partitions(&self.table.name)
             .await
             .map_err(ext)?;
         let all = partitions.len();
+        let in_plain_folders = partitions.iter().all(|p| {
+            self.relative_location(p)
+                .is_some_and(|rel| rel.split('/').all(|seg| !seg.starts_with(['_', '.'])))
+        });
+        let pruned = |kept| PrunedPartitions {
+            kept,
+            all,
+            in_plain_folders,
+        };
         let Some(filter) = conjunction(filters.iter().cloned()) else {
-            return Ok((partitions, all));
+            return Ok(pruned(partitions));
         };
         if partitions.is_empty() {
-            return Ok((partitions, all));
+            return Ok(pruned(partitions));
         }
         let fields: Vec<Field> = self
             .table
@@ -183,27 +217,30 @@ impl LakeTable {
             .filter(|(i, _)| keep.is_valid(*i) && keep.value(*i))
             .map(|(_, p)| p)
             .collect();
-        Ok((kept, all))
+        Ok(pruned(kept))
+    }
+
+    /// A partition's location relative to the table's, if it is inside the table's folder.
+    fn relative_location<'a>(&self, p: &'a Partition) -> Option<&'a str> {
+        // The table's location is a folder: `…/t` must not admit `…/t2/…`.
+        let table_folder = format!("{}/", self.table.location.trim_end_matches('/'));
+        p.location
+            .strip_prefix(&table_folder)
+            .filter(|rel| !rel.split('/').any(|seg| seg == ".."))
     }
 
     /// The store path of a partition's folder.
     fn partition_path(&self, p: &Partition) -> Result<ObjectPath> {
-        // The table's location is a folder: `…/t` must not admit `…/t2/…`.
-        let table_folder = format!("{}/", self.table.location.trim_end_matches('/'));
-        let rel = p
-            .location
-            .strip_prefix(&table_folder)
-            .filter(|rel| !rel.split('/').any(|seg| seg == ".."))
-            .ok_or_else(|| {
-                DataFusionError::Plan(format!(
-                    "table {}: partition {} is at {}, outside the table's location {}; \
+        let rel = self.relative_location(p).ok_or_else(|| {
+            DataFusionError::Plan(format!(
+                "table {}: partition {} is at {}, outside the table's location {}; \
                  ticklake reads partitions inside the table's folder only",
-                    self.table.name,
-                    p.display(&self.table.partition_keys),
-                    p.location,
-                    self.table.location
-                ))
-            })?;
+                self.table.name,
+                p.display(&self.table.partition_keys),
+                p.location,
+                self.table.location
+            ))
+        })?;
         self.storage.lake.object_path(rel).map_err(ext)
     }
 
@@ -224,8 +261,9 @@ impl LakeTable {
             .filter(|f| expr_applicable_for_cols(&keys, f))
             .cloned()
             .collect();
-        let (kept, all) = self.pruned_partitions(state, &partition_filters).await?;
-        let folders = kept
+        let pruned = self.pruned_partitions(state, &partition_filters).await?;
+        let folders = pruned
+            .kept
             .iter()
             .map(|p| {
                 let values = (0..keys.len())
@@ -234,10 +272,7 @@ impl LakeTable {
                 Ok((self.partition_path(p)?, values))
             })
             .collect::<Result<Vec<_>>>()?;
-        if matches!(self.storage.lake, Lake::Local { .. })
-            && folders.len() >= ONE_WALK_FOLDERS
-            && folders.len() * 2 >= all
-        {
+        if matches!(self.storage.lake, Lake::Local { .. }) && pruned.fit_one_walk() {
             self.files_in_one_walk(folders).await
         } else {
             self.files(folders).await
@@ -745,6 +780,58 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// One walk of the table's folder is taken for many partitions of a table none of whose partitions
+    /// is compacted (a compacted one's old files stay in the table's folder for `--retention`).
+    #[tokio::test]
+    async fn one_walk_is_for_most_of_many_partitions_none_compacted() {
+        use datafusion::prelude::{col, lit, SessionContext};
+        let dir = tempfile::tempdir().unwrap();
+        let table = lake_table(dir.path(), "t", &[("close", "double")]);
+        table.catalog.create_table(&table.table).await.unwrap();
+        let partition = |rel: &str, value: &str| Partition {
+            values: vec![value.to_owned()],
+            location: format!("{}{rel}/", table.table.location),
+        };
+        let plain: Vec<Partition> = (0..20)
+            .map(|i| partition(&format!("symbol=S{i:02}"), &format!("S{i:02}")))
+            .collect();
+        table.catalog.add_partitions("t", &plain).await.unwrap();
+        let state = SessionContext::new().state();
+        let fits = |filters: Vec<Expr>| {
+            let (table, state) = (&table, &state);
+            async move {
+                let pruned = table.pruned_partitions(state, &filters).await.unwrap();
+                (pruned.kept.len(), pruned.fit_one_walk())
+            }
+        };
+        assert_eq!(fits(vec![]).await, (20, true));
+        assert_eq!(
+            fits(vec![col("symbol").gt_eq(lit("S04"))]).await,
+            (16, true)
+        );
+        assert_eq!(
+            fits(vec![col("symbol").gt_eq(lit("S05"))]).await,
+            (15, false)
+        );
+        let more: Vec<Partition> = (0..20)
+            .map(|i| partition(&format!("symbol=T{i:02}"), &format!("T{i:02}")))
+            .collect();
+        table.catalog.add_partitions("t", &more).await.unwrap();
+        assert_eq!(fits(vec![col("symbol").lt(lit("T"))]).await, (20, true));
+        assert_eq!(fits(vec![col("symbol").lt(lit("T04"))]).await, (24, true));
+        let fewer_than_half = col("symbol")
+            .gt_eq(lit("S04"))
+            .and(col("symbol").lt(lit("T")));
+        assert_eq!(fits(vec![fewer_than_half]).await, (16, false));
+        let compacted = partition("_compacted/g1/symbol=C", "C");
+        table
+            .catalog
+            .add_partitions("t", &[compacted])
+            .await
+            .unwrap();
+        assert_eq!(fits(vec![]).await, (41, false));
     }
 
     /// A refreshed table shares the statistics of the table it replaces only where they still hold:
