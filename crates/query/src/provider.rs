@@ -176,7 +176,7 @@ impl LakeTable {
         let all = partitions.len();
         let in_plain_folders = partitions.iter().all(|p| {
             self.relative_location(p)
-                .is_some_and(|rel| rel.split('/').all(|seg| !seg.starts_with(['_', '.'])))
+                .is_some_and(|rel| !rel.split('/').any(hidden))
         });
         let pruned = |kept| PrunedPartitions {
             kept,
@@ -223,9 +223,9 @@ impl LakeTable {
     /// A partition's location relative to the table's, if it is inside the table's folder.
     fn relative_location<'a>(&self, p: &'a Partition) -> Option<&'a str> {
         // The table's location is a folder: `…/t` must not admit `…/t2/…`.
-        let table_folder = format!("{}/", self.table.location.trim_end_matches('/'));
         p.location
-            .strip_prefix(&table_folder)
+            .strip_prefix(self.table.location.trim_end_matches('/'))
+            .and_then(|rest| rest.strip_prefix('/'))
             .filter(|rel| !rel.split('/').any(|seg| seg == ".."))
     }
 
@@ -304,9 +304,9 @@ impl LakeTable {
                         .into_iter()
                         .filter(|m| {
                             m.size > 0
-                                && m.location.prefix_match(&path).is_some_and(|mut parts| {
-                                    parts.all(|s| !s.as_ref().starts_with(['_', '.']))
-                                })
+                                && m.location
+                                    .prefix_match(&path)
+                                    .is_some_and(|mut parts| parts.all(|s| !hidden(s.as_ref())))
                         })
                         .map(|m| {
                             let mut f = PartitionedFile::new_from_meta(m);
@@ -355,9 +355,7 @@ impl LakeTable {
             // From the file's name up: the name or folder just below each folder `location[..end]`.
             let mut end = location.len();
             while let Some(slash) = location[..end].rfind('/') {
-                if location[slash + 1..end].starts_with(['_', '.'])
-                    || slash < table_folder.as_ref().len()
-                {
+                if hidden(&location[slash + 1..end]) || slash < table_folder.as_ref().len() {
                     break;
                 }
                 end = slash;
@@ -514,6 +512,12 @@ impl LakeTable {
             _ => unordered(described),
         }
     }
+}
+
+/// Whether a file or folder name is hidden from scans, as in Hive and Spark: `_` or `.` first
+/// (`_compacted/`, `_sources.json`, a local write's `.name.tmp-…` before its rename).
+fn hidden(name: &str) -> bool {
+    name.starts_with(['_', '.'])
 }
 
 /// Sorts listed files by path, and a file in two partitions (a partition folder inside another) by
@@ -832,6 +836,30 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(fits(vec![]).await, (41, false));
+    }
+
+    /// A partition is read only inside the table's folder: not in a sibling folder whose name starts
+    /// with the table's, nor above it through `..`.
+    #[test]
+    fn a_partition_location_is_taken_only_inside_the_table_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = lake_table(dir.path(), "t", &[("close", "double")]);
+        let at = |rel: &str| Partition {
+            values: vec!["X".into()],
+            location: format!("file://{}/{rel}", dir.path().display()),
+        };
+        assert_eq!(
+            table.relative_location(&at("t/symbol=X/")),
+            Some("symbol=X/")
+        );
+        assert_eq!(table.relative_location(&at("t/")), Some(""));
+        assert_eq!(table.relative_location(&at("t2/symbol=X/")), None);
+        assert_eq!(table.relative_location(&at("t/../u/symbol=X/")), None);
+        let outside = table.partition_path(&at("t2/symbol=X/")).unwrap_err();
+        assert!(
+            outside.to_string().contains("outside the table's location"),
+            "{outside}"
+        );
     }
 
     /// A refreshed table shares the statistics of the table it replaces only where they still hold:
