@@ -331,9 +331,9 @@ pub fn set_retention(
 pub struct ProducerOptions {
     /// Kafka: how long a transaction stays open before it commits (default
     /// [`kafka::TRANSACTION_SPAN`], 200 ms; within [`kafka::TRANSACTION_SPANS`]).
-    /// Readers see messages when their transaction commits; sends wait while one commits, so longer
-    /// spans send faster and show messages later. The embedded log has no transactions: giving a
-    /// span for it is a configuration error.
+    /// Readers see messages when their transaction commits, so shorter spans show them sooner;
+    /// messages sent while one commits wait in the producer (up to [`kafka::WAITING_MESSAGES`]). The
+    /// embedded log has no transactions: giving a span for it is a configuration error.
     pub transaction_span: Option<Duration>,
 }
 

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ticklake_bus::{
-    consumer, ensure_topic, murmur2_partition, producer, BusConfig, Consumer, ConsumerOptions,
-    Message, RebalanceListener, StartAt,
+    consumer, ensure_topic, murmur2_partition, producer, producer_with, BusConfig, Consumer,
+    ConsumerOptions, Message, ProducerOptions, RebalanceListener, StartAt,
 };
 
 /// A bus to test against, with whatever keeps it alive.
@@ -58,7 +58,18 @@ fn opts(topic: &str, group: Option<&str>) -> ConsumerOptions {
 
 /// Produces `per_key` messages for each key, payload `key:seq`; returns them in send order.
 fn produce(cfg: &BusConfig, topic: &str, keys: &[String], per_key: usize) -> Vec<(String, usize)> {
-    let mut p = producer(cfg, topic).expect("producer");
+    produce_with(cfg, topic, keys, per_key, &ProducerOptions::default())
+}
+
+/// [`produce`] with a producer's options.
+fn produce_with(
+    cfg: &BusConfig,
+    topic: &str,
+    keys: &[String],
+    per_key: usize,
+    options: &ProducerOptions,
+) -> Vec<(String, usize)> {
+    let mut p = producer_with(cfg, topic, options).expect("producer");
     let mut sent = Vec::new();
     for seq in 0..per_key {
         for k in keys {
@@ -481,5 +492,34 @@ mod kafka {
         };
         let err = ensure_topic(&cfg, "t", 1, 1).unwrap_err().to_string();
         assert!(err.contains("cannot reach the brokers"), "{err}");
+    }
+
+    /// With a transaction committed every 10 ms, many messages are sent while one commits: they wait
+    /// in the producer, and still reach the topic once each and in send order per key.
+    #[test]
+    fn sends_during_commits_arrive_once_in_order() {
+        let bus = kafka_bus();
+        let topic = unique_topic("commits");
+        ensure_topic(&bus.config, &topic, 2, 1).unwrap();
+        let keys = keys(5);
+        let per_key = 40_000;
+        let options = ProducerOptions {
+            transaction_span: Some(Duration::from_millis(10)),
+        };
+        let sent = produce_with(&bus.config, &topic, &keys, per_key, &options);
+        let mut c = consumer(&bus.config, opts(&topic, None)).unwrap();
+        let got = drain(c.as_mut(), sent.len(), Duration::from_secs(60));
+        assert_eq!(got.len(), sent.len(), "each message once");
+        let mut per_key_got: HashMap<String, Vec<usize>> = HashMap::new();
+        for m in &got {
+            let (k, seq) = parse(m);
+            per_key_got.entry(k).or_default().push(seq);
+        }
+        for k in &keys {
+            assert!(
+                per_key_got[k].iter().copied().eq(0..per_key),
+                "{k} in send order"
+            );
+        }
     }
 }

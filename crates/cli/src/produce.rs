@@ -112,8 +112,8 @@ pub struct Args {
     pub replication_factor: i32,
 
     /// Kafka: commit the producer's transaction this often, 10ms to 5s [default: 200ms]. Consumers
-    /// see messages when their transaction commits; sending waits while one commits, so a longer span
-    /// sends faster (a history replay) and a shorter one shows messages sooner (a live feed).
+    /// see messages when their transaction commits, so a shorter span shows them sooner; messages sent
+    /// while one commits wait in the producer and follow when it ends.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub transaction_span: Option<Duration>,
 

@@ -2,7 +2,8 @@
 //!
 //! Producer (`producer`): transactional (every message reaches the topic exactly once, also when a broker
 //! restarts mid-stream), lz4 compression, Kafka's murmur2 partitioner (the Java client's, and the
-//! embedded log's), 20 ms linger and 1 MB batches; a full local queue blocks `send` (back-pressure).
+//! embedded log's), 20 ms linger and 1 MB batches; a full local queue blocks `send` (back-pressure),
+//! and messages sent while a transaction commits wait in the producer's own queue until it ends.
 //! Consumer (`consumer`): no auto-commit (offsets are committed by the caller after the data is safe),
 //! only committed transactions read (`read_committed`, librdkafka's default), start from the earliest
 //! offset, a 10 s session timeout (a crashed member's partitions move on quickly), fetches that wait at
@@ -10,6 +11,7 @@
 //! Any librdkafka setting given as `-X key=value` overrides these.
 
 mod consumer;
+mod held;
 mod producer;
 
 use std::time::Duration;
@@ -23,7 +25,9 @@ use rdkafka::util::Timeout;
 use crate::{BusError, TopicInfo};
 
 pub use consumer::KafkaConsumer;
-pub use producer::{check_transaction_span, KafkaProducer, TRANSACTION_SPAN, TRANSACTION_SPANS};
+pub use producer::{
+    check_transaction_span, KafkaProducer, TRANSACTION_SPAN, TRANSACTION_SPANS, WAITING_MESSAGES,
+};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
 

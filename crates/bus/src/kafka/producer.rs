@@ -12,12 +12,16 @@
 //! A transaction is committed once it is a span old ([`TRANSACTION_SPAN`] unless the producer is given
 //! another; also when no new message comes: a background thread looks), after [`TRANSACTION_MESSAGES`]
 //! messages, and at `flush`. Readers see messages when their transaction commits, so the span bounds the
-//! delay it adds. Sends wait while a transaction commits (librdkafka takes no message then), so a longer
-//! span sends faster: 1 M simulated records took a median 4.1 s with 200 ms spans and 3.1 s with 2 s spans
-//! on the 2-core machine (BENCHMARKS.md).
+//! delay it adds.
+//!
+//! librdkafka takes no message while a transaction commits (it flushes what it holds, then the coordinator
+//! writes the commit markers: tens of milliseconds on loopback). Messages sent meanwhile wait in the
+//! producer's own queue, up to [`WAITING_MESSAGES`], and go to librdkafka, in send order, as soon as the
+//! commit ends (the committer thread hands them over). The caller goes on encoding its messages instead of
+//! waiting on each commit.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -26,6 +30,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
 
+use super::held::HeldMessages;
 use super::{client_config, kerr};
 use crate::{outage_backoff, BusError, Delivery, Producer};
 
@@ -50,12 +55,17 @@ pub fn check_transaction_span(span: Duration) -> Result<(), BusError> {
 
 /// How many messages a transaction holds at most (their copies are kept until it commits).
 pub const TRANSACTION_MESSAGES: usize = 500_000;
+/// How many messages wait for a commit to end at most, before `send` waits for it too.
+pub const WAITING_MESSAGES: usize = 100_000;
 /// How long one transactional call (init, commit, abort) may block before it is tried again.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A transactional, compressing producer to one topic.
 pub struct KafkaProducer {
     state: Arc<Mutex<Transactions>>,
+    /// Messages sent while another thread held `state` (the committer, mostly while it commits), in send
+    /// order. They go to librdkafka before any message sent after them.
+    waiting: Arc<Mutex<HeldMessages>>,
     stop: Arc<AtomicBool>,
     committer: Option<JoinHandle<()>>,
 }
@@ -79,41 +89,6 @@ struct Transactions {
     committed: u64,
     /// Why the committer thread could not commit (returned by the next `send` or `flush`).
     failure: Option<BusError>,
-}
-
-/// Copies of the open transaction's messages, in one buffer.
-#[derive(Default)]
-struct HeldMessages {
-    bytes: Vec<u8>,
-    /// Key length, payload length and timestamp of each message, in order.
-    spans: Vec<(usize, usize, i64)>,
-}
-
-impl HeldMessages {
-    fn push(&mut self, key: &[u8], payload: &[u8], timestamp_ms: i64) {
-        self.bytes.extend_from_slice(key);
-        self.bytes.extend_from_slice(payload);
-        self.spans.push((key.len(), payload.len(), timestamp_ms));
-    }
-
-    fn len(&self) -> usize {
-        self.spans.len()
-    }
-
-    fn clear(&mut self) {
-        self.bytes.clear();
-        self.spans.clear();
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8], i64)> {
-        let mut at = 0;
-        self.spans.iter().map(move |&(k, p, ts)| {
-            let key = &self.bytes[at..at + k];
-            let payload = &self.bytes[at + k..at + k + p];
-            at += k + p;
-            (key, payload, ts)
-        })
-    }
 }
 
 impl KafkaProducer {
@@ -163,24 +138,31 @@ impl KafkaProducer {
             committed: 0,
             failure: None,
         }));
+        let waiting = Arc::new(Mutex::new(HeldMessages::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let committer = {
-            let (state, stop) = (state.clone(), stop.clone());
+            let (state, waiting, stop) = (state.clone(), waiting.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("kafka-commit".into())
-                .spawn(move || commit_when_due(&state, &stop, span))
+                .spawn(move || commit_when_due(&state, &waiting, &stop, span))
                 .map_err(|e| BusError::Kafka(format!("cannot start the commit thread: {e}")))?
         };
         Ok(KafkaProducer {
             state,
+            waiting,
             stop,
             committer: Some(committer),
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, Transactions> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
+}
+
+/// Locks a mutex; a thread that panicked holding it left nothing half-done that matters here.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Creates a producer, registers its transactional id with the brokers (which aborts any transaction an
@@ -209,14 +191,24 @@ fn start_producer(
 }
 
 /// The committer thread: commits the open transaction once it is a span old, so that messages become
-/// visible without waiting for the next `send`.
-fn commit_when_due(state: &Mutex<Transactions>, stop: &AtomicBool, span: Duration) {
+/// visible without waiting for the next `send`, then hands librdkafka the messages sent meanwhile.
+fn commit_when_due(
+    state: &Mutex<Transactions>,
+    waiting: &Mutex<HeldMessages>,
+    stop: &AtomicBool,
+    span: Duration,
+) {
     let look_every = (span / 4).min(Duration::from_millis(100));
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(look_every);
-        let mut t = state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = lock(state);
         if t.failure.is_none() && t.due() {
             if let Err(e) = t.commit() {
+                t.failure = Some(e);
+            }
+        }
+        if t.failure.is_none() {
+            if let Err(e) = t.hand_over(waiting) {
                 t.failure = Some(e);
             }
         }
@@ -244,6 +236,20 @@ impl Transactions {
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    /// Sends the waiting messages, in order, until none is left (more may come while it sends: the
+    /// caller's thread adds to them while this one holds the transactions).
+    fn hand_over(&mut self, waiting: &Mutex<HeldMessages>) -> Result<(), BusError> {
+        loop {
+            let batch = std::mem::take(&mut *lock(waiting));
+            if batch.len() == 0 {
+                return Ok(());
+            }
+            for (key, payload, ts) in batch.iter() {
+                self.send(key, payload, ts)?;
             }
         }
     }
@@ -415,8 +421,24 @@ impl Patience {
 }
 
 impl Producer for KafkaProducer {
+    /// Hands the message to librdkafka after any waiting ones; while the committer thread holds the
+    /// transactions (a commit), the message waits instead, unless [`WAITING_MESSAGES`] already do.
     fn send(&mut self, key: &[u8], payload: &[u8], timestamp_ms: i64) -> Result<(), BusError> {
-        self.lock().send(key, payload, timestamp_ms)
+        let mut t = match self.state.try_lock() {
+            Ok(t) => t,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                let mut waiting = lock(&self.waiting);
+                if waiting.len() < WAITING_MESSAGES {
+                    waiting.push(key, payload, timestamp_ms);
+                    return Ok(());
+                }
+                drop(waiting);
+                lock(&self.state)
+            }
+        };
+        t.hand_over(&self.waiting)?;
+        t.send(key, payload, timestamp_ms)
     }
 
     fn flush(&mut self) -> Result<Delivery, BusError> {
@@ -424,6 +446,7 @@ impl Producer for KafkaProducer {
         if let Some(e) = t.failure.take() {
             return Err(e);
         }
+        t.hand_over(&self.waiting)?;
         t.commit()?;
         Ok(t.delivery())
     }
@@ -445,7 +468,7 @@ impl Transactions {
 
 impl Drop for KafkaProducer {
     /// Stops the committer and aborts a transaction left open (a run that failed before `flush`), so
-    /// readers are not held back until the broker times it out.
+    /// readers are not held back until the broker times it out. Waiting messages are dropped unsent.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(c) = self.committer.take() {
