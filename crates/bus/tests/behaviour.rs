@@ -494,6 +494,37 @@ mod kafka {
         assert!(err.contains("cannot reach the brokers"), "{err}");
     }
 
+    /// Messages are read in batches from a queue of their own, fetched ahead: after a seek back or
+    /// forward, what was fetched before it is dropped and the partition goes on from the new offset,
+    /// in order.
+    #[test]
+    fn seeks_keep_offset_order() {
+        let bus = kafka_bus();
+        let topic = unique_topic("seek");
+        ensure_topic(&bus.config, &topic, 1, 1).unwrap();
+        produce(&bus.config, &topic, &keys(1), 20_000);
+        let mut c = consumer(&bus.config, opts(&topic, None)).unwrap();
+        let seqs = |c: &mut Box<dyn Consumer>, want: usize| -> Vec<usize> {
+            let got = drain(c.as_mut(), want, Duration::from_secs(30));
+            got.iter()
+                .take(want)
+                .map(|m| {
+                    let seq = parse(m).1;
+                    assert_eq!(seq as i64, m.offset, "payload of offset {}", m.offset);
+                    seq
+                })
+                .collect()
+        };
+        assert_eq!(seqs(&mut c, 3_000), (0..3_000).collect::<Vec<_>>());
+        // The consumer has fetched ahead by now.
+        std::thread::sleep(Duration::from_millis(300));
+        c.seek(0, 50).unwrap();
+        assert_eq!(seqs(&mut c, 1_000), (50..1_050).collect::<Vec<_>>());
+        std::thread::sleep(Duration::from_millis(300));
+        c.seek(0, 15_000).unwrap();
+        assert_eq!(seqs(&mut c, 5_000), (15_000..20_000).collect::<Vec<_>>());
+    }
+
     /// With a transaction committed every 10 ms, many messages are sent while one commits: they wait
     /// in the producer, and still reach the topic once each and in send order per key.
     #[test]

@@ -1,9 +1,11 @@
 //! The consumer: a group member with manual commits whose revoked partitions' messages are dropped
-//! inside `poll`, or a reader of every partition.
+//! inside `poll`, or a reader of every partition. Messages are read in batches from a queue of their
+//! own (see [`super::fetch_queue`]); rebalances and errors from the consumer's queue.
 
 use std::collections::BTreeMap;
+use std::ffi::CString;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rdkafka::client::ClientContext;
@@ -12,12 +14,15 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+use super::fetch_queue::FetchQueue;
 use super::{client_config, kerr, partition_count, METADATA_TIMEOUT};
 use crate::{
     BusError, Consumer, ConsumerOptions, Message, PartitionLag, RebalanceListener, StartAt,
 };
 
 struct GroupContext {
+    /// Where the assigned partitions' messages go.
+    fetched: FetchQueue,
     listener: Option<Arc<dyn RebalanceListener>>,
     /// Partitions revoked since the consumer last looked: `poll` drops the messages of these partitions
     /// that it gathered before the revocation, since their next owner replays them.
@@ -30,8 +35,32 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<i32> {
     tpl.elements().iter().map(|e| e.partition()).collect()
 }
 
+impl GroupContext {
+    /// Forwards the partitions' fetch queues to [`GroupContext::fetched`], before they are assigned.
+    fn forward(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        for e in tpl.elements() {
+            let Ok(topic) = CString::new(e.topic()) else {
+                continue;
+            };
+            if !self
+                .fetched
+                .forward(consumer.client().native_ptr(), &topic, e.partition())
+            {
+                tracing::debug!(
+                    "partition {} of {:?} read one message at a time",
+                    e.partition(),
+                    e.topic()
+                );
+            }
+        }
+    }
+}
+
 impl ConsumerContext for GroupContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            self.forward(consumer, tpl);
+        }
         if let Rebalance::Revoke(tpl) = rebalance {
             let parts = partitions_of(tpl);
             if parts.is_empty() {
@@ -69,6 +98,9 @@ pub struct KafkaConsumer {
     positions: BTreeMap<i32, i64>,
 }
 
+/// How long `poll` waits on the message queue at a time before it looks for rebalances again.
+const EVENT_LOOK: Duration = Duration::from_millis(100);
+
 impl KafkaConsumer {
     /// Connects and subscribes (with a group) or assigns every partition (without).
     pub fn new(
@@ -104,10 +136,15 @@ impl KafkaConsumer {
             ],
         )
         .create_with_context(GroupContext {
+            fetched: FetchQueue::default(),
             revoked: Mutex::new(Vec::new()),
             listener: options.listener.clone(),
         })
         .map_err(|e| BusError::Config(format!("kafka consumer: {e}")))?;
+        consumer
+            .context()
+            .fetched
+            .open(consumer.client().native_ptr());
         let topic = options.topic.clone();
         if options.group.is_some() {
             consumer.subscribe(&[&topic]).map_err(kerr)?;
@@ -122,6 +159,7 @@ impl KafkaConsumer {
             for p in 0..n {
                 tpl.add_partition_offset(&topic, p, start).map_err(kerr)?;
             }
+            consumer.context().forward(&consumer, &tpl);
             consumer.assign(&tpl).map_err(kerr)?;
             if let Some(l) = &options.listener {
                 l.on_assign(&(0..n).collect::<Vec<_>>());
@@ -134,6 +172,99 @@ impl KafkaConsumer {
             positions: BTreeMap::new(),
         })
     }
+
+    /// Serves what waits on the consumer's own queue: rebalances (whose revocations drop what `out`
+    /// holds of the revoked partitions), errors, and any message fetched before its partition was
+    /// forwarded.
+    fn serve_events(&mut self, out: &mut Vec<Message>, max: usize) -> Result<(), BusError> {
+        while out.len() < max {
+            let Some(result) = self.consumer.poll(Duration::ZERO) else {
+                break;
+            };
+            drop_revoked(self.consumer.context(), &mut self.positions, out);
+            match result {
+                Ok(m) => {
+                    self.positions.insert(m.partition(), m.offset() + 1);
+                    out.push(Message {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(Bytes::copy_from_slice),
+                        payload: m.payload().map(Bytes::copy_from_slice),
+                        timestamp_ms: m.timestamp().to_millis(),
+                    });
+                }
+                Err(KafkaError::MessageConsumption(code)) => consumer_error(code)?,
+                Err(e) => return Err(kerr(e)),
+            }
+        }
+        // A rebalance event ends the loop above with nothing returned.
+        drop_revoked(self.consumer.context(), &mut self.positions, out);
+        Ok(())
+    }
+
+    /// Takes up to `max - out.len()` messages from the message queue, waiting up to `wait` for the
+    /// first.
+    fn read_fetched(
+        &mut self,
+        out: &mut Vec<Message>,
+        max: usize,
+        wait: Duration,
+    ) -> Result<(), BusError> {
+        let mut error = None;
+        let positions = &mut self.positions;
+        self.consumer
+            .context()
+            .fetched
+            .read(max.saturating_sub(out.len()), wait, |m| {
+                if let Some(code) = m.error {
+                    if error.is_none() {
+                        error = consumer_error(code).err();
+                    }
+                    return;
+                }
+                positions.insert(m.partition, m.offset + 1);
+                out.push(Message {
+                    partition: m.partition,
+                    offset: m.offset,
+                    key: m.key.map(Bytes::copy_from_slice),
+                    payload: m.payload.map(Bytes::copy_from_slice),
+                    timestamp_ms: m.timestamp_ms,
+                });
+            });
+        error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for KafkaConsumer {
+    /// Releases the message queue before the client it belongs to.
+    fn drop(&mut self) {
+        self.consumer.context().fetched.close();
+    }
+}
+
+/// A rebalance inside this poll revoked partitions: what was gathered of them before is not ours to
+/// hand out any more (the next owner replays it from the committed offset).
+fn drop_revoked(
+    context: &GroupContext,
+    positions: &mut BTreeMap<i32, i64>,
+    out: &mut Vec<Message>,
+) {
+    let revoked = std::mem::take(&mut *context.revoked.lock().unwrap_or_else(|e| e.into_inner()));
+    if !revoked.is_empty() {
+        out.retain(|m| !revoked.contains(&m.partition));
+        for p in &revoked {
+            positions.remove(p);
+        }
+    }
+}
+
+/// A consumer error: logged and retried (librdkafka carries on fetching), unless it is fatal.
+fn consumer_error(code: RDKafkaErrorCode) -> Result<(), BusError> {
+    if fatal(code) {
+        return Err(kerr(KafkaError::MessageConsumption(code)));
+    }
+    tracing::warn!("kafka consumer: {code} (retrying)");
+    Ok(())
 }
 
 fn fatal(code: RDKafkaErrorCode) -> bool {
@@ -148,44 +279,20 @@ fn fatal(code: RDKafkaErrorCode) -> bool {
 
 impl Consumer for KafkaConsumer {
     fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Message>, BusError> {
+        // A year stands for "no limit" without overflowing the clock.
+        let deadline = Instant::now() + timeout.min(Duration::from_secs(365 * 86_400));
         let mut out = Vec::new();
-        let mut wait = timeout;
-        while out.len() < max {
-            let Some(result) = self.consumer.poll(wait) else {
-                break;
+        loop {
+            self.serve_events(&mut out, max)?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let wait = if out.is_empty() {
+                left.min(EVENT_LOOK)
+            } else {
+                Duration::ZERO
             };
-            wait = Duration::ZERO;
-            // A rebalance inside this poll revoked partitions: what was gathered of them before is not
-            // ours to hand out any more (the next owner replays it from the committed offset).
-            let revoked = std::mem::take(
-                &mut *self
-                    .consumer
-                    .context()
-                    .revoked
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()),
-            );
-            if !revoked.is_empty() {
-                out.retain(|m: &Message| !revoked.contains(&m.partition));
-                for p in &revoked {
-                    self.positions.remove(p);
-                }
-            }
-            match result {
-                Ok(m) => {
-                    self.positions.insert(m.partition(), m.offset() + 1);
-                    out.push(Message {
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        key: m.key().map(Bytes::copy_from_slice),
-                        payload: m.payload().map(Bytes::copy_from_slice),
-                        timestamp_ms: m.timestamp().to_millis(),
-                    });
-                }
-                Err(KafkaError::MessageConsumption(code)) if !fatal(code) => {
-                    tracing::warn!("kafka consumer: {code} (retrying)");
-                }
-                Err(e) => return Err(kerr(e)),
+            self.read_fetched(&mut out, max, wait)?;
+            if !out.is_empty() || left.is_zero() {
+                break;
             }
         }
         // Forget positions of partitions no longer assigned.

@@ -7,10 +7,12 @@
 //! Consumer (`consumer`): no auto-commit (offsets are committed by the caller after the data is safe),
 //! only committed transactions read (`read_committed`, librdkafka's default), start from the earliest
 //! offset, a 10 s session timeout (a crashed member's partitions move on quickly), fetches that wait at
-//! most 100 ms, and a full local fetch queue that pauses fetching for 10 ms rather than librdkafka's 1 s.
+//! most 100 ms, and a full local fetch queue that pauses fetching for 10 ms rather than librdkafka's 1 s;
+//! messages are read in batches from a queue of their own (`fetch_queue`).
 //! Any librdkafka setting given as `-X key=value` overrides these.
 
 mod consumer;
+mod fetch_queue;
 mod held;
 mod producer;
 

@@ -1,0 +1,147 @@
+//! One librdkafka queue that receives the fetched messages of all of a consumer's partitions, read in
+//! batches.
+//!
+//! rust-rdkafka's `BaseConsumer::poll` hands out one message per call, through librdkafka's event API:
+//! a queue lock, clock reads and an event wrapper for every message. In a sink reading Apache Kafka that
+//! was 43% of the sink's own thread (BENCHMARKS.md). `rd_kafka_consume_batch_queue` takes many messages
+//! per call, but on the consumer's own queue it would also serve rebalances, without the rebalance
+//! listener that exactly-once depends on (librdkafka then only unassigns). So the messages go to a queue
+//! of their own: each partition's fetch queue is forwarded here before the partition is assigned
+//! ([`FetchQueue::forward`]), and librdkafka keeps that forward for the consumer's life (a forward set by
+//! the application is never replaced at the next fetch start). Rebalances, errors and offset-commit
+//! results stay on the consumer's queue, which `BaseConsumer::poll` serves as before.
+//!
+//! Seeks and revocations bump a partition's version; librdkafka drops this queue's messages of older
+//! versions as it hands them out, as it does on the consumer's queue.
+
+use std::ffi::CStr;
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::time::Duration;
+
+use rdkafka::bindings as rd;
+use rdkafka::error::RDKafkaErrorCode;
+
+/// The queue, or null before [`FetchQueue::open`] and after [`FetchQueue::close`].
+#[derive(Default)]
+pub(super) struct FetchQueue {
+    queue: AtomicPtr<rd::rd_kafka_queue_t>,
+}
+
+/// One message (or a consumer error) taken from the queue; it borrows librdkafka's memory until the
+/// callback returns.
+pub(super) struct Fetched<'a> {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+    pub timestamp_ms: Option<i64>,
+    /// A consumer error librdkafka reports in the message's place.
+    pub error: Option<RDKafkaErrorCode>,
+}
+
+impl FetchQueue {
+    /// Creates the queue on the client `rk`.
+    pub(super) fn open(&self, rk: *mut rd::rd_kafka_t) {
+        // SAFETY: `rk` is a live client (the consumer this queue belongs to creates it first).
+        let queue = unsafe { rd::rd_kafka_queue_new(rk) };
+        let old = self.queue.swap(queue, Ordering::AcqRel);
+        debug_assert!(old.is_null(), "a fetch queue is opened once");
+    }
+
+    /// Forwards the fetch queue of `topic`'s `partition` here. Must come before the partition is
+    /// assigned, or messages fetched before it would be read after later ones. Returns false when the
+    /// queue is closed or librdkafka has no such partition (its messages then stay on the consumer's
+    /// queue, which `BaseConsumer::poll` reads).
+    pub(super) fn forward(&self, rk: *mut rd::rd_kafka_t, topic: &CStr, partition: i32) -> bool {
+        let queue = self.queue.load(Ordering::Acquire);
+        if queue.is_null() {
+            return false;
+        }
+        // SAFETY: `rk` is the live client and `topic` a NUL-terminated string; the partition's queue
+        // handle is released right after the forward, which holds its own reference to this queue.
+        unsafe {
+            let fetch = rd::rd_kafka_queue_get_partition(rk, topic.as_ptr(), partition);
+            if fetch.is_null() {
+                return false;
+            }
+            rd::rd_kafka_queue_forward(fetch, queue);
+            rd::rd_kafka_queue_destroy(fetch);
+        }
+        true
+    }
+
+    /// Hands up to `max` messages to `each`, in the order they arrived (each partition's in offset
+    /// order), waiting up to `timeout` for the first. Returns how many were handed over.
+    pub(super) fn read(
+        &self,
+        max: usize,
+        timeout: Duration,
+        mut each: impl FnMut(Fetched<'_>),
+    ) -> usize {
+        let queue = self.queue.load(Ordering::Acquire);
+        if queue.is_null() || max == 0 {
+            return 0;
+        }
+        let mut slots: Vec<*mut rd::rd_kafka_message_t> = vec![ptr::null_mut(); max];
+        // The first message waits up to `timeout`; the rest are only those already there (librdkafka
+        // would otherwise wait out the whole timeout to fill the batch).
+        let wait_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        let mut taken = 0;
+        for (at, want, wait) in [(0, 1, wait_ms), (1, max - 1, 0)] {
+            if want == 0 {
+                break;
+            }
+            // SAFETY: `queue` is open and `slots[at..]` has room for `want` pointers.
+            let n = unsafe {
+                rd::rd_kafka_consume_batch_queue(queue, wait, slots.as_mut_ptr().add(at), want)
+            };
+            let n = usize::try_from(n).unwrap_or(0);
+            for &message in &slots[at..at + n] {
+                // SAFETY: librdkafka filled these slots with messages it owns until destroyed here;
+                // the slices borrow them only for the callback.
+                unsafe {
+                    each(view(&*message));
+                    rd::rd_kafka_message_destroy(message);
+                }
+            }
+            taken += n;
+            if n < want {
+                break;
+            }
+        }
+        taken
+    }
+
+    /// Releases the queue. Fetched messages still in it are dropped with the client.
+    pub(super) fn close(&self) {
+        let queue = self.queue.swap(ptr::null_mut(), Ordering::AcqRel);
+        if !queue.is_null() {
+            // SAFETY: the handle came from `rd_kafka_queue_new` and is released once.
+            unsafe { rd::rd_kafka_queue_destroy(queue) };
+        }
+    }
+}
+
+/// A message's fields, borrowed.
+///
+/// # Safety
+/// `m` must be a message librdkafka handed out and has not destroyed.
+unsafe fn view(m: &rd::rd_kafka_message_t) -> Fetched<'_> {
+    let bytes = |p: *mut std::ffi::c_void, len: usize| {
+        // SAFETY: librdkafka's pointer and length describe one buffer of the message.
+        (!p.is_null()).then(|| unsafe { std::slice::from_raw_parts(p as *const u8, len) })
+    };
+    let error = (m.err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR)
+        .then(|| RDKafkaErrorCode::from(m.err));
+    // SAFETY: `m` is a live message.
+    let timestamp = unsafe { rd::rd_kafka_message_timestamp(m, ptr::null_mut()) };
+    Fetched {
+        partition: m.partition,
+        offset: m.offset,
+        key: bytes(m.key, m.key_len),
+        payload: bytes(m.payload, m.len),
+        timestamp_ms: (timestamp >= 0).then_some(timestamp),
+        error,
+    }
+}
