@@ -86,7 +86,8 @@ impl FetchQueue {
         let mut slots: Vec<*mut rd::rd_kafka_message_t> = vec![ptr::null_mut(); max];
         // The first message waits up to `timeout`; the rest are only those already there (librdkafka
         // would otherwise wait out the whole timeout to fill the batch).
-        let wait_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // Whole milliseconds, rounded up: a wait under one would not wait at all.
+        let wait_ms = i32::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
         let mut taken = 0;
         for (at, want, wait) in [(0, 1, wait_ms), (1, max - 1, 0)] {
             if want == 0 {
