@@ -496,13 +496,18 @@ mod kafka {
 
     /// Messages are read in batches from a queue of their own, fetched ahead: after a seek back or
     /// forward, what was fetched before it is dropped and the partition goes on from the new offset,
-    /// in order.
+    /// in order. (The embedded log's twin above also flushes every 500 messages; here each commit
+    /// would put a transaction marker between offsets, so the messages go in one 5 s transaction and
+    /// message `i` is at offset `i`.)
     #[test]
     fn seeks_keep_offset_order() {
         let bus = kafka_bus();
         let topic = unique_topic("seek");
         ensure_topic(&bus.config, &topic, 1, 1).unwrap();
-        produce(&bus.config, &topic, &keys(1), 20_000);
+        let one_transaction = ProducerOptions {
+            transaction_span: Some(Duration::from_secs(5)),
+        };
+        produce_with(&bus.config, &topic, &keys(1), 20_000, &one_transaction);
         let mut c = consumer(&bus.config, opts(&topic, None)).unwrap();
         let seqs = |c: &mut Box<dyn Consumer>, want: usize| -> Vec<usize> {
             let got = drain(c.as_mut(), want, Duration::from_secs(30));
