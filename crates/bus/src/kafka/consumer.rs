@@ -144,7 +144,10 @@ impl KafkaConsumer {
         consumer
             .context()
             .fetched
-            .open(consumer.client().native_ptr());
+            .open(consumer.client().native_ptr())
+            .map_err(|e| {
+                BusError::Kafka(format!("cannot start the thread releasing messages: {e}"))
+            })?;
         let topic = options.topic.clone();
         if options.group.is_some() {
             consumer.subscribe(&[&topic]).map_err(kerr)?;

@@ -13,10 +13,17 @@
 //!
 //! Seeks and revocations bump a partition's version; librdkafka drops this queue's messages of older
 //! versions as it hands them out, as it does on the consumer's queue.
+//!
+//! Read messages are destroyed on a thread of their own (`kafka-release`). librdkafka allocates each
+//! fetched message on its broker thread, so glibc frees it into that thread's heap, under that heap's
+//! lock, which the broker thread takes for every message it fetches. Freed on the reading thread, they
+//! stalled it thousands of times per second: 80% of its waits in a sink reading Apache Kafka
+//! (BENCHMARKS.md).
 
 use std::ffi::CStr;
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::{mpsc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rdkafka::bindings as rd;
@@ -26,6 +33,52 @@ use rdkafka::error::RDKafkaErrorCode;
 #[derive(Default)]
 pub(super) struct FetchQueue {
     queue: AtomicPtr<rd::rd_kafka_queue_t>,
+    /// Destroys the messages read (none before `open` and after `close`).
+    releaser: Mutex<Option<Releaser>>,
+}
+
+/// Read messages, to be destroyed.
+struct ReadMessages(Vec<*mut rd::rd_kafka_message_t>);
+
+// SAFETY: a librdkafka message may be destroyed on any thread, and nothing else refers to these once
+// they are read.
+unsafe impl Send for ReadMessages {}
+
+impl ReadMessages {
+    fn destroy(self) {
+        for m in self.0 {
+            // SAFETY: each message was handed out by librdkafka, read, and is destroyed once, while the
+            // client lives (the releaser is joined before the client is destroyed).
+            unsafe { rd::rd_kafka_message_destroy(m) };
+        }
+    }
+}
+
+/// How many batches of read messages may wait for the releaser before reading waits for it.
+const RELEASE_BACKLOG: usize = 8;
+
+/// The thread that destroys read messages, in batches.
+struct Releaser {
+    sender: mpsc::SyncSender<ReadMessages>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Releaser {
+    fn start() -> std::io::Result<Releaser> {
+        let (sender, batches) = mpsc::sync_channel::<ReadMessages>(RELEASE_BACKLOG);
+        let thread = std::thread::Builder::new()
+            .name("kafka-release".into())
+            .spawn(move || batches.into_iter().for_each(ReadMessages::destroy))?;
+        Ok(Releaser { sender, thread })
+    }
+
+    /// Destroys every message sent so far, then ends the thread.
+    fn finish(self) {
+        drop(self.sender);
+        if self.thread.join().is_err() {
+            tracing::error!("the thread releasing Kafka messages panicked");
+        }
+    }
 }
 
 /// One message (or a consumer error) taken from the queue; it borrows librdkafka's memory until the
@@ -41,12 +94,31 @@ pub(super) struct Fetched<'a> {
 }
 
 impl FetchQueue {
-    /// Creates the queue on the client `rk`.
-    pub(super) fn open(&self, rk: *mut rd::rd_kafka_t) {
+    /// Creates the queue on the client `rk`, and the thread that destroys the messages read.
+    pub(super) fn open(&self, rk: *mut rd::rd_kafka_t) -> std::io::Result<()> {
+        let releaser = Releaser::start()?;
+        *self.releaser() = Some(releaser);
         // SAFETY: `rk` is a live client (the consumer this queue belongs to creates it first).
         let queue = unsafe { rd::rd_kafka_queue_new(rk) };
         let old = self.queue.swap(queue, Ordering::AcqRel);
         debug_assert!(old.is_null(), "a fetch queue is opened once");
+        Ok(())
+    }
+
+    fn releaser(&self) -> std::sync::MutexGuard<'_, Option<Releaser>> {
+        self.releaser.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Hands read messages to the releaser (or destroys them here when it is gone).
+    fn release(&self, read: ReadMessages) {
+        let read = match self.releaser().as_ref() {
+            Some(r) => match r.sender.send(read) {
+                Ok(()) => return,
+                Err(mpsc::SendError(read)) => read,
+            },
+            None => read,
+        };
+        read.destroy();
     }
 
     /// Forwards the fetch queue of `topic`'s `partition` here. Must come before the partition is
@@ -99,13 +171,11 @@ impl FetchQueue {
             };
             let n = usize::try_from(n).unwrap_or(0);
             for &message in &slots[at..at + n] {
-                // SAFETY: librdkafka filled these slots with messages it owns until destroyed here;
-                // the slices borrow them only for the callback.
-                unsafe {
-                    each(view(&*message));
-                    rd::rd_kafka_message_destroy(message);
-                }
+                // SAFETY: librdkafka filled these slots with messages it owns until they are
+                // destroyed (released below); the slices borrow them only for the callback.
+                each(unsafe { view(&*message) });
             }
+            self.release(ReadMessages(slots[at..at + n].to_vec()));
             taken += n;
             if n < want {
                 break;
@@ -114,8 +184,12 @@ impl FetchQueue {
         taken
     }
 
-    /// Releases the queue. Fetched messages still in it are dropped with the client.
+    /// Destroys the messages read, then releases the queue. Fetched messages still in it are dropped
+    /// with the client.
     pub(super) fn close(&self) {
+        if let Some(releaser) = self.releaser().take() {
+            releaser.finish();
+        }
         let queue = self.queue.swap(ptr::null_mut(), Ordering::AcqRel);
         if !queue.is_null() {
             // SAFETY: the handle came from `rd_kafka_queue_new` and is released once.
