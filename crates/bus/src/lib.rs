@@ -108,7 +108,8 @@ pub trait Consumer: Send {
     fn seek(&mut self, partition: i32, offset: i64) -> Result<(), BusError>;
     /// The group's committed offset of a partition (`None` without a group or commit).
     fn committed(&mut self, partition: i32) -> Result<Option<i64>, BusError>;
-    /// Position and end of each assigned partition.
+    /// Position and end of each assigned partition. A partition read to its end may report the end as
+    /// of its last fetch (Kafka): messages that came since arrive with the next polls.
     fn lag(&mut self) -> Result<Vec<PartitionLag>, BusError>;
 }
 

@@ -351,6 +351,73 @@ pub fn a_lone_message_arrives_without_flush(cfg: &BusConfig) {
     assert_eq!(p.flush().unwrap().acked, 3);
 }
 
+/// Reads as `sink --once` and `consume` do: until a poll finds nothing and every partition's lag is 0.
+fn read_to_the_end(c: &mut dyn Consumer) -> Vec<Message> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut got = Vec::new();
+    loop {
+        let batch = c.poll(1000, Duration::from_secs(1)).expect("poll");
+        if batch.is_empty() {
+            let lag = c.lag().expect("lag");
+            if !lag.is_empty() && lag.iter().all(|l| l.lag() == 0) {
+                return got;
+            }
+        }
+        got.extend(batch);
+        assert!(Instant::now() < deadline, "never at the end: {got:?}");
+    }
+}
+
+/// The end a reader reached stops being the end when messages come after it, or when it seeks back.
+pub fn the_end_moves_with_new_messages_and_seeks(cfg: &BusConfig) {
+    let topic = unique_topic("end");
+    ensure_topic(cfg, &topic, 2, 1).unwrap();
+    let keys = keys(4);
+    produce(cfg, &topic, &keys, 50);
+    let mut c = consumer(cfg, opts(&topic, None)).unwrap();
+    let first = read_to_the_end(c.as_mut());
+    assert_eq!(first.len(), 200);
+    assert!(
+        first.iter().any(|m| m.partition == 0),
+        "keys in both partitions"
+    );
+    produce(cfg, &topic, &keys, 30);
+    // A few of the new messages: the rest are ahead, and the lag says so.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut second = Vec::new();
+    while second.is_empty() && Instant::now() < deadline {
+        second = c.poll(5, Duration::from_millis(200)).unwrap();
+    }
+    let lag = c.lag().unwrap();
+    assert!(
+        lag.iter().map(|l| l.lag()).sum::<i64>() > 0,
+        "{} of 120 read, and no lag: {lag:?}",
+        second.len()
+    );
+    second.extend(read_to_the_end(c.as_mut()));
+    assert_eq!(
+        second.len(),
+        120,
+        "the messages sent after the end was reached"
+    );
+    for m in &second {
+        let before = first.iter().filter(|f| f.partition == m.partition);
+        assert!(before.map(|f| f.offset).all(|o| o < m.offset), "{m:?}");
+    }
+    // Back to the start of partition 0: its messages are ahead again.
+    c.seek(0, 0).unwrap();
+    let lag = c.lag().unwrap();
+    let p0 = lag.iter().find(|l| l.partition == 0).unwrap();
+    let count = |ms: &[Message]| ms.iter().filter(|m| m.partition == 0).count() as i64;
+    assert!(p0.lag() >= count(&first) + count(&second), "{lag:?}");
+    let again = read_to_the_end(c.as_mut());
+    assert_eq!(count(&again), count(&first) + count(&second));
+    assert!(
+        again.iter().all(|m| m.partition == 0),
+        "only partition 0 was moved"
+    );
+}
+
 mod embedded {
     use super::*;
 
@@ -372,6 +439,11 @@ mod embedded {
     #[test]
     fn resume() {
         a_restarted_member_resumes_from_committed_offsets(&embedded_bus().config);
+    }
+
+    #[test]
+    fn the_end_moves() {
+        the_end_moves_with_new_messages_and_seeks(&embedded_bus().config);
     }
 
     #[test]
@@ -482,6 +554,11 @@ mod kafka {
     #[test]
     fn resume() {
         a_restarted_member_resumes_from_committed_offsets(&kafka_bus().config);
+    }
+
+    #[test]
+    fn the_end_moves() {
+        the_end_moves_with_new_messages_and_seeks(&kafka_bus().config);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! inside `poll`, or a reader of every partition. Messages are read in batches from a queue of their
 //! own (see [`super::fetch_queue`]); rebalances and errors from the consumer's queue.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -96,6 +96,11 @@ pub struct KafkaConsumer {
     grouped: bool,
     /// Next offset per partition, as far as this consumer has returned messages.
     positions: BTreeMap<i32, i64>,
+    /// Partitions read to their end: librdkafka's last word on each was a partition-EOF event (it
+    /// sends one when a fetch finds nothing past the position). Their lag is 0 without asking the
+    /// broker, which answers an offset request only after the fetch it is holding open (up to
+    /// `fetch.wait.max.ms`, for each partition in turn).
+    at_end: BTreeSet<i32>,
 }
 
 /// How long `poll` waits on the message queue at a time before it looks for rebalances again.
@@ -122,7 +127,8 @@ impl KafkaConsumer {
                 ("enable.auto.commit", "false"),
                 ("enable.auto.offset.store", "false"),
                 ("auto.offset.reset", reset),
-                ("enable.partition.eof", "false"),
+                // Tells `lag` which partitions are read to their end (see `at_end`).
+                ("enable.partition.eof", "true"),
                 // A crashed member's partitions move on after 10 s (Kafka's default is 45 s).
                 ("session.timeout.ms", "10000"),
                 ("heartbeat.interval.ms", "2000"),
@@ -173,6 +179,7 @@ impl KafkaConsumer {
             consumer,
             grouped: options.group.is_some(),
             positions: BTreeMap::new(),
+            at_end: BTreeSet::new(),
         })
     }
 
@@ -184,25 +191,45 @@ impl KafkaConsumer {
             let Some(result) = self.consumer.poll(Duration::ZERO) else {
                 break;
             };
-            drop_revoked(self.consumer.context(), &mut self.positions, out);
+            let result = result.map(|m| Message {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(Bytes::copy_from_slice),
+                payload: m.payload().map(Bytes::copy_from_slice),
+                timestamp_ms: m.timestamp().to_millis(),
+            });
+            self.drop_revoked(out);
             match result {
                 Ok(m) => {
-                    self.positions.insert(m.partition(), m.offset() + 1);
-                    out.push(Message {
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        key: m.key().map(Bytes::copy_from_slice),
-                        payload: m.payload().map(Bytes::copy_from_slice),
-                        timestamp_ms: m.timestamp().to_millis(),
-                    });
+                    self.at_end.remove(&m.partition);
+                    self.positions.insert(m.partition, m.offset + 1);
+                    out.push(m);
+                }
+                Err(KafkaError::PartitionEOF(p)) => {
+                    self.at_end.insert(p);
                 }
                 Err(KafkaError::MessageConsumption(code)) => consumer_error(code)?,
                 Err(e) => return Err(kerr(e)),
             }
         }
         // A rebalance event ends the loop above with nothing returned.
-        drop_revoked(self.consumer.context(), &mut self.positions, out);
+        self.drop_revoked(out);
         Ok(())
+    }
+
+    /// A rebalance inside this poll revoked partitions: what was gathered of them before is not ours
+    /// to hand out any more (the next owner replays it from the committed offset).
+    fn drop_revoked(&mut self, out: &mut Vec<Message>) {
+        let context = self.consumer.context();
+        let revoked =
+            std::mem::take(&mut *context.revoked.lock().unwrap_or_else(|e| e.into_inner()));
+        if !revoked.is_empty() {
+            out.retain(|m| !revoked.contains(&m.partition));
+            for p in &revoked {
+                self.positions.remove(p);
+                self.at_end.remove(p);
+            }
+        }
     }
 
     /// Takes up to `max - out.len()` messages from the message queue, waiting up to `wait` for the
@@ -214,17 +241,22 @@ impl KafkaConsumer {
         wait: Duration,
     ) -> Result<(), BusError> {
         let mut error = None;
-        let positions = &mut self.positions;
+        let (positions, at_end) = (&mut self.positions, &mut self.at_end);
         self.consumer
             .context()
             .fetched
             .read(max.saturating_sub(out.len()), wait, |m| {
+                if m.error == Some(RDKafkaErrorCode::PartitionEOF) {
+                    at_end.insert(m.partition);
+                    return;
+                }
                 if let Some(code) = m.error {
                     if error.is_none() {
                         error = consumer_error(code).err();
                     }
                     return;
                 }
+                at_end.remove(&m.partition);
                 positions.insert(m.partition, m.offset + 1);
                 out.push(Message {
                     partition: m.partition,
@@ -242,22 +274,6 @@ impl Drop for KafkaConsumer {
     /// Releases the message queue before the client it belongs to.
     fn drop(&mut self) {
         self.consumer.context().fetched.close();
-    }
-}
-
-/// A rebalance inside this poll revoked partitions: what was gathered of them before is not ours to
-/// hand out any more (the next owner replays it from the committed offset).
-fn drop_revoked(
-    context: &GroupContext,
-    positions: &mut BTreeMap<i32, i64>,
-    out: &mut Vec<Message>,
-) {
-    let revoked = std::mem::take(&mut *context.revoked.lock().unwrap_or_else(|e| e.into_inner()));
-    if !revoked.is_empty() {
-        out.retain(|m| !revoked.contains(&m.partition));
-        for p in &revoked {
-            positions.remove(p);
-        }
     }
 }
 
@@ -301,6 +317,7 @@ impl Consumer for KafkaConsumer {
         // Forget positions of partitions no longer assigned.
         let assigned = self.assignment();
         self.positions.retain(|p, _| assigned.contains(p));
+        self.at_end.retain(|p| assigned.contains(p));
         Ok(out)
     }
 
@@ -360,6 +377,7 @@ impl Consumer for KafkaConsumer {
             }
         }
         self.positions.insert(partition, offset);
+        self.at_end.remove(&partition);
         Ok(())
     }
 
@@ -394,19 +412,27 @@ impl Consumer for KafkaConsumer {
         assigned
             .into_iter()
             .map(|p| {
-                let (low, high) = self
-                    .consumer
-                    .fetch_watermarks(&self.topic, p, METADATA_TIMEOUT)
-                    .map_err(kerr)?;
                 // librdkafka's position also counts when no message of the partition came since its
                 // assignment: resuming at a committed offset that is a marker returns no message.
-                let position = [self.positions.get(&p), past_markers.get(&p)]
+                let known = [self.positions.get(&p), past_markers.get(&p)]
                     .into_iter()
                     .flatten()
                     .max()
                     .or_else(|| committed.get(&p))
-                    .copied()
-                    .unwrap_or(low);
+                    .copied();
+                if let Some(position) = known.filter(|_| self.at_end.contains(&p)) {
+                    // Read to its end as of the last fetch.
+                    return Ok(PartitionLag {
+                        partition: p,
+                        position,
+                        high_watermark: position,
+                    });
+                }
+                let (low, high) = self
+                    .consumer
+                    .fetch_watermarks(&self.topic, p, METADATA_TIMEOUT)
+                    .map_err(kerr)?;
+                let position = known.unwrap_or(low);
                 Ok(PartitionLag {
                     partition: p,
                     position,
