@@ -154,11 +154,19 @@ impl KafkaConsumer {
             .map_err(|e| {
                 BusError::Kafka(format!("cannot start the thread releasing messages: {e}"))
             })?;
-        let topic = options.topic.clone();
+        // From here on, an error drops the consumer through its `Drop`, which releases the queue.
+        let this = KafkaConsumer {
+            topic: options.topic.clone(),
+            consumer,
+            grouped: options.group.is_some(),
+            positions: BTreeMap::new(),
+            at_end: BTreeSet::new(),
+        };
+        let (consumer, topic) = (&this.consumer, &this.topic);
         if options.group.is_some() {
-            consumer.subscribe(&[&topic]).map_err(kerr)?;
+            consumer.subscribe(&[topic]).map_err(kerr)?;
         } else {
-            let n = partition_count(consumer.client(), &topic)?
+            let n = partition_count(consumer.client(), topic)?
                 .ok_or_else(|| BusError::NoSuchTopic(topic.clone()))?;
             let mut tpl = TopicPartitionList::new();
             let start = match options.start {
@@ -166,21 +174,15 @@ impl KafkaConsumer {
                 StartAt::Latest => Offset::End,
             };
             for p in 0..n {
-                tpl.add_partition_offset(&topic, p, start).map_err(kerr)?;
+                tpl.add_partition_offset(topic, p, start).map_err(kerr)?;
             }
-            consumer.context().forward(&consumer, &tpl);
+            consumer.context().forward(consumer, &tpl);
             consumer.assign(&tpl).map_err(kerr)?;
             if let Some(l) = &options.listener {
                 l.on_assign(&(0..n).collect::<Vec<_>>());
             }
         }
-        Ok(KafkaConsumer {
-            topic,
-            consumer,
-            grouped: options.group.is_some(),
-            positions: BTreeMap::new(),
-            at_end: BTreeSet::new(),
-        })
+        Ok(this)
     }
 
     /// Serves what waits on the consumer's own queue: rebalances (whose revocations drop what `out`
