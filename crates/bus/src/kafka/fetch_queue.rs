@@ -172,14 +172,18 @@ impl FetchQueue {
             let n = usize::try_from(n).unwrap_or(0);
             for &message in &slots[at..at + n] {
                 // SAFETY: librdkafka filled these slots with messages it owns until they are
-                // destroyed (released below); the slices borrow them only for the callback.
+                // destroyed (released after the reads); the slices borrow them only for the callback.
                 each(unsafe { view(&*message) });
             }
-            self.release(ReadMessages(slots[at..at + n].to_vec()));
             taken += n;
             if n < want {
                 break;
             }
+        }
+        // The two reads filled `slots[..taken]`: one hand-over to the releaser, none when empty.
+        if taken > 0 {
+            slots.truncate(taken);
+            self.release(ReadMessages(slots));
         }
         taken
     }
