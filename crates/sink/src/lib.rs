@@ -1,12 +1,13 @@
 //! The sink: consumes a topic and writes a partitioned lake, exactly once.
 //!
 //! For each Kafka partition the sink keeps one open checkpoint: every record consumed since the last
-//! committed offset, grouped by lake partition (`date=…/symbol=…`). A flush (by record count, bytes or
-//! time) writes each group as one file named `<topic>+<partition>+<first offset>` — whole and atomic —
-//! and only then commits the offset after the last record. A crash anywhere replays from the committed
-//! offset; the replay gives every group the same first offset and so the same file name, which is
-//! overwritten rather than duplicated. Partitions taken away by a rebalance drop their unflushed records
-//! before they are handed over (the new owner replays them), so nothing is written twice or lost.
+//! flush, grouped by lake partition (`date=…/symbol=…`). A flush (by record count, bytes or time)
+//! claims each partition's offset range in the lake's ledger, then writes each group as one file named
+//! `<topic>+<partition>+<first offset>` — whole and atomic — while the next checkpoint fills, and only
+//! once every file is durable registers them and commits the offsets. A crash anywhere replays the
+//! ledger's last range; the replay gives every group the same first offset and so the same file name,
+//! which is overwritten rather than duplicated. Partitions taken away by a rebalance drop their
+//! unflushed records (the new owner replays them from the ledger), so nothing is written twice or lost.
 //!
 //! Messages that cannot be decoded go, with the reason, partition and offset, to dead-letter files
 //! `_ticklake/dlq/<topic>/<topic>+<partition>+<first offset>.jsonl` in the lake, under the same

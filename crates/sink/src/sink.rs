@@ -4,7 +4,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
 use hdrhistogram::Histogram;
 use ticklake_bus::{
     BusConfig, Consumer, ConsumerOptions, Message, PartitionLag, Producer, RebalanceListener,
@@ -12,16 +11,17 @@ use ticklake_bus::{
 };
 use ticklake_catalog::Catalog;
 
-use crate::checkpoint::{Checkpoint, Job, Plan, Position, Rules};
+use crate::checkpoint::{Checkpoint, Position, Rules};
 use crate::columns::ColumnTypes;
 use crate::compaction::WrittenPartitions;
-use crate::format::{encode, FileFormat};
-use crate::ledger::{Claim, Ledger};
+use crate::format::FileFormat;
+use crate::ledger::Ledger;
 use crate::patience::Patience;
 use crate::register::{self, Registrar};
 use crate::SinkError;
 use ticklake_lake::{Lake, Partitioning, SMALL_FILES, SMALL_FILE_RECORDS};
 
+mod hive;
 mod iceberg;
 
 /// When to flush.
@@ -169,8 +169,10 @@ impl Stats {
     }
 }
 
-/// Drops the unflushed records of revoked partitions: their new owner replays them from the committed
-/// offset. Runs inside the consumer's poll, so no flush of this sink is under way when it does.
+/// Drops the unflushed records of revoked partitions: their new owner replays them from the lake's
+/// ledger. Runs inside the consumer's poll, between flushes, but a Hive flush's files may still be
+/// being written: its ranges are claimed already, so the new owner writes the same files again
+/// (see [`crate::ledger`]), and this sink does not commit the group's offsets of those partitions.
 struct Revoker(Arc<Mutex<Checkpoint>>);
 
 impl RebalanceListener for Revoker {
@@ -212,6 +214,8 @@ pub struct Sink {
     /// The table's partition folders; `None` until a new table's are chosen (records are routed into
     /// `date,symbol` folders meanwhile, see [`PartitionBy::Auto`]).
     layout: Option<Partitioning>,
+    /// The Hive flush whose files are being written while the next checkpoint fills.
+    pending: Option<hive::PendingFlush>,
 }
 
 /// How often the status callback and the lag metrics are refreshed.
@@ -220,6 +224,9 @@ const STATUS_EVERY: Duration = Duration::from_secs(10);
 const WRITE_CONCURRENCY: usize = 8;
 /// With `once`, how long to wait for a partition assignment before concluding there is nothing to do.
 const ONCE_ASSIGN_WAIT: Duration = Duration::from_secs(120);
+/// The longest wait for messages while a flush's files are being written, so that the flush is
+/// registered and committed soon after they are durable.
+const PENDING_POLL: Duration = Duration::from_millis(10);
 
 impl Sink {
     /// Joins the consumer group and prepares the lake.
@@ -357,6 +364,7 @@ impl Sink {
             started: Instant::now(),
             warned_small_files: false,
             layout,
+            pending: None,
         })
     }
 
@@ -375,14 +383,18 @@ impl Sink {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            let wait = self
+            let mut wait = self
                 .time_to_deadline()
                 .clamp(Duration::from_millis(5), Duration::from_millis(100));
+            if self.pending.is_some() {
+                wait = wait.min(PENDING_POLL);
+            }
             let batch = self.consumer.poll(10_000, wait)?;
             self.resume_assigned()?;
             let empty = batch.is_empty();
             self.absorb(batch);
             self.reseek();
+            self.complete_flush(false)?;
             if self.should_flush() {
                 self.flush()?;
             }
@@ -399,6 +411,7 @@ impl Sink {
             }
         }
         self.flush()?;
+        self.complete_flush(true)?;
         self.refresh_lag()?;
         let s = self.snapshot();
         status(&s);
@@ -558,279 +571,22 @@ impl Sink {
         );
     }
 
-    /// Picks a new table's partition folders from the records of its first flush and claims them in
-    /// the catalog before any file is written: the table is created with them unless another sink
-    /// created it first, whose layout is then kept.
-    fn choose_layout(&mut self, taken: &Checkpoint) -> Result<Partitioning, SinkError> {
-        let Some(registrar) = &mut self.registrar else {
-            return Ok(Partitioning::default());
-        };
-        let choice = Partitioning::choose(&taken.shape());
-        let cfg = &self.config;
-        let lake = &self.lake;
-        let table = self.runtime.block_on(async {
-            let mut patience = Patience::new("the catalog");
-            loop {
-                match registrar
-                    .claim(lake, &cfg.table, &choice.partitioning, cfg.format)
-                    .await
-                {
-                    Err(e) if patience.wait(&e).await => continue,
-                    other => break other,
-                }
-            }
-        })?;
-        let layout = register::layout_of(&table, &registrar.describe())?;
-        if layout == choice.partitioning {
-            tracing::info!(
-                "table {:?}: partitioned by {layout}: {}",
-                cfg.table,
-                choice.reason
-            );
-        } else {
-            tracing::info!(
-                "table {:?}: partitioned by {layout}, as the sink that created it meanwhile chose",
-                cfg.table
-            );
-        }
-        self.layout = Some(layout.clone());
-        Ok(layout)
-    }
-
-    /// Writes every open checkpoint, then commits the offsets after them.
+    /// Completes the flush being written (its files durable, registered, committed), then starts
+    /// one of every open checkpoint ready for it.
     fn flush(&mut self) -> Result<(), SinkError> {
-        let mut taken = lock(&self.buffer).take_ready();
+        // The ledger's chain: a range is claimed only once the files of the one before are durable.
+        self.complete_flush(true)?;
+        let taken = lock(&self.buffer).take_ready();
         if taken.is_empty() {
             return Ok(());
         }
         if self.iceberg.is_some() {
             return self.flush_to_table(taken);
         }
-        // Step 0: claim each partition's range in the ledger before writing any of its files.
-        let mut replayed = Vec::new();
-        for (p, entry) in taken.ranges() {
-            let (claim, listed) = self.runtime.block_on(async {
-                let mut patience = Patience::new("the lake's ledger");
-                loop {
-                    match self.ledger.claim(p, entry).await {
-                        Err(e) if patience.wait(&e).await => continue,
-                        other => break other,
-                    }
-                }
-            })?;
-            if let Some(pos) = lock(&self.buffer).positions.get_mut(&p) {
-                pos.entries = listed;
-            }
-            match claim {
-                Claim::Won => {}
-                Claim::Same => replayed.push(p),
-                Claim::Taken(other) => {
-                    // Another writer decided this range (we were stalled, or it took the partition
-                    // over): drop ours and write what the lake says, if the partition is still ours.
-                    tracing::warn!(
-                        "partition {p}: offsets {}..{} are another writer's (the lake's ledger goes \
-                         on with {}..{}); dropping this sink's copy and resuming from the ledger",
-                        entry.from,
-                        entry.to,
-                        other.from,
-                        other.to
-                    );
-                    taken.revoke(&[p]);
-                    let mut b = lock(&self.buffer);
-                    b.revoke(&[p]);
-                    if self.consumer.assignment().contains(&p) {
-                        b.assigned.push(p);
-                    }
-                }
-            }
-        }
-        if taken.is_empty() {
-            return Ok(());
-        }
-        let layout = match self.layout.clone() {
-            Some(layout) => layout,
-            // Only dead letters: no evidence of the feed's shape yet, and no folder to place.
-            None if taken.records == 0 => Partitioning::default(),
-            None => self.choose_layout(&taken)?,
-        };
-        let cfg = &self.config;
-        let plan = taken.plan(&cfg.topic, &cfg.table, &layout, cfg.format, &self.types)?;
-        let Plan {
-            files: jobs,
-            folders,
-            schemas,
-            ranges,
-            stamps,
-            dead_letters,
-            records,
-            dead,
-        } = plan;
-        let lake = self.lake.clone();
-        let format = cfg.format;
-        let topic = cfg.topic.clone();
-        let written: Vec<(u64, u64, Option<String>)> = self.runtime.block_on(
-            futures::stream::iter(jobs)
-                .map(|(rel, job)| {
-                    let lake = lake.clone();
-                    let topic = topic.clone();
-                    async move {
-                        let (rel, bytes, unwritable, data) = match job {
-                            Job::Raw(b) => (rel, b, 0, false),
-                            Job::Data(batch) => {
-                                let rows = batch.num_rows() as u64;
-                                let encoded = {
-                                    let batch = batch.clone();
-                                    tokio::task::spawn_blocking(move || encode(&batch, format))
-                                        .await
-                                        .map_err(|e| SinkError::Encode(e.to_string()))?
-                                };
-                                match encoded {
-                                    Ok(bytes) => (rel, bytes, 0, true),
-                                    // Checked at decode time, so this is a bug, not the data: the
-                                    // group's records become dead letters instead of a crash loop.
-                                    Err(e) => {
-                                        tracing::error!(
-                                            "{rel}: {e}; its {rows} records go to the dead letters"
-                                        );
-                                        let (dlq, lines) =
-                                            unwritable_group(&topic, &rel, &batch, &e);
-                                        (dlq, lines, rows, false)
-                                    }
-                                }
-                            }
-                        };
-                        let n = bytes.len() as u64;
-                        let mut patience = Patience::new("the lake");
-                        while let Err(e) = lake.put(&rel, bytes.clone()).await {
-                            let e = SinkError::from(e);
-                            if !patience.wait(&e).await {
-                                return Err(e);
-                            }
-                        }
-                        Ok::<_, SinkError>((n, unwritable, data.then_some(rel)))
-                    }
-                })
-                .buffer_unordered(WRITE_CONCURRENCY)
-                .try_collect(),
-        )?;
-        let unwritable: u64 = written.iter().map(|(_, u, _)| u).sum();
-        // The data files, as (folder relative to the table, name).
-        let table_prefix = format!("{}/", cfg.table);
-        let data_files: Vec<(String, String)> = written
-            .iter()
-            .filter_map(|(.., rel)| rel.as_deref()?.strip_prefix(&table_prefix))
-            .map(|r| match r.rsplit_once('/') {
-                Some((folder, name)) => (folder.to_owned(), name.to_owned()),
-                None => (String::new(), r.to_owned()),
-            })
-            .collect();
-        let written: Vec<u64> = written.into_iter().map(|(n, ..)| n).collect();
-        let (records, dead) = (records - unwritable, dead + unwritable);
-        // The dead-letter topic gets the dead letters before the offsets move (at least once: a replay
-        // after a crash sends them again), keyed by the partition they came from, so they stay in order.
-        if let Some(producer) = &mut self.dlq {
-            let now_ms = now_ms();
-            for (p, lines) in &dead_letters {
-                let key = p.to_string();
-                for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                    producer.send(key.as_bytes(), line, now_ms)?;
-                }
-            }
-            let delivery = producer.flush()?;
-            if delivery.failed > 0 {
-                return Err(SinkError::Bus(ticklake_bus::BusError::Undelivered {
-                    failed: delivery.failed,
-                    reason: delivery.last_error.unwrap_or_default(),
-                }));
-            }
-        }
-        // Every file of the checkpoint is durable: register what is new, then move the offsets past it.
-        // (A new table whose layout is not chosen yet has no data file to register.)
-        if let Some(registrar) = self.registrar.as_mut().filter(|_| self.layout.is_some()) {
-            let lake = &self.lake;
-            let table = self.runtime.block_on(async {
-                let mut patience = Patience::new("the catalog");
-                loop {
-                    match registrar
-                        .register(lake, &cfg.table, &layout, cfg.format, &schemas, &folders)
-                        .await
-                    {
-                        Ok(t) => break Ok(t.clone()),
-                        Err(e) if patience.wait(&e).await => continue,
-                        Err(e) => break Err(e),
-                    }
-                }
-            })?;
-            self.types.learn(&table);
-            // A compaction may have switched a partition these files went into to merged files.
-            if cfg.format == FileFormat::Parquet && !layout.keys().is_empty() {
-                self.runtime.block_on(async {
-                    let mut patience = Patience::new("the catalog");
-                    loop {
-                        match registrar.make_visible(lake, &cfg.table, &data_files).await {
-                            Ok(_) => break Ok(()),
-                            Err(e) if patience.wait(&e).await => continue,
-                            Err(e) => break Err(e),
-                        }
-                    }
-                })?;
-                if let Some(written) = &cfg.written {
-                    written.record(folders.iter().map(|f| register::partition_values(f)));
-                }
-            }
-        }
-        // The ledger now holds the ranges; the consumer group's offsets follow it for lag tools. A
-        // failed commit (the group rebalanced meanwhile) loses nothing: the ledger is what counts.
-        let offsets: Vec<(i32, i64)> = ranges.iter().map(|(p, e, _)| (*p, e.to)).collect();
-        let rewritten: u64 = ranges
-            .iter()
-            .filter(|(p, ..)| replayed.contains(p))
-            .map(|(.., n)| n)
-            .sum();
-        if let Err(e) = self.consumer.commit(&offsets) {
-            tracing::warn!(
-                "committing offsets to the consumer group: {e} (the lake's ledger has them)"
-            );
-        }
-        {
-            let mut b = lock(&self.buffer);
-            for (p, e, _) in &ranges {
-                if let Some(pos) = b.positions.get_mut(p) {
-                    pos.from = Some(e.to);
-                    pos.replay_to = None;
-                    if pos.entries.last() != Some(&e.from) {
-                        pos.entries.push(e.from);
-                    }
-                }
-            }
-        }
-        for (p, ..) in &ranges {
-            let mut entries = lock(&self.buffer)
-                .positions
-                .get(p)
-                .map(|pos| pos.entries.clone())
-                .unwrap_or_default();
-            self.runtime.block_on(self.ledger.trim(*p, &mut entries));
-            if let Some(pos) = lock(&self.buffer).positions.get_mut(p) {
-                pos.entries = entries;
-            }
-        }
-        let bytes: u64 = written.iter().sum();
-        self.finish_flush(
-            &stamps,
-            Flushed {
-                records: records.saturating_sub(rewritten),
-                rewritten,
-                dead,
-                files: written.len() as u64,
-                bytes,
-            },
-        );
-        Ok(())
+        self.start_hive_flush(taken)
     }
 }
 
-/// The wall clock in ms since the epoch.
 /// What a flush added to the lake, for the statistics and metrics.
 struct Flushed {
     /// Records committed for the first time.
@@ -843,11 +599,15 @@ struct Flushed {
 }
 
 impl Sink {
-    /// After a flush: messages held past replayed ranges start the next checkpoint, and the flush is
-    /// counted (statistics, freshness, metrics).
-    fn finish_flush(&mut self, stamps: &[i64], f: Flushed) {
+    /// Once the positions moved past a flush: messages held past replayed ranges start the next
+    /// checkpoint.
+    fn absorb_held(&mut self) {
         let held = std::mem::take(&mut lock(&self.buffer).held);
         self.absorb(held);
+    }
+
+    /// Counts a committed flush (statistics, freshness, metrics).
+    fn count_flush(&mut self, stamps: &[i64], f: Flushed) {
         let now_ms = now_ms();
         for s in stamps {
             let _ = self.stats.freshness.record((now_ms - s).max(0) as u64);
@@ -891,75 +651,9 @@ impl Sink {
     }
 }
 
+/// The wall clock in ms since the epoch.
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// The dead-letter file for a group of records that could not be encoded: one line per record (the
-/// record as a message, or its row number when even that fails) with the reason, at
-/// `_ticklake/dlq/<topic>/<the group's file name>.unwritable.jsonl`.
-fn unwritable_group(
-    topic: &str,
-    rel: &str,
-    batch: &arrow::array::RecordBatch,
-    error: &SinkError,
-) -> (String, bytes::Bytes) {
-    let name = rel.rsplit('/').next().unwrap_or(rel);
-    let path = format!("_ticklake/dlq/{topic}/{name}.unwritable.jsonl");
-    let messages = ticklake_model::arrow::batch_to_messages(batch).ok();
-    let mut out = Vec::new();
-    for row in 0..batch.num_rows() {
-        let value = messages
-            .as_ref()
-            .map(|m| String::from_utf8_lossy(&m[row]).into_owned());
-        let line = serde_json::json!({
-            "topic": topic,
-            "file": rel,
-            "row": row,
-            "reason": format!("the file of its group could not be written: {error}"),
-            "value": value,
-        });
-        let _ = serde_json::to_writer(&mut out, &line);
-        out.push(b'\n');
-    }
-    (path, bytes::Bytes::from(out))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_unwritable_group_becomes_dead_letters() {
-        let mut r = ticklake_model::Record::new("A", 0);
-        r.close = Some(1.5);
-        let batch = ticklake_model::arrow::records_to_batch(&[r.clone(), r]).unwrap();
-        let (path, bytes) = unwritable_group(
-            "t",
-            "tbl/date=1970-01-01/symbol=A/t+0+00000000000000000007.parquet",
-            &batch,
-            &SinkError::Encode("boom".into()),
-        );
-        assert_eq!(
-            path,
-            "_ticklake/dlq/t/t+0+00000000000000000007.parquet.unwritable.jsonl"
-        );
-        let lines: Vec<serde_json::Value> = std::str::from_utf8(&bytes)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        assert_eq!(lines.len(), 2);
-        assert_eq!(lines[1]["row"], 1);
-        assert!(lines[0]["reason"].as_str().unwrap().ends_with("boom"));
-        let value = lines[0]["value"].as_str().unwrap();
-        assert_eq!(
-            ticklake_model::json::decode(value.as_bytes())
-                .unwrap()
-                .close,
-            Some(1.5)
-        );
-    }
 }

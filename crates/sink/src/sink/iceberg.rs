@@ -177,7 +177,8 @@ impl Sink {
                 }
             }
         }
-        self.finish_flush(
+        self.absorb_held();
+        self.count_flush(
             &stamps,
             Flushed {
                 records,
