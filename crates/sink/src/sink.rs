@@ -214,8 +214,8 @@ pub struct Sink {
     /// The table's partition folders; `None` until a new table's are chosen (records are routed into
     /// `date,symbol` folders meanwhile, see [`PartitionBy::Auto`]).
     layout: Option<Partitioning>,
-    /// The Hive flush whose files are being written while the next checkpoint fills.
-    pending: Option<hive::PendingFlush>,
+    /// The flush being written while the next checkpoint fills.
+    pending: Option<PendingFlush>,
 }
 
 /// How often the status callback and the lag metrics are refreshed.
@@ -472,6 +472,12 @@ impl Sink {
     /// first message it takes is the one at that offset (see [`Position::resync`]).
     fn resume_assigned(&mut self) -> Result<(), SinkError> {
         let assigned = std::mem::take(&mut lock(&self.buffer).assigned);
+        if !assigned.is_empty() {
+            // Where a partition resumes is read from what the lake holds: the flush being written
+            // must be in it (or an Iceberg append committed meanwhile would move the table's end
+            // past a resumed position).
+            self.complete_flush(true)?;
+        }
         if self.iceberg.is_some() {
             return self.resume_from_table(assigned);
         }
@@ -581,9 +587,35 @@ impl Sink {
             return Ok(());
         }
         if self.iceberg.is_some() {
-            return self.flush_to_table(taken);
+            return self.start_append(taken);
         }
         self.start_hive_flush(taken)
+    }
+
+    /// Completes the flush being written, if any, once it is durable (waiting for it when `wait`,
+    /// else only if it already is).
+    fn complete_flush(&mut self, wait: bool) -> Result<(), SinkError> {
+        match self.pending.take_if(|p| wait || p.is_finished()) {
+            None => Ok(()),
+            Some(PendingFlush::Hive(p)) => self.complete_hive_flush(p),
+            Some(PendingFlush::Iceberg(p)) => self.complete_append(p),
+        }
+    }
+}
+
+/// A flush whose ranges are decided and whose files are being written, at most one at a time: the
+/// next flush completes it first.
+enum PendingFlush {
+    Hive(hive::PendingHiveFlush),
+    Iceberg(iceberg::PendingAppend),
+}
+
+impl PendingFlush {
+    fn is_finished(&self) -> bool {
+        match self {
+            PendingFlush::Hive(p) => p.is_finished(),
+            PendingFlush::Iceberg(p) => p.is_finished(),
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use ticklake_lake::{Lake, Partitioning};
 
-use super::{lock, now_ms, Flushed, Sink, WRITE_CONCURRENCY};
+use super::{lock, now_ms, Flushed, PendingFlush, Sink, WRITE_CONCURRENCY};
 use crate::checkpoint::{Checkpoint, Job, Plan};
 use crate::format::{encode, FileFormat};
 use crate::ledger::{Claim, Entry};
@@ -19,7 +19,7 @@ use crate::register;
 use crate::SinkError;
 
 /// A flush whose ranges are claimed and whose files are being written.
-pub(super) struct PendingFlush {
+pub(super) struct PendingHiveFlush {
     /// The writing of the files: per file, its bytes, its records that became dead letters because
     /// they could not be encoded, and its path when it is a data file.
     writes: tokio::task::JoinHandle<Result<Vec<WrittenFile>, SinkError>>,
@@ -39,6 +39,12 @@ pub(super) struct PendingFlush {
     replayed: Vec<i32>,
 }
 
+impl PendingHiveFlush {
+    pub(super) fn is_finished(&self) -> bool {
+        self.writes.is_finished()
+    }
+}
+
 /// One file of a flush, once durable.
 struct WrittenFile {
     bytes: u64,
@@ -51,7 +57,7 @@ struct WrittenFile {
 impl Sink {
     /// Claims the checkpoint's ranges, plans its files and starts writing them. The partitions'
     /// positions move past the ranges at once, so the next checkpoint fills while these files are
-    /// written; [`Sink::complete_flush`] registers and commits them.
+    /// written; [`Sink::complete_hive_flush`] registers and commits them.
     pub(super) fn start_hive_flush(&mut self, mut taken: Checkpoint) -> Result<(), SinkError> {
         // Step 0: claim each partition's range in the ledger before writing any of its files.
         let mut replayed = Vec::new();
@@ -131,7 +137,7 @@ impl Sink {
             }
         }
         self.absorb_held();
-        self.pending = Some(PendingFlush {
+        self.pending = Some(PendingFlush::Hive(PendingHiveFlush {
             writes,
             layout,
             folders,
@@ -142,21 +148,17 @@ impl Sink {
             records,
             dead,
             replayed,
-        });
+        }));
         Ok(())
     }
 
-    /// Completes the flush being written, if any, once its files are all durable (waiting for them
-    /// when `wait`, else only if they already are): the dead letters go to the dead-letter topic, the
-    /// new folders are registered, and the consumer group's offsets move past the ranges.
-    pub(super) fn complete_flush(&mut self, wait: bool) -> Result<(), SinkError> {
-        let Some(pending) = self
-            .pending
-            .take_if(|pending| wait || pending.writes.is_finished())
-        else {
-            return Ok(());
-        };
-        let PendingFlush {
+    /// Completes a flush once its files are all durable: the dead letters go to the dead-letter
+    /// topic, the new folders are registered, and the consumer group's offsets move past the ranges.
+    pub(super) fn complete_hive_flush(
+        &mut self,
+        pending: PendingHiveFlush,
+    ) -> Result<(), SinkError> {
+        let PendingHiveFlush {
             writes,
             layout,
             folders,
