@@ -471,13 +471,15 @@ impl Sink {
     /// exactly (see [`crate::ledger`]). The consumer is moved there; the checkpoint checks that the
     /// first message it takes is the one at that offset (see [`Position::resync`]).
     fn resume_assigned(&mut self) -> Result<(), SinkError> {
-        let assigned = std::mem::take(&mut lock(&self.buffer).assigned);
-        if !assigned.is_empty() {
+        if !lock(&self.buffer).assigned.is_empty() {
             // Where a partition resumes is read from what the lake holds: the flush being written
             // must be in it (or an Iceberg append committed meanwhile would move the table's end
-            // past a resumed position).
+            // past a resumed position). A refused append adds its partitions to those to resume.
             self.complete_flush(true)?;
         }
+        let mut assigned = std::mem::take(&mut lock(&self.buffer).assigned);
+        assigned.sort_unstable();
+        assigned.dedup();
         if self.iceberg.is_some() {
             return self.resume_from_table(assigned);
         }

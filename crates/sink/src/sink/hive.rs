@@ -5,7 +5,6 @@
 //! At most one flush is being written at a time: the next one claims its ranges only after the one
 //! before it is complete, so the ledger's chain keeps its rule (every entry but the last is complete).
 
-use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use ticklake_lake::{Lake, Partitioning};
@@ -13,7 +12,7 @@ use ticklake_lake::{Lake, Partitioning};
 use super::{lock, now_ms, Flushed, PendingFlush, Sink, WRITE_CONCURRENCY};
 use crate::checkpoint::{Checkpoint, Job, Plan};
 use crate::format::{encode, FileFormat};
-use crate::ledger::{Claim, Entry};
+use crate::ledger::Claim;
 use crate::patience::Patience;
 use crate::register;
 use crate::SinkError;
@@ -24,17 +23,8 @@ pub(super) struct PendingHiveFlush {
     /// they could not be encoded, and its path when it is a data file.
     writes: tokio::task::JoinHandle<Result<Vec<WrittenFile>, SinkError>>,
     layout: Partitioning,
-    /// Lake folders (relative to the table) that receive data files.
-    folders: Vec<String>,
-    schemas: Vec<SchemaRef>,
-    /// The ledger entry of each partition's checkpoint, and its number of records.
-    ranges: Vec<(i32, Entry, u64)>,
-    /// Message timestamps of the records (ms).
-    stamps: Vec<i64>,
-    /// The dead letters of each partition, for the dead-letter topic.
-    dead_letters: Vec<(i32, Bytes)>,
-    records: u64,
-    dead: u64,
+    /// What to register and commit once the files are written (its files are taken).
+    plan: Plan,
     /// Partitions whose range was claimed before (a replay): their records are not counted again.
     replayed: Vec<i32>,
 }
@@ -107,26 +97,17 @@ impl Sink {
             None => self.choose_layout(&taken)?,
         };
         let cfg = &self.config;
-        let Plan {
-            files,
-            folders,
-            schemas,
-            ranges,
-            stamps,
-            dead_letters,
-            records,
-            dead,
-        } = taken.plan(&cfg.topic, &cfg.table, &layout, cfg.format, &self.types)?;
+        let mut plan = taken.plan(&cfg.topic, &cfg.table, &layout, cfg.format, &self.types)?;
         let writes = self.runtime.spawn(write_files(
             self.lake.clone(),
-            files,
+            std::mem::take(&mut plan.files),
             cfg.format,
             cfg.topic.clone(),
         ));
         // The next checkpoint of each partition starts where this one ends.
         {
             let mut b = lock(&self.buffer);
-            for (p, e, _) in &ranges {
+            for (p, e, _) in &plan.ranges {
                 if let Some(pos) = b.positions.get_mut(p) {
                     pos.from = Some(e.to);
                     pos.replay_to = None;
@@ -140,13 +121,7 @@ impl Sink {
         self.pending = Some(PendingFlush::Hive(PendingHiveFlush {
             writes,
             layout,
-            folders,
-            schemas,
-            ranges,
-            stamps,
-            dead_letters,
-            records,
-            dead,
+            plan,
             replayed,
         }));
         Ok(())
@@ -154,25 +129,10 @@ impl Sink {
 
     /// Completes a flush once its files are all durable: the dead letters go to the dead-letter
     /// topic, the new folders are registered, and the consumer group's offsets move past the ranges.
-    pub(super) fn complete_hive_flush(
-        &mut self,
-        pending: PendingHiveFlush,
-    ) -> Result<(), SinkError> {
-        let PendingHiveFlush {
-            writes,
-            layout,
-            folders,
-            schemas,
-            ranges,
-            stamps,
-            dead_letters,
-            records,
-            dead,
-            replayed,
-        } = pending;
+    pub(super) fn complete_hive_flush(&mut self, flush: PendingHiveFlush) -> Result<(), SinkError> {
         let written = self
             .runtime
-            .block_on(writes)
+            .block_on(flush.writes)
             .map_err(|e| SinkError::Encode(format!("the task writing a flush's files: {e}")))??;
         let cfg = &self.config;
         let unwritable: u64 = written.iter().map(|w| w.unwritable).sum();
@@ -186,12 +146,15 @@ impl Sink {
                 None => (String::new(), r.to_owned()),
             })
             .collect();
-        let (records, dead) = (records - unwritable, dead + unwritable);
+        let (records, dead) = (
+            flush.plan.records - unwritable,
+            flush.plan.dead + unwritable,
+        );
         // The dead-letter topic gets the dead letters before the offsets move (at least once: a replay
         // after a crash sends them again), keyed by the partition they came from, so they stay in order.
         if let Some(producer) = &mut self.dlq {
             let now_ms = now_ms();
-            for (p, lines) in &dead_letters {
+            for (p, lines) in &flush.plan.dead_letters {
                 let key = p.to_string();
                 for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                     producer.send(key.as_bytes(), line, now_ms)?;
@@ -213,7 +176,14 @@ impl Sink {
                 let mut patience = Patience::new("the catalog");
                 loop {
                     match registrar
-                        .register(lake, &cfg.table, &layout, cfg.format, &schemas, &folders)
+                        .register(
+                            lake,
+                            &cfg.table,
+                            &flush.layout,
+                            cfg.format,
+                            &flush.plan.schemas,
+                            &flush.plan.folders,
+                        )
                         .await
                     {
                         Ok(t) => break Ok(t.clone()),
@@ -224,7 +194,7 @@ impl Sink {
             })?;
             self.types.learn(&table);
             // A compaction may have switched a partition these files went into to merged files.
-            if cfg.format == FileFormat::Parquet && !layout.keys().is_empty() {
+            if cfg.format == FileFormat::Parquet && !flush.layout.keys().is_empty() {
                 self.runtime.block_on(async {
                     let mut patience = Patience::new("the catalog");
                     loop {
@@ -236,7 +206,13 @@ impl Sink {
                     }
                 })?;
                 if let Some(written) = &cfg.written {
-                    written.record(folders.iter().map(|f| register::partition_values(f)));
+                    written.record(
+                        flush
+                            .plan
+                            .folders
+                            .iter()
+                            .map(|f| register::partition_values(f)),
+                    );
                 }
             }
         }
@@ -244,7 +220,9 @@ impl Sink {
         // partitions still assigned (one revoked while its files were written is its next owner's to
         // commit). A failed commit (the group rebalanced meanwhile) loses nothing: the ledger counts.
         let assigned = self.consumer.assignment();
-        let offsets: Vec<(i32, i64)> = ranges
+        let offsets: Vec<(i32, i64)> = flush
+            .plan
+            .ranges
             .iter()
             .filter(|(p, ..)| assigned.contains(p))
             .map(|(p, e, _)| (*p, e.to))
@@ -256,7 +234,7 @@ impl Sink {
                 );
             }
         }
-        for (p, ..) in &ranges {
+        for (p, ..) in &flush.plan.ranges {
             let Some(mut entries) = lock(&self.buffer)
                 .positions
                 .get(p)
@@ -269,13 +247,15 @@ impl Sink {
                 pos.entries = entries;
             }
         }
-        let rewritten: u64 = ranges
+        let rewritten: u64 = flush
+            .plan
+            .ranges
             .iter()
-            .filter(|(p, ..)| replayed.contains(p))
+            .filter(|(p, ..)| flush.replayed.contains(p))
             .map(|(.., n)| n)
             .sum();
         self.count_flush(
-            &stamps,
+            &flush.plan.stamps,
             Flushed {
                 records: records.saturating_sub(rewritten),
                 rewritten,
