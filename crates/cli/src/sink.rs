@@ -60,7 +60,8 @@ pub struct Args {
     #[arg(long, default_value_t = 1_000_000, value_name = "N")]
     pub flush_records: usize,
 
-    /// Flush once this much message data is buffered (this bounds memory), e.g. 256MiB.
+    /// Flush once this much message data is buffered, e.g. 256MiB. This bounds memory: the sink holds
+    /// the checkpoint filling and, while its files are written, the one before it.
     #[arg(long, default_value = "256MiB", value_name = "SIZE")]
     pub flush_bytes: ByteSize,
 
