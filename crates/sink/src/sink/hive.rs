@@ -13,7 +13,7 @@ use super::{lock, now_ms, Flushed, PendingFlush, Sink, WRITE_CONCURRENCY};
 use crate::checkpoint::{Checkpoint, Job, Plan};
 use crate::format::{encode, FileFormat};
 use crate::ledger::Claim;
-use crate::patience::Patience;
+use crate::patience::{patiently, Patience};
 use crate::register;
 use crate::SinkError;
 
@@ -52,15 +52,10 @@ impl Sink {
         // Step 0: claim each partition's range in the ledger before writing any of its files.
         let mut replayed = Vec::new();
         for (p, entry) in taken.ranges() {
-            let (claim, listed) = self.runtime.block_on(async {
-                let mut patience = Patience::new("the lake's ledger");
-                loop {
-                    match self.ledger.claim(p, entry).await {
-                        Err(e) if patience.wait(&e).await => continue,
-                        other => break other,
-                    }
-                }
-            })?;
+            let ledger = &self.ledger;
+            let (claim, listed) = self
+                .runtime
+                .block_on(patiently("the lake's ledger", || ledger.claim(p, entry)))?;
             if let Some(pos) = lock(&self.buffer).positions.get_mut(&p) {
                 pos.entries = listed;
             }
@@ -345,13 +340,7 @@ async fn write_files(
                     }
                 };
                 let n = bytes.len() as u64;
-                let mut patience = Patience::new("the lake");
-                while let Err(e) = lake.put(&rel, bytes.clone()).await {
-                    let e = SinkError::from(e);
-                    if !patience.wait(&e).await {
-                        return Err(e);
-                    }
-                }
+                patiently("the lake", || lake.put(&rel, bytes.clone())).await?;
                 Ok::<_, SinkError>(WrittenFile {
                     bytes: n,
                     unwritable,
