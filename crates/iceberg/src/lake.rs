@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::compute::concat_batches;
+use arrow::compute::BatchCoalescer;
 use arrow_array::RecordBatch;
 use arrow_schema::Schema as ArrowSchema;
 use futures::future::BoxFuture;
@@ -594,6 +594,10 @@ impl IcebergLake {
     }
 }
 
+/// Rows handed to the Parquet writer at a time: runs of fewer than half of it (a group of a few
+/// records, with thousands of symbols) are gathered into batches of it; larger ones go as they are.
+const WRITE_BATCH_ROWS: usize = 64 * 1024;
+
 /// Writes `batches` (of any schemas the table's current schema covers) as Parquet data files of the
 /// table, sorted by `symbol, ts`, split by partition and rolled at about `target_size` bytes; returns
 /// them for a commit. Names start with `prefix`.
@@ -612,21 +616,23 @@ pub(crate) async fn write_sorted(
     let metadata = table.metadata();
     let iceberg_schema = metadata.current_schema().clone();
     let target = Arc::new(schema_to_arrow_schema(&iceberg_schema).map_err(&err)?);
-    // Each copy of the checkpoint is dropped as soon as the next exists: the concatenation, the sorted
-    // copy and the partitions' slices would otherwise all live until the files are closed (the sink's
-    // peak RSS on 10 M records fell from 574 to 514 MiB).
-    let all = {
-        let projected: Vec<RecordBatch> = batches
-            .iter()
-            // In the table's shape, with the field ids Iceberg's writer needs.
-            .map(|b| project(b, &target).map_err(|e| e.to_string()))
-            .collect::<Result<_, _>>()
-            .map_err(&invalid)?;
-        concat_batches(&target, &projected).map_err(|e| invalid(e.to_string()))?
-    };
-    let batch = ticklake_lake::sort_by_symbol_ts(&all).map_err(|e| invalid(e.to_string()))?;
-    drop(all);
-    let properties = ticklake_lake::parquet_properties(&batch.schema());
+    // In the table's shape, with the field ids Iceberg's writer needs.
+    let projected: Vec<RecordBatch> = batches
+        .iter()
+        .map(|b| project(b, &target).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()
+        .map_err(&invalid)?;
+    // The batches are split as they are, not concatenated first: a sink's groups each fall in one
+    // partition and are already sorted, so the rows are written without a copy of the checkpoint
+    // (before, its concatenation, its sorted copy and its split copy peaked at three).
+    let partitions = crate::split::split_by_partition(
+        &projected,
+        iceberg_schema.clone(),
+        metadata.default_partition_spec().clone(),
+    )
+    .map_err(&err)?;
+    drop(projected);
+    let properties = ticklake_lake::parquet_properties(&target);
     let parquet = ParquetWriterBuilder::new(properties, iceberg_schema.clone());
     let rolling = RollingFileWriterBuilder::new(
         parquet,
@@ -640,15 +646,23 @@ pub(crate) async fn write_sorted(
         ),
     );
     let mut writer = FanoutWriter::new(DataFileWriterBuilder::new(rolling));
-    let parts = crate::split::split_by_partition(
-        &batch,
-        iceberg_schema.clone(),
-        metadata.default_partition_spec().clone(),
-    )
-    .map_err(&err)?;
-    drop(batch);
-    for (key, part) in parts {
-        writer.write(key, part).await.map_err(&err)?;
+    for (key, rows) in partitions {
+        let mut coalescer = BatchCoalescer::new(target.clone(), WRITE_BATCH_ROWS)
+            .with_biggest_coalesce_batch_size(Some(WRITE_BATCH_ROWS / 2));
+        for run in ticklake_lake::sorted_runs(rows).map_err(|e| invalid(e.to_string()))? {
+            coalescer
+                .push_batch(run)
+                .map_err(|e| invalid(e.to_string()))?;
+            while let Some(batch) = coalescer.next_completed_batch() {
+                writer.write(key.clone(), batch).await.map_err(&err)?;
+            }
+        }
+        coalescer
+            .finish_buffered_batch()
+            .map_err(|e| invalid(e.to_string()))?;
+        while let Some(batch) = coalescer.next_completed_batch() {
+            writer.write(key.clone(), batch).await.map_err(&err)?;
+        }
     }
     writer.close().await.map_err(&err)
 }

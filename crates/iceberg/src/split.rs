@@ -4,71 +4,96 @@
 //! `Struct` literal before grouping: a checkpoint of a million records held a million of them, 160 MB
 //! at the sink's peak. Here the values are computed column-wise by the same transforms
 //! (`PartitionValueCalculator`), rows are grouped by Arrow's row format of those values, and one
-//! `Struct` is made per group, from its first row.
+//! `Struct` is made per partition, from its first row.
+//!
+//! The batches are split one by one, and a batch whose rows all fall in one partition (a sink's group:
+//! one symbol on one day) is kept whole, without copying a column.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
-use arrow::array::{Array, AsArray, UInt32Array};
+use arrow::array::{Array, ArrayRef, AsArray, UInt32Array};
 use arrow::compute::take_record_batch;
-use arrow::row::{RowConverter, SortField};
+use arrow::row::{OwnedRow, RowConverter, SortField};
 use arrow_array::RecordBatch;
 use iceberg::arrow::{arrow_struct_to_literal, PartitionValueCalculator};
 use iceberg::spec::{Literal, PartitionKey, PartitionSpecRef, SchemaRef};
 use iceberg::{Error, ErrorKind};
 
-/// The rows of `batch` (in the table's Arrow shape) grouped by their partition under `spec`, each
-/// group keeping the rows' order, with the partition's key; groups in no particular order.
+/// The rows of `batches` (each in the table's Arrow shape) grouped by their partition under `spec`:
+/// per partition its key and its rows, as one batch per input batch that has rows in it (in input
+/// order, each keeping its rows' order); partitions in the order of their values.
 pub(crate) fn split_by_partition(
-    batch: &RecordBatch,
+    batches: &[RecordBatch],
     schema: SchemaRef,
     spec: PartitionSpecRef,
-) -> iceberg::Result<Vec<(PartitionKey, RecordBatch)>> {
+) -> iceberg::Result<Vec<(PartitionKey, Vec<RecordBatch>)>> {
     let calculator = PartitionValueCalculator::try_new(&spec, &schema)?;
-    let values = calculator.calculate(batch)?;
-    let columns = values
-        .as_struct_opt()
-        .ok_or_else(|| Error::new(ErrorKind::Unexpected, "partition values are not a struct"))?
-        .columns()
-        .to_vec();
     let arrow_err = |e: arrow::error::ArrowError| {
         Error::new(ErrorKind::Unexpected, "grouping rows by partition").with_source(e)
     };
-    let converter = RowConverter::new(
-        columns
-            .iter()
-            .map(|c| SortField::new(c.data_type().clone()))
-            .collect(),
-    )
-    .map_err(arrow_err)?;
-    let rows = converter.convert_columns(&columns).map_err(arrow_err)?;
-    let mut groups: HashMap<_, Vec<u32>> = HashMap::new();
-    for (i, row) in rows.iter().enumerate() {
-        let i = u32::try_from(i).map_err(|_| {
-            Error::new(
-                ErrorKind::DataInvalid,
-                "a checkpoint of more than 4 billion rows",
-            )
-        })?;
-        groups.entry(row).or_default().push(i);
-    }
-    let mut out = Vec::with_capacity(groups.len());
-    for (_, indices) in groups {
-        let Some(&first) = indices.first() else {
-            continue;
+    let mut converter: Option<RowConverter> = None;
+    // Per partition: its value (one row of the partition values' struct) and its rows so far.
+    let mut partitions: BTreeMap<OwnedRow, (ArrayRef, Vec<RecordBatch>)> = BTreeMap::new();
+    for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+        let values = calculator.calculate(batch)?;
+        let columns = values
+            .as_struct_opt()
+            .ok_or_else(|| Error::new(ErrorKind::Unexpected, "partition values are not a struct"))?
+            .columns()
+            .to_vec();
+        let converter = match &mut converter {
+            Some(c) => c,
+            None => converter.insert(
+                RowConverter::new(
+                    columns
+                        .iter()
+                        .map(|c| SortField::new(c.data_type().clone()))
+                        .collect(),
+                )
+                .map_err(arrow_err)?,
+            ),
         };
-        let value = arrow_struct_to_literal(
-            &values.slice(first as usize, 1),
-            calculator.partition_type(),
-        )?
-        .pop()
-        .flatten();
+        let rows = converter.convert_columns(&columns).map_err(arrow_err)?;
+        let first = rows.row(0);
+        if rows.iter().all(|r| r == first) {
+            partitions
+                .entry(first.owned())
+                .or_insert_with(|| (values.slice(0, 1), Vec::new()))
+                .1
+                .push(batch.clone());
+            continue;
+        }
+        let mut groups: BTreeMap<_, Vec<u32>> = BTreeMap::new();
+        for (i, row) in rows.iter().enumerate() {
+            let i = u32::try_from(i).map_err(|_| {
+                Error::new(
+                    ErrorKind::DataInvalid,
+                    "a batch of more than 4 billion rows",
+                )
+            })?;
+            groups.entry(row).or_default().push(i);
+        }
+        for (row, indices) in groups {
+            let first = indices[0] as usize;
+            let rows = take_record_batch(batch, &UInt32Array::from(indices)).map_err(arrow_err)?;
+            partitions
+                .entry(row.owned())
+                .or_insert_with(|| (values.slice(first, 1), Vec::new()))
+                .1
+                .push(rows);
+        }
+    }
+    let mut out = Vec::with_capacity(partitions.len());
+    for (value, rows) in partitions.into_values() {
+        let value = arrow_struct_to_literal(&value, calculator.partition_type())?
+            .pop()
+            .flatten();
         let Some(Literal::Struct(value)) = value else {
             return Err(Error::new(
                 ErrorKind::DataInvalid,
                 "a partition value is not a struct",
             ));
         };
-        let rows = take_record_batch(batch, &UInt32Array::from(indices)).map_err(arrow_err)?;
         out.push((
             PartitionKey::new(spec.as_ref().clone(), schema.clone(), value),
             rows,
@@ -89,7 +114,7 @@ mod tests {
 
     /// The library's splitter and this one give the same partitions with the same rows, for a
     /// day-partitioned table (the sink's) and for one partitioned by symbol and day, with a NULL
-    /// symbol among the rows.
+    /// symbol among the rows; and the same rows when they come as two batches.
     #[test]
     fn splits_as_the_library_does() {
         let schema = Arc::new(
@@ -141,7 +166,30 @@ mod tests {
                     .map(|(k, b)| (format!("{:?}", k.data()), b))
                     .collect::<Vec<_>>()
             };
-            let ours = sorted(split_by_partition(&batch, schema.clone(), spec.clone()).unwrap());
+            // Split whole, and split as two batches (the first of one partition): the same rows.
+            let whole =
+                split_by_partition(std::slice::from_ref(&batch), schema.clone(), spec.clone())
+                    .unwrap()
+                    .into_iter()
+                    .map(|(k, mut rows)| {
+                        assert_eq!(rows.len(), 1);
+                        (k, rows.remove(0))
+                    })
+                    .collect();
+            let ours = sorted(whole);
+            let halves = [batch.slice(0, 1), batch.slice(1, batch.num_rows() - 1)];
+            let in_halves = split_by_partition(&halves, schema.clone(), spec.clone())
+                .unwrap()
+                .into_iter()
+                .map(|(k, rows)| {
+                    assert!(rows.len() <= 2);
+                    (
+                        k,
+                        arrow::compute::concat_batches(&rows[0].schema(), &rows).unwrap(),
+                    )
+                })
+                .collect();
+            assert_eq!(sorted(in_halves), ours);
             let library =
                 RecordBatchPartitionSplitter::try_new_with_computed_values(schema.clone(), spec)
                     .unwrap()

@@ -14,7 +14,7 @@ pub use layout::{
     CHOSEN_FILE_RECORDS, SMALL_FILES, SMALL_FILE_RECORDS,
 };
 pub use parquet_format::{
-    sort_by_symbol_ts, sorting_columns, writer_properties as parquet_properties,
+    sort_by_symbol_ts, sorted_runs, sorting_columns, writer_properties as parquet_properties,
 };
 
 /// Errors of the lake's storage.

@@ -5,7 +5,9 @@
 use std::cmp::Ordering;
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::compute::{lexsort_to_indices, take_record_batch, SortColumn, SortOptions};
+use arrow::compute::{
+    concat_batches, lexsort_to_indices, take_record_batch, SortColumn, SortOptions,
+};
 use arrow::datatypes::{DataType, Schema, TimestampMicrosecondType};
 use arrow::error::ArrowError;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
@@ -53,6 +55,53 @@ pub fn sort_by_symbol_ts(batch: &RecordBatch) -> Result<RecordBatch, ArrowError>
     }
     let indices = lexsort_to_indices(&columns, None)?;
     take_record_batch(batch, &indices)
+}
+
+/// The rows of `batches` (of one schema) in the order of [`sort_by_symbol_ts`], as batches to be
+/// written one after another. Each batch is sorted (one already in order is not copied), and when
+/// their `(symbol, ts)` spans do not overlap (a sink's groups: one symbol on one day each) the
+/// batches are only put in order, no column copied. Otherwise they are concatenated and sorted as one.
+pub fn sorted_runs(batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, ArrowError> {
+    let Some(schema) = batches.first().map(RecordBatch::schema) else {
+        return Ok(Vec::new());
+    };
+    let mut runs = Vec::with_capacity(batches.len());
+    for batch in batches.into_iter().filter(|b| b.num_rows() > 0) {
+        let run = sort_by_symbol_ts(&batch)?;
+        runs.push((span(&run), run));
+    }
+    if runs.iter().all(|(span, _)| span.is_some()) {
+        runs.sort_by(|a, b| a.0.cmp(&b.0));
+        let apart = runs.windows(2).all(|w| match (&w[0].0, &w[1].0) {
+            (Some((_, last)), Some((next, _))) => last <= next,
+            _ => false,
+        });
+        if apart {
+            return Ok(runs.into_iter().map(|(_, run)| run).collect());
+        }
+    }
+    let runs: Vec<RecordBatch> = runs.into_iter().map(|(_, run)| run).collect();
+    let all = concat_batches(&schema, &runs)?;
+    drop(runs);
+    Ok(vec![sort_by_symbol_ts(&all)?])
+}
+
+/// The first and last `(symbol, ts)` of a batch in that order, when it has both columns (of the
+/// model's types) without nulls.
+fn span(batch: &RecordBatch) -> Option<((String, i64), (String, i64))> {
+    let symbol = batch
+        .column_by_name("symbol")?
+        .as_string_opt::<i32>()
+        .filter(|c| c.null_count() == 0)?;
+    let ts = batch
+        .column_by_name("ts")?
+        .as_primitive_opt::<TimestampMicrosecondType>()
+        .filter(|c| c.null_count() == 0)?;
+    let last = batch.num_rows().checked_sub(1)?;
+    Some((
+        (symbol.value(0).to_owned(), ts.value(0)),
+        (symbol.value(last).to_owned(), ts.value(last)),
+    ))
 }
 
 /// True when the rows are already in `(symbol, ts)` order (checked for the model's types and no
@@ -156,6 +205,63 @@ mod tests {
         assert!(is_sorted(&sorted));
         assert_eq!(order(&sort_by_symbol_ts(&sorted).unwrap()), [0, 1, 2]);
         assert!(!is_sorted(&batch(vec![Some("A"), Some("A")], vec![2, 1])));
+    }
+
+    #[test]
+    fn runs_apart_are_put_in_order_and_overlapping_ones_merged() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("symbol", DataType::Utf8, false),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Microsecond, None),
+                false,
+            ),
+        ]));
+        let batch = |symbols: &[&str], ts: &[i64]| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from(symbols.to_vec())),
+                    Arc::new(TimestampMicrosecondArray::from(ts.to_vec())),
+                ],
+            )
+            .unwrap()
+        };
+        let rows = |runs: &[RecordBatch]| -> Vec<(String, i64)> {
+            runs.iter()
+                .flat_map(|b| {
+                    let symbol = b.column(0).as_string::<i32>().clone();
+                    let ts = b
+                        .column(1)
+                        .as_primitive::<TimestampMicrosecondType>()
+                        .clone();
+                    (0..b.num_rows()).map(move |i| (symbol.value(i).to_owned(), ts.value(i)))
+                })
+                .collect()
+        };
+        let b1 = batch(&["B", "B"], &[1, 5]);
+        let a = batch(&["A", "A"], &[7, 9]);
+        // Out of order within: sorted, still apart from the others.
+        let b2 = batch(&["B", "B"], &[9, 6]);
+        let runs = sorted_runs(vec![b1.clone(), batch(&[], &[]), a.clone(), b2]).unwrap();
+        assert_eq!(runs.len(), 3);
+        assert_eq!(
+            rows(&runs),
+            [("A", 7), ("A", 9), ("B", 1), ("B", 5), ("B", 6), ("B", 9)]
+                .map(|(s, t)| (s.to_owned(), t))
+        );
+        // The runs kept whole are the batches given, not copies.
+        assert!(Arc::ptr_eq(runs[0].column(0), a.column(0)));
+        assert!(Arc::ptr_eq(runs[1].column(0), b1.column(0)));
+        // Two runs of B overlap: one batch, sorted.
+        let runs = sorted_runs(vec![b1, batch(&["B", "A"], &[3, 8]), a]).unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(
+            rows(&runs),
+            [("A", 7), ("A", 8), ("A", 9), ("B", 1), ("B", 3), ("B", 5)]
+                .map(|(s, t)| (s.to_owned(), t))
+        );
+        assert!(sorted_runs(Vec::new()).unwrap().is_empty());
     }
 
     #[test]

@@ -284,10 +284,9 @@ async fn write_append(
     Ok((Some(outcome), bytes_written))
 }
 
-/// Gives the pages freed in every allocator arena back to the system. An append's copies of its
-/// checkpoint (concatenated, sorted, split, encoded) are made on a runtime thread, in that thread's
-/// glibc arena, while the next checkpoint grows in the sink's: without this, the peak memory is the
-/// sum of both arenas' high waters.
+/// Gives the pages freed in every allocator arena back to the system. An append is encoded on a
+/// runtime thread, in that thread's glibc arena, while the next checkpoint grows in the sink's: without
+/// this, the peak memory is the sum of both arenas' high waters.
 fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free memory to the system; it takes no pointer.
