@@ -595,7 +595,8 @@ impl IcebergLake {
 }
 
 /// Rows handed to the Parquet writer at a time: runs of fewer than half of it (a group of a few
-/// records, with thousands of symbols) are gathered into batches of it; larger ones go as they are.
+/// records, with thousands of symbols) are gathered into batches of it; a larger run goes as it is
+/// unless smaller ones are waiting before it.
 const WRITE_BATCH_ROWS: usize = 64 * 1024;
 
 /// Writes `batches` (of any schemas the table's current schema covers) as Parquet data files of the

@@ -96,10 +96,12 @@ fn config(topic: &str) -> SinkConfig {
         // One file per Kafka partition and flush, so that A's flush is a few slow writes.
         partition_by: PartitionBy::Keys("none".parse().unwrap()),
         format: FileFormat::Parquet,
+        // A's first checkpoint is the whole topic, whichever partition's messages come first; a
+        // replayed range is flushed as soon as it is read, whatever the limits.
         flush: FlushPolicy {
-            records: 1_000_000,
+            records: RECORDS,
             bytes: 256 << 20,
-            interval: Duration::from_millis(300),
+            interval: Duration::from_secs(60),
         },
         once: false,
         catalog: None,
