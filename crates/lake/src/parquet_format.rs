@@ -4,7 +4,7 @@
 
 use std::cmp::Ordering;
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, AsArray, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::compute::{
     concat_batches, lexsort_to_indices, take_record_batch, SortColumn, SortOptions,
 };
@@ -86,9 +86,9 @@ pub fn sorted_runs(batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, ArrowE
     Ok(vec![sort_by_symbol_ts(&all)?])
 }
 
-/// The first and last `(symbol, ts)` of a batch in that order, when it has both columns (of the
-/// model's types) without nulls.
-fn span(batch: &RecordBatch) -> Option<((String, i64), (String, i64))> {
+/// The batch's `symbol` and `ts` columns, when it has both (of the model's types) without nulls: the
+/// rows whose order this module can check.
+fn symbol_and_ts(batch: &RecordBatch) -> Option<(&StringArray, &TimestampMicrosecondArray)> {
     let symbol = batch
         .column_by_name("symbol")?
         .as_string_opt::<i32>()
@@ -97,6 +97,12 @@ fn span(batch: &RecordBatch) -> Option<((String, i64), (String, i64))> {
         .column_by_name("ts")?
         .as_primitive_opt::<TimestampMicrosecondType>()
         .filter(|c| c.null_count() == 0)?;
+    Some((symbol, ts))
+}
+
+/// The first and last `(symbol, ts)` of a batch in that order (see [`symbol_and_ts`]).
+fn span(batch: &RecordBatch) -> Option<((String, i64), (String, i64))> {
+    let (symbol, ts) = symbol_and_ts(batch)?;
     let last = batch.num_rows().checked_sub(1)?;
     Some((
         (symbol.value(0).to_owned(), ts.value(0)),
@@ -107,19 +113,9 @@ fn span(batch: &RecordBatch) -> Option<((String, i64), (String, i64))> {
 /// True when the rows are already in `(symbol, ts)` order (checked for the model's types and no
 /// nulls; otherwise false, and the batch is sorted).
 fn is_sorted(batch: &RecordBatch) -> bool {
-    let (Some(symbol), Some(ts)) = (
-        batch
-            .column_by_name("symbol")
-            .and_then(|c| c.as_string_opt::<i32>()),
-        batch
-            .column_by_name("ts")
-            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>()),
-    ) else {
+    let Some((symbol, ts)) = symbol_and_ts(batch) else {
         return false;
     };
-    if symbol.null_count() > 0 || ts.null_count() > 0 {
-        return false;
-    }
     let ts = ts.values();
     (1..batch.num_rows()).all(|i| match symbol.value(i - 1).cmp(symbol.value(i)) {
         Ordering::Less => true,
