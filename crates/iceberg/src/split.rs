@@ -54,33 +54,37 @@ pub(crate) fn split_by_partition(
             ),
         };
         let rows = converter.convert_columns(&columns).map_err(arrow_err)?;
+        // Per partition of the batch: its row of values, the index of its first row, its rows. A
+        // batch all of one partition is kept whole; another is cut with `take`.
         let first = rows.row(0);
-        if rows.iter().all(|r| r == first) {
-            partitions
-                .entry(first.owned())
-                .or_insert_with(|| (values.slice(0, 1), Vec::new()))
-                .1
-                .push(batch.clone());
-            continue;
-        }
-        let mut groups: BTreeMap<_, Vec<u32>> = BTreeMap::new();
-        for (i, row) in rows.iter().enumerate() {
-            let i = u32::try_from(i).map_err(|_| {
-                Error::new(
-                    ErrorKind::DataInvalid,
-                    "a batch of more than 4 billion rows",
-                )
-            })?;
-            groups.entry(row).or_default().push(i);
-        }
-        for (row, indices) in groups {
-            let first = indices[0] as usize;
-            let rows = take_record_batch(batch, &UInt32Array::from(indices)).map_err(arrow_err)?;
+        let pieces = if rows.iter().all(|r| r == first) {
+            vec![(first, 0, batch.clone())]
+        } else {
+            let mut groups: BTreeMap<_, Vec<u32>> = BTreeMap::new();
+            for (i, row) in rows.iter().enumerate() {
+                let i = u32::try_from(i).map_err(|_| {
+                    Error::new(
+                        ErrorKind::DataInvalid,
+                        "a batch of more than 4 billion rows",
+                    )
+                })?;
+                groups.entry(row).or_default().push(i);
+            }
+            let mut pieces = Vec::with_capacity(groups.len());
+            for (row, indices) in groups {
+                let first = indices[0] as usize;
+                let part =
+                    take_record_batch(batch, &UInt32Array::from(indices)).map_err(arrow_err)?;
+                pieces.push((row, first, part));
+            }
+            pieces
+        };
+        for (row, first, part) in pieces {
             partitions
                 .entry(row.owned())
                 .or_insert_with(|| (values.slice(first, 1), Vec::new()))
                 .1
-                .push(rows);
+                .push(part);
         }
     }
     let mut out = Vec::with_capacity(partitions.len());
