@@ -59,6 +59,9 @@ pub const TRANSACTION_MESSAGES: usize = 500_000;
 pub const WAITING_MESSAGES: usize = 100_000;
 /// How long one transactional call (init, commit, abort) may block before it is tried again.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the flush before a commit waits for deliveries; what is still outstanding then (a broker
+/// away), the commit itself waits for, within [`CALL_TIMEOUT`].
+const DELIVERY_WAIT: Duration = Duration::from_secs(5);
 
 /// A transactional, compressing producer to one topic.
 pub struct KafkaProducer {
@@ -317,7 +320,7 @@ impl Transactions {
         }
     }
 
-    /// Waits until librdkafka has delivered every message it holds (or [`CALL_TIMEOUT`] passes), sending
+    /// Waits until librdkafka has delivered every message it holds (or [`DELIVERY_WAIT`] passes), sending
     /// them without waiting out `linger.ms`, so that the commit that follows finds none outstanding.
     ///
     /// rdkafka's `commit_transaction` flushes first through its own `flush`, which, while a message is
@@ -328,7 +331,7 @@ impl Transactions {
     /// by the producer's polling thread). Whatever it leaves (a timeout, a failed message), the commit
     /// flushes again and reports.
     fn deliver_held(&self) {
-        let timeout_ms = i32::try_from(CALL_TIMEOUT.as_millis()).unwrap_or(i32::MAX);
+        let timeout_ms = i32::try_from(DELIVERY_WAIT.as_millis()).unwrap_or(i32::MAX);
         // SAFETY: the handle is this live producer's; librdkafka's API may be called from any thread.
         unsafe {
             rdkafka::bindings::rd_kafka_flush(self.producer.client().native_ptr(), timeout_ms)
